@@ -1,0 +1,34 @@
+"""ConceptEvo: see how the concepts learned by an image classifier are born and evolve.
+
+The public API (see docs/api.md)::
+
+    from conceptevo import Workspace, load_config, ModelAdapter, compute_stimuli
+
+Each step of the method is a plain function or estimator over arrays; the workspace stores
+their results and the pipeline orders them.
+"""
+
+__version__ = "0.1.0"
+
+from .config import StudyConfig, load_config
+from .data.concept_world import ConceptWorld
+from .data.probe import ProbeSet, from_dataset, load_image_folder
+from .errors import ConceptEvoError
+from .models.adapter import LayerInfo, ModelAdapter, select_layers
+from .models.checkpoints import find_checkpoints, load_checkpoint
+from .models.registry import build_model
+from .space.coactivation import CoActivation
+from .space.image_embedding import fidelity, project, solve_image_embedding
+from .space.map2d import ConceptMap
+from .space.neuron_embedding import NeuronEmbedding
+from .space.unified import BaseSpace, SpaceParams, build_base_space
+from .stimuli import StimuliResult, compute_stimuli
+from .workspace import Workspace
+
+__all__ = [
+    "BaseSpace", "CoActivation", "ConceptEvoError", "ConceptMap", "ConceptWorld", "LayerInfo",
+    "ModelAdapter", "NeuronEmbedding", "ProbeSet", "SpaceParams", "StimuliResult",
+    "StudyConfig", "Workspace", "__version__", "build_base_space", "build_model",
+    "compute_stimuli", "fidelity", "find_checkpoints", "from_dataset", "load_checkpoint",
+    "load_config", "load_image_folder", "project", "select_layers", "solve_image_embedding",
+]

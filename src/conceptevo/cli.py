@@ -1,0 +1,197 @@
+"""The ``conceptevo`` command line: parse, call the pipeline, report. Nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from . import __version__
+from .errors import ConceptEvoError, ConfigError
+
+
+def _kwargs(text: str | None) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--kwargs must be a JSON object like '{{\"num_classes\": 10}}': {e}"
+                          ) from None
+    if not isinstance(value, dict):
+        raise ConfigError("--kwargs must be a JSON object like '{\"num_classes\": 10}'")
+    return value
+
+
+# --------------------------------------------------------------------------- commands
+def cmd_layers(args) -> int:
+    import torch
+
+    from .models.adapter import ModelAdapter
+    from .models.checkpoints import load_checkpoint
+    from .models.registry import build_model
+
+    model = build_model(args.arch, _kwargs(args.kwargs)).eval()
+    if args.checkpoint:
+        load_checkpoint(model, args.checkpoint, args.trust_checkpoints, args.arch)
+        print(f"checkpoint {args.checkpoint}: loaded and validated against {args.arch}")
+    adapter = ModelAdapter(model, args.layers, "max")
+    size = args.input_size
+    infos = adapter.describe(torch.zeros(1, 3, size, size))
+    width = max(len(i.name) for i in infos)
+    print(f"{'layer':<{width}}  {'type':<12} {'channels':>8}  {'map':>9}  neurons")
+    for info in infos:
+        hw = f"{info.map_size[0]}x{info.map_size[1]}"
+        print(f"{info.name:<{width}}  {info.type:<12} {info.channels:>8}  {hw:>9}  "
+              f"{info.offset}-{info.offset + info.channels - 1}")
+    print(f"{len(infos)} layers, {sum(i.channels for i in infos)} neurons "
+          f"(input {size}x{size})")
+    return 0
+
+
+def cmd_stimuli(args) -> int:
+    from .config import load_config
+    from .pipeline import run_stimuli_stage
+
+    cfg = load_config(args.config)
+    if args.trust_checkpoints:
+        cfg.trust_checkpoints = True
+    ws, report = run_stimuli_stage(cfg)
+    print(f"stimuli: {len(report.computed)} checkpoint(s) computed, {len(report.skipped)} "
+          f"already up to date, in {ws.root}")
+    return 0
+
+
+def cmd_build(args) -> int:
+    from .config import load_config
+    from .pipeline import run_build
+    from .workspace import atomic
+
+    cfg = load_config(args.config)
+    if args.trust_checkpoints:
+        cfg.trust_checkpoints = True
+    out = run_build(cfg)
+    ws = out["workspace"]
+    report = atomic.read_json(ws.space_path("fidelity.json"))
+    fid = report["fidelity"]
+    print(f"stimuli: {len(out['stimuli'].computed)} checkpoint(s) computed, "
+          f"{len(out['stimuli'].skipped)} up to date")
+    print(f"space: base {_base_text(report['base'])}, {report['info']['n_valid']} neurons "
+          f"in the space; image embedding RMSE {report['rmse']:.4f}; fidelity: mean cosine "
+          f"{fid['mean_cosine']:.3f}, top-1 {fid['top1']:.1%}, top-10 {fid['top10']:.1%}")
+    print(f"projections: {len(out['space']['projected'])} checkpoint(s) placed on the map")
+    for path in out["figures"]:
+        print(f"figure: {path}")
+    print(f"workspace: {ws.root}")
+    return 0
+
+
+def _base_text(desc: dict) -> str:
+    if desc["kind"] == "run":
+        return f"run {desc['run']!r} epoch {desc['epoch']}"
+    return f"{desc['arch']} ({desc['checkpoint']})"
+
+
+def cmd_export(args) -> int:
+    from .export import export
+    from .workspace import Workspace
+
+    files = export(Workspace(args.workspace), args.out)
+    for path in files:
+        print(path)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .config import load_config
+    from .pipeline import ensure_training, open_workspace
+
+    cfg = load_config(args.config)
+    ws = open_workspace(cfg)
+    report = ensure_training(cfg, ws, args.run or None)
+    if not any(r.train is not None for r in cfg.runs):
+        print("no run of this config has a `train` table; nothing to train")
+        return 0
+    print(f"train: {len(report.computed)} epoch(s) trained, {len(report.skipped)} run(s) "
+          f"already finished; metrics in {ws.root / 'runs'}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(args.workspace, quick=args.quick)
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="conceptevo",
+        description="See how the concepts learned by an image classifier evolve in training.")
+    parser.add_argument("--version", action="version", version=f"conceptevo {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only print errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("layers", help="list the layers that can be probed, with channel counts")
+    p.add_argument("--arch", required=True,
+                   help="torchvision:NAME, conceptevo:NAME or package.module:function")
+    p.add_argument("--kwargs", help="JSON keyword arguments of the architecture")
+    p.add_argument("--checkpoint", help="load and validate this checkpoint file")
+    p.add_argument("--layers", help="selection: names, globs (layer*.conv2), comma-separated; "
+                                    "default every Conv2d")
+    p.add_argument("--input-size", type=int, default=224, help="probe image size (default 224)")
+    p.add_argument("--trust-checkpoints", action="store_true",
+                   help="allow checkpoints that contain arbitrary pickled objects")
+    p.set_defaults(func=cmd_layers)
+
+    p = sub.add_parser("stimuli", help="compute the stimuli of every checkpoint of a study")
+    p.add_argument("--config", required=True, help="the study TOML file")
+    p.add_argument("--trust-checkpoints", action="store_true",
+                   help="allow checkpoints that contain arbitrary pickled objects")
+    p.set_defaults(func=cmd_stimuli)
+
+    p = sub.add_parser("build", help="run every missing stage of a study: stimuli, base "
+                                     "space, image embedding, projections, 2-D map")
+    p.add_argument("--config", required=True, help="the study TOML file")
+    p.add_argument("--trust-checkpoints", action="store_true",
+                   help="allow checkpoints that contain arbitrary pickled objects")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("export", help="write a workspace as CSV / .npy files")
+    p.add_argument("workspace", help="the workspace directory")
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("train", help="train the runs of a study that have a `train` table")
+    p.add_argument("--config", required=True, help="the study TOML file")
+    p.add_argument("--run", action="append", help="train only this run (repeatable)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("demo", help="the whole method on generated data, no download")
+    p.add_argument("--workspace", default="demo-workspace",
+                   help="directory of the demo study (default demo-workspace)")
+    p.add_argument("--quick", action="store_true", help="a smaller demo (under 90 s)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(message)s", stream=sys.stderr)
+    try:
+        return args.func(args) or 0
+    except ConceptEvoError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished results are kept and the next run resumes from them",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # python -m conceptevo.cli
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""``conceptevo demo``: the whole method on the concept world, with no download.
+
+It generates the concept world, trains a small VGG in the paper's three regimes (healthy,
+learning rate too high, overfitting), and runs every stage of a study on them. Everything
+lives in one directory, which is both the demo's workspace and the home of its data, its
+checkpoints and its ``study.toml`` (a config you can copy for your own study).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import load_config
+from .workspace import Workspace
+
+log = logging.getLogger("conceptevo")
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    """How big the demo is: ``full`` (the default, a few minutes) or ``quick`` (< 90 s)."""
+
+    n_train: int
+    n_val: int
+    epochs: int
+    probe_per_class: int
+    heldout_per_class: int
+
+
+FULL = DemoSize(n_train=4000, n_val=1000, epochs=8, probe_per_class=150, heldout_per_class=50)
+QUICK = DemoSize(n_train=1200, n_val=360, epochs=3, probe_per_class=40, heldout_per_class=20)
+RUNS = (("healthy", "healthy", ""), ("lr-too-high", "lr-too-high", ""),
+        ("overfit", "overfit", "dropout = 0.0, "))
+
+
+def study_toml(size: DemoSize, n_classes: int) -> str:
+    """The demo's study configuration, written next to its data."""
+    runs = "\n".join(f"""
+[[runs]]
+name = "{name}"
+checkpoints = "runs/{name}/checkpoints/epoch_{{epoch}}.pt"
+kwargs = {{ {extra}num_classes = {n_classes} }}
+train = {{ regime = "{regime}", epochs = {size.epochs} }}""" for name, regime, extra in RUNS)
+    return f"""# The ConceptEvo demo study, written by `conceptevo demo`. Copy it for your study.
+# Paths are relative to this file. Reference: the README's configuration section.
+workspace = "."
+device = "auto"
+seed = 0
+
+[probe]                      # the images every checkpoint is probed on
+root = "data/train"
+per_class = {size.probe_per_class}
+image_size = 64
+mean = [0.5, 0.5, 0.5]
+std = [0.25, 0.25, 0.25]
+
+[heldout]                    # images the models never trained on
+root = "data/val"
+per_class = {size.heldout_per_class}
+
+[model]
+arch = "conceptevo:small_vgg"
+kwargs = {{ num_classes = {n_classes} }}
+
+[stimuli]
+k_stimuli = 20
+k_responsive = 20
+batch_size = 256
+
+[training]                   # only for `conceptevo train`
+train_root = "data/train"
+val_root = "data/val"
+{runs}
+"""
+
+
+def prepare_data(root: Path, size: DemoSize, seed: int = 0) -> list[str]:
+    """Write the concept world's train/val ImageFolder trees and the sample figure."""
+    from .data.concept_world import ConceptWorld, plot_samples
+    from .progress import progress_bar
+
+    world = ConceptWorld(seed=seed)
+    for split, n in (("train", size.n_train), ("val", size.n_val)):
+        with progress_bar(n, f"concept world {split}", "img") as bar:
+            world.write_image_folder(root / "data" / split, n, split=split, progress=bar.update)
+    figure = root / "figures" / "concept_world.png"
+    if not figure.is_file():
+        figure.parent.mkdir(parents=True, exist_ok=True)
+        plot_samples(world.generate(4 * len(world.class_names), split="val"), figure)
+    return list(world.class_names)
+
+
+def training_summary(ws: Workspace, runs: list[str]) -> tuple[str, dict]:
+    """A table of train/val accuracy per run and epoch, and the regime checks."""
+    metrics = {run: ws.load_metrics(run) for run in runs}
+    epochs = sorted({row["epoch"] for rows in metrics.values() for row in rows})
+    lines = ["accuracy (train / val) by epoch", "epoch  " + "".join(f"{r:>18}" for r in runs)]
+    for e in epochs:
+        cells = []
+        for run in runs:
+            row = next((m for m in metrics[run] if m["epoch"] == e), None)
+            cells.append(f"{row['train_acc']:>8.1%} /{row['val_acc']:>7.1%}" if row else
+                         f"{'-':>18}")
+        lines.append(f"{e:>5}  " + "".join(f"{c:>18}" for c in cells))
+    last = {run: rows[-1] for run, rows in metrics.items() if rows}
+    checks = {}
+    if {"healthy", "lr-too-high", "overfit"} <= set(last):
+        h, hi, o = last["healthy"], last["lr-too-high"], last["overfit"]
+        checks = {
+            "healthy_val_acc": h["val_acc"],
+            "overfit_gap_points": 100 * (o["train_acc"] - o["val_acc"]),
+            "lr_too_high_val_acc": hi["val_acc"],
+        }
+        lines += [
+            "",
+            f"healthy      final val accuracy {h['val_acc']:.1%}  (target >= 85%)",
+            (f"overfit      train - val gap    {checks['overfit_gap_points']:.1f} points "
+             "(target >= 20)"),
+            f"lr-too-high  final val accuracy {hi['val_acc']:.1%}  (healthy: {h['val_acc']:.1%})",
+        ]
+    return "\n".join(lines), checks
+
+
+def run_demo(directory: str | Path, quick: bool = False, size: DemoSize | None = None) -> dict:
+    """Run the demo study in ``directory``; returns the figures it printed.
+
+    ``size`` overrides the full / quick presets (the tests use a tiny one).
+    """
+    from . import pipeline
+
+    t0 = time.perf_counter()
+    root = Path(directory).resolve()
+    size = size or (QUICK if quick else FULL)
+    ws = Workspace(root, create=True)
+    classes = prepare_data(root, size)
+    (root / "study.toml").write_text(study_toml(size, len(classes)), encoding="utf-8")
+    cfg = load_config(root / "study.toml")
+    timings = {"data": time.perf_counter() - t0}
+
+    t = time.perf_counter()
+    pipeline.open_workspace(cfg)
+    pipeline.ensure_training(cfg, ws)
+    timings["training"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    probe, _ = pipeline.ensure_probe_sets(cfg, ws)
+    pipeline.ensure_stimuli(cfg, ws, probe)
+    timings["stimuli"] = time.perf_counter() - t
+
+    from .space.stage import ensure_space
+
+    t = time.perf_counter()
+    ensure_space(cfg, ws, probe)
+    figures = pipeline.write_space_figures(ws)
+    timings["space"] = time.perf_counter() - t
+
+    runs = [r.name for r in cfg.runs]
+    table, checks = training_summary(ws, runs)
+    print()
+    print(table)
+    print()
+    n_ckpt = sum(len(ws.stimuli_epochs(r)) for r in runs)
+    print(f"stimuli: {n_ckpt} checkpoints x {len(probe)} probe images "
+          f"({ws.load_stimuli(runs[0], 0).n_neurons} neurons each)")
+    space_report = space_summary(ws)
+    print(space_report["text"])
+    total = time.perf_counter() - t0
+    print("time: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())
+          + f", total {total:.0f}s")
+    print()
+    print(f"workspace: {root}")
+    print("  study.toml                  the study's configuration")
+    print("  figures/concept_world.png   sample images per class with their concept masks")
+    print("  runs/<run>/metrics.csv      accuracy and loss per epoch")
+    print("  stimuli/<run>/epoch_*.npz   stimuli and responsive neurons per checkpoint")
+    print("  space/                      the unified space (docs/workspace.md)")
+    print("  figures/space_<run>.png     each run's neurons on the 2-D map, coloured by epoch")
+    for path in figures:
+        print(f"    {path}")
+    return {"checks": checks, "timings": timings, "total_s": total,
+            "fidelity": space_report["fidelity"]}
+
+
+def space_summary(ws: Workspace) -> dict:
+    """The fidelity figures of the unified space, as printed by the demo."""
+    from .workspace import atomic
+
+    report = atomic.read_json(ws.space_path("fidelity.json"))
+    fid, info = report["fidelity"], report["info"]
+    comparison = report["indirect_comparison"]["methods"]
+    lines = [
+        f"unified space: base run {report['base'].get('run')!r} epoch "
+        f"{report['base'].get('epoch')}, {info['n_valid']} of {info['n_neurons']} neurons, "
+        f"{info['n_vocab']} vocabulary images",
+        f"  image embedding RMSE {report['rmse']:.4f} (exact least squares)",
+        f"  fidelity of the base projected onto itself: mean cosine {fid['mean_cosine']:.3f}, "
+        f"retrieval top-1 {fid['top1']:.1%}, top-10 {fid['top10']:.1%}",
+        "  embedding of non-vocabulary images (held-out neurons, top-1 / top-10 / cosine): "
+        + ", ".join(f"{m} {r['top1']:.0%}/{r['top10']:.0%}/{r['mean_cosine']:.2f}"
+                    for m, r in comparison.items()),
+    ]
+    return {"text": "\n".join(lines), "fidelity": fid}

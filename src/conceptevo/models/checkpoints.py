@@ -1,0 +1,208 @@
+"""Per-epoch checkpoints: finding them, reading them safely, fitting them to a model.
+
+A run's checkpoints are a directory, a glob or a pattern with ``{epoch}``; the epoch of each
+file is read from its name (``epoch_7.pt``, ``model-7.pth``, Lightning's
+``epoch=3-step=120.ckpt``). A file may hold a bare state_dict or a dict with a
+``state_dict`` / ``model_state_dict`` / ``model`` entry; prefixes added by wrappers
+(Lightning's ``model.``, DDP's ``module.``, ``torch.compile``'s ``_orig_mod.``) are detected
+and stripped.
+
+Files are read with ``torch.load(weights_only=True)``, which refuses arbitrary pickled Python
+objects; ``trust=True`` (``--trust-checkpoints``) lifts that for files you trust.
+"""
+
+from __future__ import annotations
+
+import glob
+import pickle
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar", ".safetensors")
+STATE_KEYS = ("state_dict", "model_state_dict", "model")
+WRAPPER_PREFIXES = ("model.", "module.", "_orig_mod.", "model.module.", "model._orig_mod.",
+                    "net.", "network.")
+_EPOCH_WORD = re.compile(r"epoch[=_\-]?(\d+)", re.IGNORECASE)
+_DIGITS = re.compile(r"(\d+)")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One checkpoint file and the epoch it was saved at."""
+
+    epoch: int
+    path: Path
+
+
+def epoch_from_name(name: str) -> int | None:
+    """The epoch number in a checkpoint file name, or None.
+
+    ``epoch`` followed by a number wins (``epoch=3-step=120.ckpt`` -> 3); otherwise the last
+    number of the stem (``model-7.pth`` -> 7).
+    """
+    stem = Path(name).name
+    for suffix in CHECKPOINT_SUFFIXES:
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    m = _EPOCH_WORD.search(stem)
+    if m:
+        return int(m.group(1))
+    numbers = _DIGITS.findall(stem)
+    return int(numbers[-1]) if numbers else None
+
+
+def find_checkpoints(pattern: str | Path, run: str = "") -> list[Checkpoint]:
+    """The checkpoints named by ``pattern``, sorted by epoch.
+
+    Parameters
+    ----------
+    pattern : a directory (every checkpoint file in it), a glob (``ckpt/*.pt``), or a path
+        with ``{epoch}`` standing for the epoch number (``ckpt/epoch_{epoch}.pt``).
+    run : the run's name, for error messages.
+    """
+    pattern = str(pattern)
+    label = f" (run {run!r})" if run else ""
+    regex = None
+    if "{epoch}" in pattern:
+        files = glob.glob(pattern.replace("{epoch}", "*"))
+        head, _, tail = Path(pattern).name.partition("{epoch}")
+        regex = re.compile(re.escape(head) + r"(\d+)" + re.escape(tail) + "$")
+    elif Path(pattern).is_dir():
+        files = [str(p) for p in Path(pattern).iterdir()
+                 if p.is_file() and p.name.endswith(CHECKPOINT_SUFFIXES)]
+    else:
+        files = glob.glob(pattern)
+    found: dict[int, Path] = {}
+    for f in sorted(files):
+        name = Path(f).name
+        if regex is not None:
+            m = regex.match(name)
+            epoch = int(m.group(1)) if m else None
+        else:
+            epoch = epoch_from_name(name)
+        if epoch is None:
+            raise CheckpointError(
+                f"cannot read an epoch number from checkpoint file {f}{label}; name files like "
+                "epoch_7.pt, model-7.pth or epoch=7-step=100.ckpt, or use a pattern with {epoch}")
+        if epoch in found:
+            raise CheckpointError(
+                f"two checkpoint files for epoch {epoch}{label}: {found[epoch]} and {f}; keep "
+                "one per epoch or narrow the pattern")
+        found[epoch] = Path(f)
+    if not found:
+        where = "directory" if Path(pattern).is_dir() else "pattern"
+        raise CheckpointError(
+            f"checkpoint {where} {pattern!r}{label} matches no file; check the path (relative "
+            f"paths start at the config file's directory) and the extension "
+            f"({', '.join(CHECKPOINT_SUFFIXES)})")
+    return [Checkpoint(e, found[e]) for e in sorted(found)]
+
+
+def read_checkpoint(path: str | Path, trust: bool = False):
+    """``torch.load`` a file on the CPU, safely unless ``trust``; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {path} does not exist")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors import SafetensorError
+            from safetensors.torch import load_file
+        except ImportError:
+            raise CheckpointError(f"{path}: reading .safetensors needs `pip install "
+                                  "safetensors`") from None
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {e}") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as e:
+        if "weights_only" in str(e) or "Weights only load failed" in str(e):
+            raise CheckpointError(
+                f"checkpoint {path} contains Python objects that safe loading refuses (a pickle "
+                "can run arbitrary code). If you trust where this file comes from, pass "
+                "--trust-checkpoints (trust_checkpoints = true in the config); better, save "
+                "model.state_dict() instead of the whole model.") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({e}); "
+                              "re-save or re-download it") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({e}); "
+                              "re-save or re-download it") from None
+
+
+def extract_state_dict(obj, path: str | Path = "") -> dict[str, torch.Tensor]:
+    """The state_dict inside whatever a checkpoint file holds."""
+    if isinstance(obj, nn.Module):
+        return obj.state_dict()
+    if isinstance(obj, Mapping):
+        for key in STATE_KEYS:
+            if key in obj and isinstance(obj[key], (Mapping, nn.Module)):
+                return extract_state_dict(obj[key], path)
+        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if tensors and len(tensors) == len(obj):
+            return dict(tensors)
+        keys = ", ".join(map(str, list(obj)[:8]))
+        raise CheckpointError(
+            f"checkpoint {path} holds a dict with keys [{keys}] but no state_dict; expected a "
+            f"bare state_dict or a dict with one of {', '.join(STATE_KEYS)}")
+    raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a state_dict")
+
+
+def _strip_prefix(state: dict[str, torch.Tensor], expected: set[str]
+                  ) -> dict[str, torch.Tensor]:
+    """Remove the wrapper prefix that makes most keys match ``expected``."""
+    best, best_hits = "", sum(k in expected for k in state)
+    for prefix in WRAPPER_PREFIXES:
+        hits = sum(k[len(prefix):] in expected for k in state if k.startswith(prefix))
+        if hits > best_hits:
+            best, best_hits = prefix, hits
+    if not best:
+        return state
+    return {k[len(best):]: v for k, v in state.items() if k.startswith(best)}
+
+
+def _first(keys: list[str], n: int = 5) -> str:
+    more = f" (+{len(keys) - n} more)" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path = "",
+                   arch: str = "") -> None:
+    """Load ``state`` into ``model``, or fail listing missing/unexpected/mis-shaped keys."""
+    expected = model.state_dict()
+    state = _strip_prefix(state, set(expected))
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [f"{k} (file {tuple(state[k].shape)} vs model {tuple(v.shape)})"
+                  for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or mismatched:
+        what = arch or type(model).__name__
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys: {_first(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys: {_first(unexpected)}")
+        if mismatched:
+            parts.append(f"{len(mismatched)} shape mismatches: {_first(mismatched, 3)}")
+        raise CheckpointError(
+            f"checkpoint {path} does not fit {what}: " + "; ".join(parts)
+            + ". Check the architecture and its kwargs (e.g. num_classes) in the config.")
+    for k, v in expected.items():
+        if k not in state:
+            state[k] = v
+    model.load_state_dict(state, strict=True)
+
+
+def load_checkpoint(model: nn.Module, path: str | Path, trust: bool = False,
+                    arch: str = "") -> nn.Module:
+    """Read ``path`` and load its weights into ``model`` (in place); returns the model."""
+    fit_state_dict(model, extract_state_dict(read_checkpoint(path, trust), path), path, arch)
+    return model

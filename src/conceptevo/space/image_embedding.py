@@ -1,0 +1,218 @@
+"""Image embeddings: the bridge from the base model's space to every other model.
+
+1. Vocabulary images (the stimuli of the base neurons) get embeddings e_x such that every base
+   neuron is the mean of its stimuli:  minimise  sum_n || v_n - mean_{x in X_n} e_x ||^2.
+   With A[n, x] = 1/|X_n| this is the sparse least-squares problem A E = V. There are usually
+   more vocabulary images than neurons, so the system is under-determined; ConceptEvo returns
+   its minimum-norm solution E = A^T (A A^T + lambda I)^{-1} V, the limit of ridge regression
+   as lambda -> 0 (lambda is 1e-8 of the mean diagonal of A A^T, which only matters when two
+   neurons have identical stimuli). A A^T is a small n_neurons x n_neurons matrix whose
+   Cholesky factorisation solves all d columns at once (under a second for VGG16's 4,224
+   neurons). ``method="lsqr"`` solves each column with LSQR from zero instead (also the
+   minimum-norm solution; slower, kept for comparison).
+2. The other probe images get embeddings from the images or neurons they share responsive
+   neurons with (:func:`embed_other_images`).
+3. Any neuron of any model is then projected as the mean embedding of its stimuli
+   (:func:`project`), and :func:`fidelity` measures how well the base neurons survive the
+   round trip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+import torch
+import torch.nn.functional as F
+
+INDIRECT_METHODS = ("neuron-mean", "image-mean", "skipgram")
+
+
+def stimulus_matrix(stimuli: np.ndarray, rows: np.ndarray, n_images: int,
+                    allowed: np.ndarray | None = None) -> tuple[sp.csr_matrix, np.ndarray]:
+    """A [len(rows), n_vocab] with A[i, x] = 1/|X_n| for the stimuli X_n of neuron rows[i],
+    and the vocabulary (sorted image ids) its columns stand for.
+
+    ``allowed`` (bool [n_images]) keeps only those images in the vocabulary: a neuron then
+    averages its allowed stimuli (a row with none stays empty).
+    """
+    sub = np.asarray(stimuli)[rows]
+    n, k = sub.shape
+    keep = np.ones(sub.shape, dtype=bool) if allowed is None else allowed[sub]
+    row_ids = np.repeat(np.arange(n), k)[keep.reshape(-1)]
+    vocab, cols = np.unique(sub.reshape(-1)[keep.reshape(-1)], return_inverse=True)
+    weight = 1.0 / np.maximum(keep.sum(1), 1)
+    a = sp.csr_matrix((weight[row_ids], (row_ids, cols)), shape=(n, vocab.size))
+    a.sum_duplicates()
+    return a, vocab
+
+
+def solve_image_embedding(a: sp.csr_matrix, v: np.ndarray, method: str = "normal",
+                          ridge: float = 1e-8, device: str | torch.device = "cpu",
+                          dense_limit: int = 12_000) -> np.ndarray:
+    """Minimum-norm solution E [n_vocab, d] of A E = V (see the module docstring).
+
+    ``"normal"`` factorises the n_neurons x n_neurons matrix A A^T + lambda I by a dense
+    Cholesky decomposition on ``device`` (float64) up to ``dense_limit`` neurons, by a sparse
+    LU beyond; ``"lsqr"`` runs LSQR on each column.
+    """
+    v = np.asarray(v, dtype=np.float64)
+    if method == "normal":
+        gram = (a @ a.T).tocsc()
+        lam = ridge * float(gram.diagonal().mean())
+        if gram.shape[0] <= dense_limit:
+            g = torch.as_tensor(gram.toarray(), dtype=torch.float64, device=device)
+            g.diagonal().add_(lam)
+            chol = torch.linalg.cholesky(g)
+            y = torch.cholesky_solve(torch.as_tensor(v, dtype=torch.float64, device=device),
+                                     chol).cpu().numpy()
+        else:
+            shifted = (gram + lam * sp.identity(gram.shape[0], format="csc")).tocsc()
+            y = spla.splu(shifted, permc_spec="MMD_AT_PLUS_A").solve(v)
+        return np.asarray(a.T @ y)
+    if method == "lsqr":
+        cols = [spla.lsqr(a, v[:, j], atol=1e-12, btol=1e-12, iter_lim=20 * a.shape[1])[0]
+                for j in range(v.shape[1])]
+        return np.stack(cols, axis=1)
+    raise ValueError(f"unknown image embedding method {method!r}; use 'normal' or 'lsqr'")
+
+
+def rmse(a: sp.csr_matrix, e: np.ndarray, v: np.ndarray) -> float:
+    """sqrt(mean_n || (A E)_n - v_n ||^2): how well the images reproduce the base neurons."""
+    diff = np.asarray(a @ e) - v
+    return float(np.sqrt((diff ** 2).sum(1).mean()))
+
+
+def _mean_rows(index: np.ndarray, valid: np.ndarray, table: np.ndarray) -> tuple[np.ndarray,
+                                                                               np.ndarray]:
+    """Mean of table[index[i, j]] over j where valid[i, j]; rows with none are flagged."""
+    count = valid.sum(1)
+    total = (table[np.where(valid, index, 0)] * valid[..., None]).sum(1)
+    ok = count > 0
+    out = np.zeros((index.shape[0], table.shape[1]), dtype=np.float64)
+    out[ok] = total[ok] / count[ok, None]
+    return out, ok
+
+
+def embed_other_images(targets: np.ndarray, responsive: np.ndarray, e: np.ndarray,
+                       known: np.ndarray, neuron_embedding: np.ndarray, neuron_valid: np.ndarray,
+                       method: str = "neuron-mean", seed: int = 0, lr: float = 0.01,
+                       epochs: int = 1, negatives: int = 2, pairs_per_neuron: int = 500,
+                       progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """Embeddings [len(targets), d] of probe images outside the vocabulary.
+
+    Parameters
+    ----------
+    targets : int64 image ids to embed.
+    responsive : int64 [n_images, k_i] responsive neurons of every probe image (base model).
+    e : float [n_images, d] image embeddings; rows where ``known`` are fixed and used.
+    neuron_embedding, neuron_valid : the base space v_n [n_neurons, d] and its valid rows.
+    method :
+        ``"neuron-mean"`` (closed form): the mean base embedding of the image's responsive
+        neurons, e_x = mean_{n in R_x} v_n.
+        ``"image-mean"`` (closed form): the mean embedding of the known images that share a
+        responsive neuron with x, averaged per shared neuron.
+        ``"skipgram"`` (the paper's): images that share a responsive neuron are pulled
+        together by skip-gram with negatives while known embeddings stay fixed (reference:
+        lr 0.01, 1 epoch, 2 negatives, up to 500 pairs per neuron), starting from
+        uniform(-0.5, 0.5).
+    """
+    targets = np.asarray(targets, dtype=np.int64)
+    d = e.shape[1]
+    if targets.size == 0:
+        return np.zeros((0, d))
+    resp = np.asarray(responsive)[targets]
+    if method == "neuron-mean":
+        valid = neuron_valid[resp]
+        out, ok = _mean_rows(resp, valid, neuron_embedding.astype(np.float64))
+        out[~ok] = e[known].mean(0)
+        return out
+    if method == "image-mean":
+        n_neurons = neuron_embedding.shape[0]
+        known_ids = np.flatnonzero(known)
+        r_known = np.asarray(responsive)[known_ids]                      # [n_known, k_i]
+        rows = np.repeat(np.arange(known_ids.size), r_known.shape[1])
+        inc = sp.csr_matrix((np.ones(rows.size), (r_known.reshape(-1), rows)),
+                            shape=(n_neurons, known_ids.size))            # neuron x known image
+        counts = np.asarray(inc.sum(1)).ravel()
+        centroid = np.asarray(inc @ e[known_ids]) / np.maximum(counts, 1)[:, None]
+        out, ok = _mean_rows(resp, counts[resp] > 0, centroid)
+        out[~ok] = e[known].mean(0)
+        return out
+    if method == "skipgram":
+        return _indirect_skipgram(targets, responsive, e, known, seed, lr, epochs, negatives,
+                                  pairs_per_neuron, progress)
+    raise ValueError(f"unknown indirect method {method!r}; use one of {INDIRECT_METHODS}")
+
+
+def _indirect_skipgram(targets, responsive, e, known, seed, lr, epochs, negatives,
+                       pairs_per_neuron, progress) -> np.ndarray:
+    """The reference's indirect embedding, vectorised over mini-batches of image pairs."""
+    g = torch.Generator().manual_seed(seed)
+    n_images, k = responsive.shape
+    emb = torch.from_numpy(np.asarray(e, dtype=np.float32)).clone()
+    is_target = torch.zeros(n_images, dtype=torch.bool)
+    is_target[torch.from_numpy(targets)] = True
+    emb[is_target] = torch.rand(int(is_target.sum()), emb.shape[1], generator=g) - 0.5
+    neuron = torch.from_numpy(np.asarray(responsive, dtype=np.int64).reshape(-1))
+    image = torch.arange(n_images).repeat_interleave(k)
+    for _ in range(epochs):
+        # each neuron's images in a random order; consecutive ones (first 500) are pairs
+        key = neuron.double() + torch.rand(neuron.shape, generator=g, dtype=torch.float64)
+        order = torch.argsort(key)
+        nb, ib = neuron[order], image[order]
+        start = torch.ones_like(nb, dtype=torch.bool)
+        start[1:] = nb[1:] != nb[:-1]
+        group_start = torch.cummax(torch.where(start, torch.arange(nb.numel()), 0), 0).values
+        position = torch.arange(nb.numel()) - group_start
+        same = (nb[1:] == nb[:-1]) & (position[:-1] < pairs_per_neuron)
+        x, y = ib[:-1][same], ib[1:][same]
+        useful = is_target[x] | is_target[y]
+        x, y = x[useful], y[useful]
+        for s in range(0, x.numel(), 512):
+            xb, yb = x[s:s + 512], y[s:s + 512]
+            vx, vy = emb[xb], emb[yb]
+            coeff = (1 - torch.sigmoid((vx * vy).sum(1))).unsqueeze(1)
+            for src, other, v_src in ((xb, vy, vx), (yb, vx, vy)):
+                neg = emb[torch.randint(0, n_images, (src.numel(), negatives), generator=g)]
+                sig = torch.sigmoid((neg @ v_src.unsqueeze(2)).squeeze(2)).unsqueeze(2)
+                grad = coeff * other - (sig * neg).sum(1)
+                grad[~is_target[src]] = 0
+                emb.index_add_(0, src, grad, alpha=lr)
+            if progress is not None:
+                progress(xb.numel())
+    return emb[torch.from_numpy(targets)].double().numpy()
+
+
+def project(stimuli: np.ndarray, e: np.ndarray) -> np.ndarray:
+    """v~ [n, d]: each neuron as the mean embedding of its stimuli (stimuli int64 [n, k])."""
+    return e[np.asarray(stimuli)].mean(1)
+
+
+def fidelity(projected: np.ndarray, base: np.ndarray, targets: np.ndarray | None = None,
+             chunk: int = 4096) -> dict:
+    """How well projected neurons land on their own base embedding.
+
+    Parameters
+    ----------
+    projected : [m, d] projected neurons v~.
+    base : [n, d] the candidate base embeddings.
+    targets : int [m], the row of ``base`` that each projected neuron should find (default:
+        ``arange(m)``, i.e. the base model projected onto itself).
+
+    Returns mean cosine(v~_i, v_target(i)), and retrieval accuracy: the fraction of neurons
+    whose own base embedding is the nearest (top-1) / among the 10 nearest (top-10) to v~_i
+    by cosine similarity.
+    """
+    p = F.normalize(torch.as_tensor(projected, dtype=torch.float64), dim=1)
+    b = F.normalize(torch.as_tensor(base, dtype=torch.float64), dim=1)
+    t = torch.arange(p.shape[0]) if targets is None else torch.as_tensor(targets)
+    own = (p * b[t]).sum(1)
+    better = torch.empty(p.shape[0], dtype=torch.long)
+    for s in range(0, p.shape[0], chunk):
+        sims = p[s:s + chunk] @ b.T
+        better[s:s + chunk] = (sims > own[s:s + chunk, None]).sum(1)
+    return {"mean_cosine": float(own.mean()), "top1": float((better < 1).double().mean()),
+            "top10": float((better < 10).double().mean()), "n_neurons": int(p.shape[0])}

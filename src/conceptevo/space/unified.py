@@ -1,0 +1,171 @@
+"""The unified semantic space, end to end: from the base model's stimuli to the embedding of
+every probe image, ready to project any neuron of any model and epoch.
+
+:func:`build_base_space` chains the steps of ``../../docs/space.md``:
+co-activation -> neuron embedding -> image embedding of the vocabulary -> embedding of the
+other probe images. :func:`compare_indirect_methods` measures, by holding out part of the
+vocabulary, how well each way of embedding non-vocabulary images preserves the space.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..stimuli import StimuliResult
+from .coactivation import CoActivation
+from .image_embedding import (
+    INDIRECT_METHODS,
+    embed_other_images,
+    fidelity,
+    project,
+    rmse,
+    solve_image_embedding,
+    stimulus_matrix,
+)
+from .neuron_embedding import NeuronEmbedding
+
+
+@dataclass
+class SpaceParams:
+    """Parameters of the base space (defaults: the reference's, see SPEC)."""
+
+    dim: int = 30
+    epochs: int = 20
+    lr: float = 0.01
+    negatives: int = 3
+    batch_size: int = 2048
+    image_method: str = "normal"
+    indirect: str = "neuron-mean"
+    exclude_dead: bool = True
+    seed: int = 0
+    device: str = "cpu"
+
+
+@dataclass
+class BaseSpace:
+    """The base space and the image embedding derived from it.
+
+    Attributes
+    ----------
+    neuron_embedding : float32 [n_base, d], v_n (rows of invalid neurons are NaN).
+    valid : bool [n_base], neurons that are in the space: alive (a positive activation on
+        the probe set, when dead neurons are excluded) and co-activated with another neuron.
+    loss : mean pair loss of each neuron-embedding epoch.
+    image_embedding : float32 [n_images, d], e_x for every probe image.
+    vocab : bool [n_images], images among the stimuli of valid base neurons.
+    rmse : sqrt(mean_n ||mean_{x in X_n} e_x - v_n||^2) over valid base neurons.
+    fidelity : projection of the base model onto itself (see :func:`fidelity`).
+    info : counts (pairs per epoch, vocabulary size, ...).
+    """
+
+    neuron_embedding: np.ndarray
+    valid: np.ndarray
+    loss: list[float]
+    image_embedding: np.ndarray
+    vocab: np.ndarray
+    rmse: float
+    fidelity: dict
+    info: dict = field(default_factory=dict)
+
+
+def base_validity(base: StimuliResult, exclude_dead: bool = True) -> np.ndarray:
+    return ~base.dead if exclude_dead else np.ones(base.n_neurons, dtype=bool)
+
+
+def build_base_space(base: StimuliResult, params: SpaceParams,
+                     progress: Callable[[int], None] | None = None) -> BaseSpace:
+    """Neuron embedding, image embedding and indirect embedding from the base stimuli."""
+    alive = base_validity(base, params.exclude_dead)
+    coact = CoActivation.from_stimuli(base.stimuli, alive)
+    model = NeuronEmbedding(params.dim, params.epochs, params.lr, params.negatives,
+                            params.batch_size, seed=params.seed, device=params.device)
+    model.fit(coact, progress)
+    valid = alive & model.trained_
+    v = model.embedding_.astype(np.float64)
+    e, vocab, err = embed_images(base, v, valid, params.image_method, params.indirect,
+                                 params.seed, device=params.device)
+    e = e.astype(np.float32)  # as stored: the fidelity is that of the stored space
+    rows = np.flatnonzero(valid)
+    fid = fidelity(project(base.stimuli[rows], e.astype(np.float64)), v[rows])
+    emb = model.embedding_.copy()
+    emb[~valid] = np.nan
+    info = {"n_neurons": int(base.n_neurons), "n_valid": int(valid.sum()),
+            "n_dead": int((~alive).sum()), "n_isolated": int((alive & ~model.trained_).sum()),
+            "pairs_per_epoch": int(coact.n_pairs), "n_vocab": int(vocab.sum()),
+            "n_images": int(base.n_images)}
+    return BaseSpace(emb, valid, list(model.loss_), e, vocab, err, fid, info)
+
+
+def embed_images(base: StimuliResult, v: np.ndarray, known: np.ndarray, method: str,
+                 indirect: str, seed: int = 0, allowed: np.ndarray | None = None,
+                 device: str = "cpu") -> tuple[np.ndarray, np.ndarray, float]:
+    """Image embedding of every probe image: exact least squares on the vocabulary of the
+    ``known`` base neurons (bool [n_base]), ``indirect`` for the other images.
+
+    ``allowed`` (bool [n_images]) restricts the vocabulary (to test the indirect methods).
+    ``indirect="none"`` leaves the other images at zero (they are flagged out of ``vocab``).
+    Returns (e float64 [n_images, d], vocab bool [n_images], rmse on the known neurons).
+    """
+    rows = np.flatnonzero(known)
+    a, vocab_ids = stimulus_matrix(base.stimuli, rows, base.n_images, allowed)
+    nonempty = np.asarray(a.getnnz(axis=1)) > 0
+    a, rows = a[nonempty], rows[nonempty]
+    e_vocab = solve_image_embedding(a, v[rows], method, device=device)
+    err = rmse(a, e_vocab, v[rows])
+    e = np.zeros((base.n_images, v.shape[1]))
+    e[vocab_ids] = e_vocab
+    vocab = np.zeros(base.n_images, dtype=bool)
+    vocab[vocab_ids] = True
+    if indirect != "none":
+        others = np.flatnonzero(~vocab)
+        e[others] = embed_other_images(others, base.responsive, e, vocab, v, known, indirect,
+                                       seed=seed)
+    return e, vocab, err
+
+
+def project_known(stimuli: np.ndarray, e: np.ndarray, vocab: np.ndarray) -> np.ndarray:
+    """Projection using vocabulary images only (the baseline without indirect embeddings):
+    the mean over the stimuli that are in the vocabulary; zero when none is."""
+    inside = vocab[stimuli]
+    total = (e[stimuli] * inside[..., None]).sum(1)
+    return total / np.maximum(inside.sum(1), 1)[:, None]
+
+
+def compare_indirect_methods(base: StimuliResult, space: BaseSpace, params: SpaceParams,
+                             holdout: float = 0.2, hide: float = 0.5,
+                             methods=INDIRECT_METHODS + ("none",)) -> dict:
+    """Leave-neurons-out test of the ways to embed images outside the vocabulary.
+
+    A random ``holdout`` fraction of the valid base neurons is removed from the base (their
+    embeddings are not used), and a random ``hide`` fraction of their stimuli is removed from
+    the vocabulary. Each held-out neuron is then projected like a neuron of another model:
+    the mean embedding of its stimuli, of which the hidden ones need an indirect embedding.
+    It must land on its own v_n among all valid base neurons. ``"none"`` projects with
+    vocabulary images only (the baseline without indirect embeddings).
+    """
+    rng = np.random.default_rng(params.seed)
+    valid_rows = np.flatnonzero(space.valid)
+    held = np.sort(rng.choice(valid_rows, size=max(1, int(holdout * valid_rows.size)),
+                              replace=False))
+    known = space.valid.copy()
+    known[held] = False
+    candidates = np.unique(base.stimuli[held])
+    hidden = rng.choice(candidates, size=int(hide * candidates.size), replace=False)
+    allowed = np.ones(base.n_images, dtype=bool)
+    allowed[hidden] = False
+    v = np.nan_to_num(space.neuron_embedding.astype(np.float64))
+    targets = np.searchsorted(valid_rows, held)
+    out = {"holdout_fraction": holdout, "hide_fraction": hide, "n_held_out": int(held.size),
+           "methods": {}}
+    for method in methods:
+        e, vocab, _ = embed_images(base, v, known, params.image_method, method, params.seed,
+                                   allowed, params.device)
+        stim = base.stimuli[held]
+        proj = project_known(stim, e, vocab) if method == "none" else project(stim, e)
+        fid = fidelity(proj, v[valid_rows], targets)
+        fid["outside_vocab"] = float((~vocab[stim]).mean())
+        out["methods"][method] = fid
+    return out

@@ -1,0 +1,301 @@
+"""Stimuli and responsive neurons: one streaming forward pass of the probe set per checkpoint.
+
+* Stimuli of neuron n: the ``k_stimuli`` probe images with the largest activation a_n(x),
+  with each activation and the location (h, w) of the maximum in the layer's feature map.
+* Responsive neurons of image x: the ``k_responsive`` neurons with the largest activation on
+  x, ranked over all probed layers at once on raw activations (as the reference does).
+* Per neuron summary statistics for diagnosis: maximum and mean activation, fraction of images
+  with a positive activation, and the count of non-finite activations.
+
+The pass keeps a running top-k buffer per neuron and merges each batch into it with
+``torch.topk``, so memory is ``n_neurons x k`` plus one batch of activations. Ties are broken
+deterministically by the smaller id (image id for stimuli, neuron id for responsive neurons),
+which makes the result independent of the batch size and of how the probe set is sharded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .errors import NonFiniteActivationError
+from .models.adapter import LayerInfo, ModelAdapter
+
+NONFINITE_POLICIES = ("raise", "record")
+_NO_ID = torch.iinfo(torch.int64).max
+
+
+def ranked_topk(values: torch.Tensor, ids: torch.Tensor, k: int
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top ``k`` of each row ordered by value (descending), ties by id (ascending).
+
+    Parameters
+    ----------
+    values : float [R, M], no NaN (``-inf`` marks empty slots).
+    ids : int64 [R, M] (may be an expanded view), the tie-breaking key of each column.
+    k : number of entries kept, ``k <= M``.
+
+    Returns
+    -------
+    top_values : [R, k], top_ids : int64 [R, k], columns : int64 [R, k] (to gather extras).
+
+    ``torch.topk`` does the selection; a row whose k-th and (k+1)-th values tie is re-ranked
+    exactly by a lexicographic sort, so ties never depend on the order columns arrive in.
+    """
+    rows, m = values.shape
+    if k > m:
+        raise ValueError(f"cannot take the top {k} of {m} entries")
+    if k < m:
+        top_v, cols = values.topk(k + 1, dim=1)
+        boundary_tie = top_v[:, k - 1] == top_v[:, k]
+        top_v, cols = top_v[:, :k], cols[:, :k]
+    else:
+        cols = torch.arange(m, device=values.device).expand(rows, m).clone()
+        top_v = values.clone()
+        boundary_tie = torch.zeros(rows, dtype=torch.bool, device=values.device)
+    top_ids = ids.gather(1, cols)
+    # Order the selection by (value desc, id asc): stable sort on id, then on value.
+    by_id = top_ids.argsort(dim=1, stable=True)
+    by_value = top_v.gather(1, by_id).argsort(dim=1, descending=True, stable=True)
+    order = by_id.gather(1, by_value)
+    cols = cols.gather(1, order)
+    if boundary_tie.any():
+        tied = boundary_tie.nonzero().squeeze(1)
+        sub_v, sub_ids = values[tied], ids[tied]
+        by_id = sub_ids.argsort(dim=1, stable=True)
+        by_value = sub_v.gather(1, by_id).argsort(dim=1, descending=True, stable=True)
+        cols[tied] = by_id.gather(1, by_value)[:, :k]
+    return values.gather(1, cols), ids.gather(1, cols), cols
+
+
+@dataclass
+class StimuliResult:
+    """Everything one stimulus pass measures for one checkpoint.
+
+    Attributes
+    ----------
+    layers : probed layers (their ``offset`` gives each layer's neuron range).
+    stimuli : int64 [n_neurons, k_stimuli] image ids, most exciting first.
+    stimuli_act : float32 [n_neurons, k_stimuli] their activations.
+    stimuli_loc : int16 [n_neurons, k_stimuli, 2] (h, w) of the maximum in the layer's map.
+    responsive : int64 [n_images, k_responsive] neuron ids, strongest first.
+    responsive_act : float32 [n_images, k_responsive] their activations.
+    act_max, act_mean, frac_positive : float32 [n_neurons] over the probe set.
+    n_nonfinite : int64 [n_neurons] count of NaN/inf activations (0 unless recorded).
+    """
+
+    layers: list[LayerInfo]
+    stimuli: np.ndarray
+    stimuli_act: np.ndarray
+    stimuli_loc: np.ndarray
+    responsive: np.ndarray
+    responsive_act: np.ndarray
+    act_max: np.ndarray
+    act_mean: np.ndarray
+    frac_positive: np.ndarray
+    n_nonfinite: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+    ARRAYS = ("stimuli", "stimuli_act", "stimuli_loc", "responsive", "responsive_act",
+              "act_max", "act_mean", "frac_positive", "n_nonfinite")
+
+    @property
+    def n_neurons(self) -> int:
+        return self.stimuli.shape[0]
+
+    @property
+    def n_images(self) -> int:
+        return self.responsive.shape[0]
+
+    @property
+    def dead(self) -> np.ndarray:
+        """bool [n_neurons]: neurons with no positive activation on any probe image."""
+        return self.act_max <= 0
+
+    def layer_of(self) -> np.ndarray:
+        """int64 [n_neurons]: the layer index of each neuron."""
+        return np.repeat(np.arange(len(self.layers)), [li.channels for li in self.layers])
+
+    def layer_slice(self, name: str) -> slice:
+        for info in self.layers:
+            if info.name == name:
+                return slice(info.offset, info.offset + info.channels)
+        raise KeyError(f"no layer {name!r}; layers: {[li.name for li in self.layers]}")
+
+
+class StimulusAccumulator:
+    """Running top-k buffers of one stimulus pass; batches may arrive in any order.
+
+    Parameters
+    ----------
+    layers : the adapter's :class:`LayerInfo` list.
+    n_images : size of the probe set (image ids are ``0 .. n_images - 1``).
+    k_stimuli, k_responsive : sizes of the two rankings.
+    device : where the buffers live (the model's device).
+    """
+
+    def __init__(self, layers: list[LayerInfo], n_images: int, k_stimuli: int,
+                 k_responsive: int, device: torch.device | str = "cpu"):
+        n = sum(li.channels for li in layers)
+        if k_stimuli > n_images:
+            raise ValueError(f"k_stimuli={k_stimuli} exceeds the {n_images} probe images")
+        if k_responsive > n:
+            raise ValueError(f"k_responsive={k_responsive} exceeds the {n} probed neurons")
+        self.layers, self.n_images, self.n_neurons = layers, n_images, n
+        self.k_stimuli, self.k_responsive = k_stimuli, k_responsive
+        dev = torch.device(device)
+        self.top_act = torch.full((n, k_stimuli), -torch.inf, device=dev)
+        self.top_ids = torch.full((n, k_stimuli), _NO_ID, dtype=torch.long, device=dev)
+        self.top_where = torch.zeros((n, k_stimuli), dtype=torch.long, device=dev)
+        self.responsive = torch.full((n_images, k_responsive), -1, dtype=torch.long)
+        self.responsive_act = torch.full((n_images, k_responsive), -torch.inf)
+        self.act_max = torch.full((n,), -torch.inf, dtype=torch.float64, device=dev)
+        self.act_sum = torch.zeros(n, dtype=torch.float64, device=dev)
+        self.n_positive = torch.zeros(n, dtype=torch.long, device=dev)
+        self.n_nonfinite = torch.zeros(n, dtype=torch.long, device=dev)
+        self.n_seen = 0
+        self._neuron_ids = torch.arange(n, device=dev)
+
+    def update(self, acts: torch.Tensor, where: torch.Tensor, image_ids: torch.Tensor) -> None:
+        """Merge one batch: acts float [B, N], where int64 [B, N], image_ids int64 [B].
+
+        Non-finite activations must already be replaced by ``-inf`` and counted with
+        :meth:`count_nonfinite`.
+        """
+        b = acts.shape[0]
+        acts_t = acts.t()
+        cand_act = torch.cat([self.top_act, acts_t], dim=1)
+        cand_ids = torch.cat([self.top_ids, image_ids.view(1, b).expand(self.n_neurons, b)], 1)
+        cand_where = torch.cat([self.top_where, where.t()], dim=1)
+        self.top_act, self.top_ids, cols = ranked_topk(cand_act, cand_ids, self.k_stimuli)
+        self.top_where = cand_where.gather(1, cols)
+
+        r_act, r_ids, _ = ranked_topk(acts, self._neuron_ids.expand(b, self.n_neurons),
+                                      self.k_responsive)
+        rows = image_ids.cpu()
+        self.responsive[rows] = r_ids.cpu()
+        self.responsive_act[rows] = r_act.float().cpu()
+
+        finite = torch.isfinite(acts)
+        self.act_max = torch.maximum(self.act_max, acts.max(dim=0).values.double())
+        self.act_sum += torch.where(finite, acts, 0.0).sum(dim=0, dtype=torch.float64)
+        self.n_positive += (acts > 0).sum(dim=0)
+        self.n_seen += b
+
+    def count_nonfinite(self, acts: torch.Tensor) -> torch.Tensor:
+        """Count NaN/inf per neuron and replace them by -inf in place; returns the mask."""
+        bad = ~torch.isfinite(acts)
+        self.n_nonfinite += bad.sum(dim=0)
+        acts.masked_fill_(bad, -torch.inf)
+        return bad
+
+    def merge(self, other: StimulusAccumulator) -> None:
+        """Fold in the accumulator of a disjoint shard of the probe set (exact)."""
+        cand_act = torch.cat([self.top_act, other.top_act.to(self.top_act.device)], 1)
+        cand_ids = torch.cat([self.top_ids, other.top_ids.to(self.top_ids.device)], 1)
+        cand_where = torch.cat([self.top_where, other.top_where.to(self.top_where.device)], 1)
+        self.top_act, self.top_ids, cols = ranked_topk(cand_act, cand_ids, self.k_stimuli)
+        self.top_where = cand_where.gather(1, cols)
+        filled = other.responsive[:, 0] >= 0
+        self.responsive[filled] = other.responsive[filled]
+        self.responsive_act[filled] = other.responsive_act[filled]
+        self.act_max = torch.maximum(self.act_max, other.act_max.to(self.act_max.device))
+        self.act_sum += other.act_sum.to(self.act_sum.device)
+        self.n_positive += other.n_positive.to(self.n_positive.device)
+        self.n_nonfinite += other.n_nonfinite.to(self.n_nonfinite.device)
+        self.n_seen += other.n_seen
+
+    def result(self, meta: dict | None = None) -> StimuliResult:
+        if self.n_seen != self.n_images:
+            raise RuntimeError(f"the pass saw {self.n_seen} images, expected {self.n_images}")
+        widths = torch.tensor([li.map_size[1] for li in self.layers])
+        width = torch.repeat_interleave(widths, torch.tensor([li.channels for li in self.layers]))
+        where = self.top_where.cpu()
+        loc = torch.stack([where // width[:, None], where % width[:, None]], dim=2)
+        n = max(self.n_seen, 1)
+        return StimuliResult(
+            layers=list(self.layers),
+            stimuli=self.top_ids.cpu().numpy(),
+            stimuli_act=self.top_act.float().cpu().numpy(),
+            stimuli_loc=loc.to(torch.int16).numpy(),
+            responsive=self.responsive.numpy(),
+            responsive_act=self.responsive_act.numpy(),
+            act_max=self.act_max.float().cpu().numpy(),
+            act_mean=(self.act_sum / n).float().cpu().numpy(),
+            frac_positive=(self.n_positive.double() / n).float().cpu().numpy(),
+            n_nonfinite=self.n_nonfinite.cpu().numpy(),
+            meta=dict(meta or {}),
+        )
+
+
+def _nonfinite_report(layers: list[LayerInfo], bad_per_neuron: torch.Tensor) -> str:
+    parts = []
+    for info in layers:
+        count = int(bad_per_neuron[info.offset:info.offset + info.channels].sum())
+        if count:
+            parts.append(f"{info.name} ({count} activations)")
+    return ", ".join(parts)
+
+
+def compute_stimuli(adapter: ModelAdapter,
+                    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                    n_images: int, *, k_stimuli: int = 20, k_responsive: int = 20,
+                    device: torch.device | str = "cpu", on_nonfinite: str = "raise",
+                    context: str = "", accumulator: StimulusAccumulator | None = None,
+                    channels_last: bool = False,
+                    progress: Callable[[int], None] | None = None) -> StimulusAccumulator:
+    """Stream ``batches`` of (images [B, C, H, W], image ids [B]) through the model.
+
+    The model is put in eval mode and run without gradients on ``device``.
+
+    Parameters
+    ----------
+    on_nonfinite : "raise" (default) stops at the first NaN/inf activation with an error that
+        names ``context`` (the checkpoint) and the layers; "record" ranks them below every
+        finite value and counts them per neuron (``n_nonfinite``), for diagnosis.
+    accumulator : continue an existing accumulator (a shard of a distributed pass).
+    channels_last : feed the images in channels-last layout (about 2x faster convolutions on
+        CPUs when the model's weights are channels-last too; results are the same).
+    progress : called with the number of images of each finished batch.
+
+    Returns the :class:`StimulusAccumulator`; call ``.result()`` for a :class:`StimuliResult`.
+    """
+    if on_nonfinite not in NONFINITE_POLICIES:
+        raise ValueError(f"on_nonfinite must be one of {NONFINITE_POLICIES}")
+    model = adapter.model
+    was_training = model.training
+    model.eval()
+    acc = accumulator
+    try:
+        with torch.no_grad():
+            for images, ids in batches:
+                images = images.to(device, non_blocking=True)
+                if channels_last and images.dim() == 4:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                ids = ids.to(device)
+                if adapter.layers_ is None:
+                    adapter.describe(images[:1])
+                if acc is None:
+                    acc = StimulusAccumulator(adapter.layers_, n_images, k_stimuli,
+                                              k_responsive, device)
+                # locations are needed only where an image can enter a neuron's top-k
+                acts, where, _ = adapter.activations(images, acc.top_act[:, -1].float())
+                if not torch.isfinite(acts).all():
+                    bad = acc.count_nonfinite(acts)
+                    if on_nonfinite == "raise":
+                        where_bad = _nonfinite_report(adapter.layers_, bad.sum(0))
+                        raise NonFiniteActivationError(
+                            f"{context or 'the model'} produces NaN/inf activations in "
+                            f"{where_bad}; its weights have probably diverged (check the "
+                            "training loss), or set on_nonfinite='record' to keep going")
+                acc.update(acts, where, ids)
+                if progress is not None:
+                    progress(images.shape[0])
+    finally:
+        model.train(was_training)
+    if acc is None:
+        raise ValueError("the probe set produced no batch")
+    return acc

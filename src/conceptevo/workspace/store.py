@@ -1,0 +1,258 @@
+"""The workspace: one directory per study holding every artifact ConceptEvo computes.
+
+The layout is documented in ``docs/workspace.md``. Every file is written atomically (see
+:mod:`.atomic`), and each stage artifact records the key of the inputs it was computed from,
+so an interrupted or re-configured run recomputes exactly what is missing or stale.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..data.probe import ProbeSet
+from ..errors import WorkspaceError
+from ..models.adapter import LayerInfo
+from ..stimuli import StimuliResult
+from . import atomic
+
+SCHEMA_VERSION = 1
+MANIFEST = "conceptevo.json"
+_EPOCH_FILE = re.compile(r"epoch_(\d+)\.npz$")
+
+
+def epoch_name(epoch: int) -> str:
+    return f"epoch_{epoch:04d}"
+
+
+class Workspace:
+    """A study directory.
+
+    Parameters
+    ----------
+    root : the directory.
+    create : make it (and its manifest) when missing; otherwise a missing or foreign
+        directory is an error.
+    """
+
+    def __init__(self, root: str | Path, create: bool = False):
+        self.root = Path(root).resolve()
+        manifest = self.root / MANIFEST
+        if manifest.is_file():
+            try:
+                info = atomic.read_json(manifest)
+            except (OSError, json.JSONDecodeError) as e:
+                raise WorkspaceError(f"cannot read {manifest}: {e}") from None
+            version = info.get("schema_version")
+            if not isinstance(version, int):
+                raise WorkspaceError(f"{manifest} has no schema_version; is {self.root} a "
+                                     "ConceptEvo workspace?")
+            if version > SCHEMA_VERSION:
+                raise WorkspaceError(
+                    f"workspace {self.root} was written by a newer ConceptEvo (schema "
+                    f"{version}, {info.get('created_by', '?')}); this is conceptevo "
+                    f"{__version__} (schema {SCHEMA_VERSION}). Upgrade conceptevo "
+                    "(pip install -U conceptevo) or use a new workspace directory.")
+            self.info = info
+        elif create:
+            if self.root.exists() and any(self.root.iterdir()):
+                raise WorkspaceError(
+                    f"{self.root} exists, is not empty and is not a ConceptEvo workspace; "
+                    "choose an empty or new directory")
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.info = {"format": "conceptevo-workspace", "schema_version": SCHEMA_VERSION,
+                         "created_by": f"conceptevo {__version__}",
+                         "created": datetime.now(UTC).isoformat(timespec="seconds")}
+            atomic.write_json(manifest, self.info)
+        else:
+            raise WorkspaceError(f"{self.root} is not a ConceptEvo workspace (no {MANIFEST}); "
+                                 "build one first with `conceptevo build --config study.toml`")
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    # ------------------------------------------------------------------ study
+    def save_study(self, study: dict) -> None:
+        """The resolved study configuration the artifacts were computed with."""
+        atomic.write_json(self.path("study.json"), study)
+
+    def load_study(self) -> dict:
+        p = self.path("study.json")
+        return atomic.read_json(p) if p.is_file() else {}
+
+    # ------------------------------------------------------------ probe sets
+    def has_probe(self, name: str = "probe") -> bool:
+        return self.path(name, "meta.json").is_file()
+
+    def probe_images_path(self, name: str = "probe") -> Path:
+        return self.path(name, "images.npy")
+
+    def save_probe(self, probe: ProbeSet, name: str = "probe", key: str = "") -> None:
+        """Write a probe set: images first, the index, then ``meta.json`` last (its presence
+        marks a complete probe set)."""
+        d = self.path(name)
+        d.mkdir(parents=True, exist_ok=True)
+        target = d / "images.npy"
+        if not (isinstance(probe.images, np.memmap) and Path(probe.images.filename) == target):
+            atomic.write_npy(target, probe.images)
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["image_id", "path", "label", "class_name"])
+        for i, (path, label) in enumerate(zip(probe.paths, probe.labels)):
+            w.writerow([i, path, int(label), probe.classes[int(label)]])
+        atomic.write_text(d / "index.csv", buf.getvalue())
+        meta = {"n_images": len(probe), "image_size": list(probe.image_size),
+                "classes": list(probe.classes), "mean": list(probe.mean),
+                "std": list(probe.std), "fingerprint": probe.fingerprint(), "key": key,
+                "info": probe.info}
+        atomic.write_json(d / "meta.json", meta)
+
+    def load_probe(self, name: str = "probe", mmap: bool = True) -> ProbeSet:
+        d = self.path(name)
+        if not self.has_probe(name):
+            raise WorkspaceError(f"workspace {self.root} has no {name} set yet; run "
+                                 "`conceptevo stimuli` or `conceptevo build` first")
+        meta = atomic.read_json(d / "meta.json")
+        images = np.load(d / "images.npy", mmap_mode="r" if mmap else None)
+        paths, labels = [], []
+        with open(d / "index.csv", newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                paths.append(row["path"])
+                labels.append(int(row["label"]))
+        probe = ProbeSet(images, np.asarray(labels, dtype=np.int64), paths, meta["classes"],
+                         tuple(meta["mean"]), tuple(meta["std"]), meta.get("info", {}))
+        probe.info["fingerprint"] = meta.get("fingerprint")
+        return probe
+
+    def probe_meta(self, name: str = "probe") -> dict:
+        return atomic.read_json(self.path(name, "meta.json"))
+
+    # --------------------------------------------------------------- stimuli
+    def stimuli_path(self, run: str, epoch: int) -> Path:
+        return self.path("stimuli", run, epoch_name(epoch) + ".npz")
+
+    def save_stimuli(self, run: str, epoch: int, result: StimuliResult) -> None:
+        arrays = {name: getattr(result, name) for name in StimuliResult.ARRAYS}
+        arrays["layers"] = np.array(json.dumps([li.to_dict() for li in result.layers]))
+        arrays["meta"] = np.array(json.dumps(result.meta, default=str))
+        atomic.write_npz(self.stimuli_path(run, epoch), **arrays)
+
+    def stimuli_meta(self, run: str, epoch: int) -> dict | None:
+        """The ``meta`` of a stored stimulus result (its cache key among others), or None."""
+        p = self.stimuli_path(run, epoch)
+        if not p.is_file():
+            return None
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                return json.loads(str(z["meta"]))
+        except (OSError, ValueError, KeyError, json.JSONDecodeError):
+            return None  # unreadable: treated as missing and recomputed
+
+    def load_stimuli(self, run: str, epoch: int) -> StimuliResult:
+        p = self.stimuli_path(run, epoch)
+        if not p.is_file():
+            known = self.stimuli_epochs(run)
+            raise WorkspaceError(
+                f"no stimuli for run {run!r} epoch {epoch} in {self.root}"
+                + (f"; epochs with stimuli: {known}" if known else
+                   f"; runs with stimuli: {self.stimuli_runs()}"))
+        with np.load(p, allow_pickle=False) as z:
+            arrays = {name: z[name] for name in StimuliResult.ARRAYS}
+            layers = [LayerInfo.from_dict(d) for d in json.loads(str(z["layers"]))]
+            meta = json.loads(str(z["meta"]))
+        return StimuliResult(layers=layers, meta=meta, **arrays)
+
+    def stimuli_runs(self) -> list[str]:
+        d = self.path("stimuli")
+        return sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
+
+    def stimuli_epochs(self, run: str) -> list[int]:
+        d = self.path("stimuli", run)
+        if not d.is_dir():
+            return []
+        return sorted(int(m.group(1)) for p in d.iterdir() if (m := _EPOCH_FILE.match(p.name)))
+
+    # --------------------------------------------------------------- metrics
+    def metrics_path(self, run: str) -> Path:
+        return self.path("runs", run, "metrics.csv")
+
+    def save_metrics(self, run: str, rows: list[dict]) -> None:
+        """Per-epoch training metrics of a run (one row per epoch, any numeric columns)."""
+        rows = sorted(rows, key=lambda r: r["epoch"])
+        columns = ["epoch"] + sorted({k for r in rows for k in r} - {"epoch"})
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: int(v) if isinstance(v, bool) else v
+                        for k, v in ((k, r.get(k, "")) for k in columns)})
+        atomic.write_text(self.metrics_path(run), buf.getvalue())
+
+    def load_metrics(self, run: str) -> list[dict]:
+        p = self.metrics_path(run)
+        if not p.is_file():
+            return []
+        with open(p, newline="", encoding="utf-8") as f:
+            return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+    def metric_runs(self) -> list[str]:
+        d = self.path("runs")
+        return sorted(p.name for p in d.iterdir() if (p / "metrics.csv").is_file()) \
+            if d.is_dir() else []
+
+
+    # ----------------------------------------------------------------- space
+    def space_path(self, *parts: str) -> Path:
+        return self.path("space", *parts)
+
+    def save_arrays(self, path: Path, meta: dict, **arrays) -> None:
+        """An ``.npz`` of arrays plus a JSON ``meta`` (its cache key among others)."""
+        atomic.write_npz(path, meta=np.array(json.dumps(meta, default=str)), **arrays)
+
+    def load_arrays(self, path: Path) -> tuple[dict, dict]:
+        """(meta, arrays) of an ``.npz`` written by :meth:`save_arrays`."""
+        if not path.is_file():
+            raise WorkspaceError(f"{path} does not exist; run `conceptevo build` first")
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files if k != "meta"}
+            meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
+        return meta, arrays
+
+    def arrays_key(self, path: Path) -> str | None:
+        """The stored key of an ``.npz`` artifact, or None when missing or unreadable."""
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return json.loads(str(z["meta"])).get("key")
+        except (OSError, ValueError, KeyError, json.JSONDecodeError):
+            return None
+
+    def projection_path(self, run: str, epoch: int) -> Path:
+        return self.space_path("projection", run, epoch_name(epoch) + ".npz")
+
+    def projection_epochs(self, run: str) -> list[int]:
+        d = self.space_path("projection", run)
+        if not d.is_dir():
+            return []
+        return sorted(int(m.group(1)) for p in d.iterdir() if (m := _EPOCH_FILE.match(p.name)))
+
+    def has_space(self) -> bool:
+        return self.space_path("images.npz").is_file() and self.space_path("base.npz").is_file()
+
+
+def _number(text: str):
+    if text == "":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return int(value) if value.is_integer() and "." not in text and "e" not in text else value
