@@ -1,0 +1,1 @@
+"""The unified semantic space: co-activation, neuron and image embeddings, projection, map."""
