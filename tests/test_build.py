@@ -23,7 +23,8 @@ def write_config(root, extra_space="", runs=("a", "b")):
 [[runs]]
 name = "{r}"
 checkpoints = "ckpt/{r}/epoch_{{epoch}}.pt"
-train = {{ regime = "healthy", epochs = 2, batch_size = 32, seed = {i} }}""" for i, r in enumerate(runs))
+train = {{ regime = "healthy", epochs = 2, batch_size = 32, seed = {i} }}"""
+                          for i, r in enumerate(runs))
     path = root / "study.toml"
     path.write_text(f"""
 workspace = "ws"
@@ -163,7 +164,7 @@ def test_external_base_model(study, tmp_path):
     shutil.copytree(root / "data", copy / "data")
     shutil.copytree(root / "ckpt", copy / "ckpt")
     path = write_config(copy, 'base_arch = "conceptevo:small_vgg"\n'
-                              f'base_checkpoint = "ckpt/b/epoch_0002.pt"\n'
+                              'base_checkpoint = "ckpt/b/epoch_0002.pt"\n'
                               'base_kwargs = { num_classes = 12, widths = [4, 8, 8], depth = 1, '
                               'hidden = 8 }', runs=("a",))
     path.write_text(path.read_text().replace('train = { regime = "healthy", epochs = 2, '

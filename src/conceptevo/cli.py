@@ -97,9 +97,45 @@ def cmd_export(args) -> int:
     from .export import export
     from .workspace import Workspace
 
-    files = export(Workspace(args.workspace), args.out)
+    files, skipped = export(Workspace(args.workspace), args.out)
     for path in files:
         print(path)
+    for note in skipped:
+        print(f"not written: {note}")
+    return 0
+
+
+def cmd_importance(args) -> int:
+    from .config import load_config
+    from .evolution.stage import ensure_importance, resolve_class, verification_table
+    from .pipeline import ensure_probe_sets, open_workspace
+
+    cfg = load_config(args.config)
+    if args.trust_checkpoints:
+        cfg.trust_checkpoints = True
+    cfg.run(args.run)  # an unknown run fails here, naming the runs
+    if bool(args.classes) == args.all_classes:
+        raise ConfigError("give --class C (repeatable) or --all-classes")
+    ws = open_workspace(cfg)
+    probe, heldout = ensure_probe_sets(cfg, ws)
+    classes = list(range(len(probe.classes))) if args.all_classes else \
+        [resolve_class(probe, c) for c in args.classes]
+    summaries = ensure_importance(cfg, ws, probe, heldout, args.run, classes,
+                                  [(args.from_epoch, args.to_epoch)])
+    for s in summaries:
+        result = s["result"]
+        print(f"\nclass {s['class_name']!r} ({s['class']}), run {s['run']!r}, epochs "
+              f"{s['from']} -> {s['to']}: most important evolutions per layer "
+              "(channel: importance)")
+        for li, info in enumerate(result.layers):
+            top = result.layer_ranking(li)[:5]
+            cells = ", ".join(f"{ch}: {result.score[info.offset + ch]:.2f}" for ch in top)
+            print(f"  {info.name:<24} {cells}")
+    for split in ("train", "heldout"):
+        if any(s[split] for s in summaries):
+            print()
+            print(verification_table(summaries, split)[0])
+    print(f"\nstored in {ws.root / 'importance' / args.run}")
     return 0
 
 
@@ -163,6 +199,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("workspace", help="the workspace directory")
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("importance", help="rank the concept evolutions that matter for a "
+                                          "class between two epochs, and verify them")
+    p.add_argument("--config", required=True, help="the study TOML file")
+    p.add_argument("--run", required=True, help="the run")
+    p.add_argument("--class", dest="classes", action="append", default=[],
+                   help="class name or index (repeatable)")
+    p.add_argument("--all-classes", action="store_true", help="every class")
+    p.add_argument("--from", dest="from_epoch", type=int,
+                   help="earlier epoch (default: the epoch before --to)")
+    p.add_argument("--to", dest="to_epoch", type=int,
+                   help="later epoch (default: the epoch after --from; with neither, the "
+                        "last two epochs)")
+    p.add_argument("--trust-checkpoints", action="store_true",
+                   help="allow checkpoints that contain arbitrary pickled objects")
+    p.set_defaults(func=cmd_importance)
 
     p = sub.add_parser("train", help="train the runs of a study that have a `train` table")
     p.add_argument("--config", required=True, help="the study TOML file")

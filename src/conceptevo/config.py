@@ -202,6 +202,28 @@ class SpaceConfig:
 
 
 @dataclass
+class ImportanceConfig:
+    """Step 4: importance of concept evolutions for a class, and its verification.
+
+    ``images`` class images are sampled from the probe set (all when fewer); the reversion
+    check reverts ``bins`` bins of each layer's ranking and ``random_draws`` random sets of
+    the same size, on those images and on the class's held-out images.
+    """
+
+    images: int = 250
+    bins: int = 4
+    random_draws: int = 5
+    batch_size: int = 64
+
+    def validate(self, where: str) -> None:
+        for key in ("images", "bins", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"[{where}] {key} must be >= 1, not {getattr(self, key)}")
+        if self.random_draws < 0:
+            raise ConfigError(f"[{where}] random_draws must be >= 0")
+
+
+@dataclass
 class TrainingDataConfig:
     """Where ``conceptevo train`` reads its images (ImageFolder trees). The images are resized
     and normalised like the probe set (``[probe]`` image_size, mean, std)."""
@@ -229,6 +251,7 @@ class StudyConfig:
     runs: list[RunConfig] = field(default_factory=list)
     stimuli: StimuliConfig = field(default_factory=StimuliConfig)
     space: SpaceConfig = field(default_factory=SpaceConfig)
+    importance: ImportanceConfig = field(default_factory=ImportanceConfig)
     training: TrainingDataConfig | None = None
     base_dir: Path = field(default=Path("."), metadata={"internal": True})
 
@@ -256,6 +279,7 @@ class StudyConfig:
                 raise ConfigError(f"two runs are named {run.name!r}; run names must be unique")
             seen.add(run.name)
         self.space.validate("space", self.runs)
+        self.importance.validate("importance")
 
     def resolve(self, path: str | Path) -> Path:
         """A path from the config, made absolute against the config file's directory."""

@@ -28,12 +28,20 @@ class DemoSize:
     epochs: int
     probe_per_class: int
     heldout_per_class: int
+    importance_images: int
 
 
-FULL = DemoSize(n_train=4000, n_val=1000, epochs=8, probe_per_class=150, heldout_per_class=50)
-QUICK = DemoSize(n_train=1200, n_val=360, epochs=3, probe_per_class=40, heldout_per_class=20)
+FULL = DemoSize(n_train=4000, n_val=1000, epochs=8, probe_per_class=150, heldout_per_class=50,
+                importance_images=100)
+QUICK = DemoSize(n_train=1200, n_val=360, epochs=3, probe_per_class=40, heldout_per_class=20,
+                 importance_images=40)
 RUNS = (("healthy", "healthy", ""), ("lr-too-high", "lr-too-high", ""),
         ("overfit", "overfit", "dropout = 0.0, "))
+
+
+def importance_pairs(epochs: int) -> list[tuple[int, int]]:
+    """An early epoch pair and a late one (the demo ranks evolutions for both)."""
+    return [(1, 2), (epochs - 1, epochs)] if epochs >= 3 else [(0, 1)]
 
 
 def study_toml(size: DemoSize, n_classes: int) -> str:
@@ -69,6 +77,11 @@ kwargs = {{ num_classes = {n_classes} }}
 k_stimuli = 20
 k_responsive = 20
 batch_size = 256
+
+[importance]
+images = {size.importance_images}        # class images per class (the paper uses 250)
+bins = 4
+random_draws = 5
 
 [training]                   # only for `conceptevo train`
 train_root = "data/train"
@@ -157,6 +170,15 @@ def run_demo(directory: str | Path, quick: bool = False, size: DemoSize | None =
     figures = pipeline.write_space_figures(ws)
     timings["space"] = time.perf_counter() - t
 
+    from .evolution.stage import ensure_importance, verification_table
+
+    t = time.perf_counter()
+    heldout = ws.load_probe("heldout")
+    pairs = importance_pairs(size.epochs)
+    summaries = ensure_importance(cfg, ws, probe, heldout, "healthy",
+                                  list(range(len(probe.classes))), pairs)
+    timings["importance"] = time.perf_counter() - t
+
     runs = [r.name for r in cfg.runs]
     table, checks = training_summary(ws, runs)
     print()
@@ -167,6 +189,15 @@ def run_demo(directory: str | Path, quick: bool = False, size: DemoSize | None =
           f"({ws.load_stimuli(runs[0], 0).n_neurons} neurons each)")
     space_report = space_summary(ws)
     print(space_report["text"])
+    print()
+    verification, figures_rev = verification_table(summaries, "train")
+    print(verification.replace("reversion check", "importance of the healthy run's concept "
+                               "evolutions, every class; reversion check"))
+    held_text, _ = verification_table(summaries, "heldout")
+    print(held_text.splitlines()[0].replace("reversion check", "  same on held-out images"))
+    for line in held_text.splitlines()[2:]:
+        print(line)
+    checks["reversion"] = figures_rev
     total = time.perf_counter() - t0
     print("time: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())
           + f", total {total:.0f}s")
@@ -177,6 +208,7 @@ def run_demo(directory: str | Path, quick: bool = False, size: DemoSize | None =
     print("  runs/<run>/metrics.csv      accuracy and loss per epoch")
     print("  stimuli/<run>/epoch_*.npz   stimuli and responsive neurons per checkpoint")
     print("  space/                      the unified space (docs/workspace.md)")
+    print("  importance/healthy/          important evolutions and reversion, per class")
     print("  figures/space_<run>.png     each run's neurons on the 2-D map, coloured by epoch")
     for path in figures:
         print(f"    {path}")

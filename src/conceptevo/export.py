@@ -9,6 +9,10 @@
 * ``base_neurons.csv``: row, layer, channel, run, epoch (run/epoch empty for an external
   base) and ``base_embeddings.npy``: float32 [base rows, d], the base model's own v_n
 * ``metrics.csv``: run, epoch, train_acc, val_acc, then any other recorded metric
+* ``importance.csv``: run, class, from_epoch, to_epoch, layer, channel, score, rank
+* ``reversion.csv``: run, class, from_epoch, to_epoch, layer, set, split, top1, top5 (``set``
+  is the bin number, 0 = most important, ``random`` for each random draw, or ``none`` for the
+  unreverted later checkpoint, whose ``layer`` is empty)
 
 The same data, in the same order, comes back from :func:`images`, :func:`neurons`,
 :func:`base_neurons` and :func:`metrics` (as :class:`Table` objects, convertible to pandas).
@@ -205,12 +209,62 @@ def metrics(ws: Workspace) -> Table:
     return Table(cols)
 
 
+def importance(ws: Workspace) -> Table:
+    """Every stored importance ranking: run, class, from_epoch, to_epoch, layer, channel,
+    score, rank (``class`` is the class name)."""
+    from .evolution.stage import load_importance, stored_importance
+
+    cols: dict[str, list] = {k: [] for k in ("run", "class", "from_epoch", "to_epoch",
+                                             "layer", "channel", "score", "rank")}
+    for run, c, t, t2 in stored_importance(ws):
+        result, _ = load_importance(ws, run, c, t, t2)
+        layer, channel = _layer_columns(result.layers)
+        n = len(layer)
+        cols["run"].append(np.full(n, run, dtype=object))
+        cols["class"].append(np.full(n, result.meta.get("class_name", str(c)), dtype=object))
+        cols["from_epoch"].append(np.full(n, t))
+        cols["to_epoch"].append(np.full(n, t2))
+        cols["layer"].append(layer)
+        cols["channel"].append(channel)
+        cols["score"].append(result.score)
+        cols["rank"].append(result.rank)
+    return Table({k: np.concatenate(v) if v else np.array([]) for k, v in cols.items()})
+
+
+def reversion(ws: Workspace) -> Table:
+    """Every stored reversion check: run, class, from_epoch, to_epoch, layer, set, split,
+    top1, top5 (one row per reverted set and split; ``layer`` is empty for ``set=none``)."""
+    from .evolution.stage import load_importance, stored_importance
+
+    cols: dict[str, list] = {k: [] for k in ("run", "class", "from_epoch", "to_epoch",
+                                             "layer", "set", "split", "top1", "top5")}
+    for run, c, t, t2 in stored_importance(ws):
+        result, rev = load_importance(ws, run, c, t, t2)
+        names = np.array([li.name for li in result.layers] + [""], dtype=object)
+        n = len(rev.layer)
+        cols["run"].append(np.full(n, run, dtype=object))
+        cols["class"].append(np.full(n, result.meta.get("class_name", str(c)), dtype=object))
+        cols["from_epoch"].append(np.full(n, t))
+        cols["to_epoch"].append(np.full(n, t2))
+        cols["layer"].append(names[rev.layer])  # -1 (the unreverted model) -> ""
+        cols["set"].append(rev.set.astype(object))
+        cols["split"].append(rev.split.astype(object))
+        cols["top1"].append(rev.top1)
+        cols["top5"].append(rev.top5)
+    return Table({k: np.concatenate(v) if v else np.array([]) for k, v in cols.items()})
+
+
 # ------------------------------------------------------------------------------ export
-def export(ws: Workspace, out: str | Path) -> list[Path]:
-    """Write the open files listed in the module docstring into ``out``."""
+def export(ws: Workspace, out: str | Path) -> tuple[list[Path], list[str]]:
+    """Write the open files listed in the module docstring into ``out``.
+
+    Returns (files written, notes on what was left out because the workspace does not have
+    it yet, e.g. no unified space before `conceptevo build`).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    written = []
+    written: list[Path] = []
+    skipped: list[str] = []
 
     def save_table(name: str, table: Table) -> None:
         table.to_csv(out / name)
@@ -221,13 +275,24 @@ def export(ws: Workspace, out: str | Path) -> list[Path]:
         written.append(out / name)
 
     save_table("images.csv", images(ws))
-    table, emb, stim, act = neurons(ws)
-    save_table("neurons.csv", table)
-    save_array("embeddings.npy", emb)
-    save_array("stimuli.npy", stim.astype(np.int64))
-    save_array("stimuli_act.npy", act)
-    btable, bemb = base_neurons(ws)
-    save_table("base_neurons.csv", btable)
-    save_array("base_embeddings.npy", bemb)
+    if any(ws.projection_epochs(r) for r in ws.stimuli_runs()):
+        table, emb, stim, act = neurons(ws)
+        save_table("neurons.csv", table)
+        save_array("embeddings.npy", emb)
+        save_array("stimuli.npy", stim.astype(np.int64))
+        save_array("stimuli_act.npy", act)
+        btable, bemb = base_neurons(ws)
+        save_table("base_neurons.csv", btable)
+        save_array("base_embeddings.npy", bemb)
+    else:
+        skipped.append("neurons, embeddings, stimuli and base files: no unified space yet "
+                       "(run `conceptevo build`)")
     save_table("metrics.csv", metrics(ws))
-    return written
+    imp = importance(ws)
+    if len(imp):
+        save_table("importance.csv", imp)
+        save_table("reversion.csv", reversion(ws))
+    else:
+        skipped.append("importance.csv, reversion.csv: no importance computed yet (run "
+                       "`conceptevo importance`)")
+    return written, skipped

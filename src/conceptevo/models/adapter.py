@@ -173,6 +173,7 @@ class ModelAdapter:
     Attributes
     ----------
     layer_names : list of the probed module names.
+    modules : the probed modules, in the same order.
     layers_ : list of :class:`LayerInfo`, set by :meth:`describe`.
     """
 
@@ -183,7 +184,7 @@ class ModelAdapter:
         self.reduction = reduction
         self.layer_names = select_layers(model, layers)
         modules = dict(model.named_modules())
-        self._modules = [modules[name] for name in self.layer_names]
+        self.modules = [modules[name] for name in self.layer_names]
         self.layers_: list[LayerInfo] | None = None
 
     # ------------------------------------------------------------------ hooks
@@ -197,7 +198,7 @@ class ModelAdapter:
         pass, and a layer that runs twice in it is an error, because its neurons would have
         two activations per image.
         """
-        calls = [0] * len(self._modules)
+        calls = [0] * len(self.modules)
 
         def make(i: int):
             def hook(module, inputs, output):
@@ -212,7 +213,7 @@ class ModelAdapter:
                 return fn(i, output)
             return hook
 
-        handles = [m.register_forward_hook(make(i)) for i, m in enumerate(self._modules)]
+        handles = [m.register_forward_hook(make(i)) for i, m in enumerate(self.modules)]
         try:
             yield
         finally:
@@ -240,7 +241,7 @@ class ModelAdapter:
         finally:
             self.model.train(was_training)
         infos, offset = [], 0
-        for i, (name, module) in enumerate(zip(self.layer_names, self._modules)):
+        for i, (name, module) in enumerate(zip(self.layer_names, self.modules)):
             if i not in shapes:
                 raise LayerSelectionError(
                     f"layer {name!r} did not run in the forward pass, so it has no activation "

@@ -1,0 +1,1 @@
+"""Concept evolution: sensitivity, importance, reversion, diagnosis."""

@@ -1,0 +1,283 @@
+"""The importance stage: which concept evolutions of a run matter for a class, verified by
+reversion, stored in ``importance/<run>/c<class>/from_<t>_to_<t2>.npz``.
+
+Each file holds, for one run, class and epoch pair: the importance score, mean sensitivity
+and within-layer rank of every neuron, the class images used, and the reversion table (one
+row per reverted set and split: layer, set, split, top-1, top-5).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import StudyConfig
+from ..data.probe import ProbeSet
+from ..errors import CheckpointError, ConfigError
+from ..models.adapter import LayerInfo, ModelAdapter
+from ..models.checkpoints import Checkpoint, find_checkpoints, load_checkpoint
+from ..models.registry import build_model
+from ..progress import progress_bar
+from ..workspace import Workspace
+from .importance import ImportanceResult, ReversionPlan, importance, run_reversion
+
+log = logging.getLogger("conceptevo")
+SPLITS = ("train", "heldout")
+
+
+@dataclass
+class Reversion:
+    """Accuracy of M^t' with each set reverted. Arrays of equal length, one row per (set,
+    split): ``layer`` (-1 for the unreverted model), ``set`` ("none", "0".."bins-1" or
+    "random<d>"), ``split`` ("train" / "heldout"), ``top1``, ``top5``."""
+
+    layer: np.ndarray
+    set: np.ndarray
+    split: np.ndarray
+    top1: np.ndarray
+    top5: np.ndarray
+
+    def summary(self, split: str = "train") -> dict:
+        """Mean top-1 drop (from the unreverted model) of the top bin, of the other bins and
+        of the random sets, averaged over layers; and their ratio."""
+        sel = self.split == split
+        if not sel.any():
+            return {}
+        base = float(self.top1[sel & (self.set == "none")][0])
+        drops = base - self.top1
+        top = drops[sel & (self.set == "0")]
+        rand = drops[sel & np.char.startswith(self.set.astype(str), "random")]
+        rest = drops[sel & (self.layer >= 0) & (self.set != "0")
+                     & ~np.char.startswith(self.set.astype(str), "random")]
+        return {"accuracy": base, "top_bin_drop": float(top.mean()),
+                "other_bins_drop": float(rest.mean()) if rest.size else float("nan"),
+                "random_drop": float(rand.mean()) if rand.size else float("nan"),
+                "random_drop_std": float(rand.std()) if rand.size else float("nan")}
+
+
+def importance_path(ws: Workspace, run: str, class_index: int, t: int, t2: int) -> Path:
+    return ws.path("importance", run, f"c{class_index:03d}", f"from_{t:04d}_to_{t2:04d}.npz")
+
+
+def load_importance(ws: Workspace, run: str, class_index: int, t: int, t2: int
+                    ) -> tuple[ImportanceResult, Reversion]:
+    """The stored importance and reversion of one run, class and epoch pair."""
+    meta, a = ws.load_arrays(importance_path(ws, run, class_index, t, t2))
+    layers = [LayerInfo.from_dict(d) for d in json.loads(str(a["layers"]))]
+    result = ImportanceResult(layers, a["score"], a["mean_sensitivity"], a["rank"],
+                              a["image_ids"], meta)
+    rev = Reversion(a["rev_layer"], a["rev_set"], a["rev_split"], a["rev_top1"], a["rev_top5"])
+    return result, rev
+
+
+def stored_importance(ws: Workspace) -> list[tuple[str, int, int, int]]:
+    """(run, class, from, to) of every stored importance file."""
+    out = []
+    root = ws.path("importance")
+    if not root.is_dir():
+        return out
+    for path in sorted(root.glob("*/c*/from_*_to_*.npz")):
+        t, t2 = path.stem.split("_")[1], path.stem.split("_")[3]
+        out.append((path.parent.parent.name, int(path.parent.name[1:]), int(t), int(t2)))
+    return out
+
+
+# ------------------------------------------------------------------------ resolution
+def resolve_class(probe: ProbeSet, value: str | int) -> int:
+    """A class index from a name or an index (a string of digits is an index only when it is
+    not also a class name)."""
+    classes = list(probe.classes)
+    text = str(value)
+    if text in classes:
+        return classes.index(text)
+    if text.lstrip("-").isdigit():
+        index = int(text)
+        if 0 <= index < len(classes):
+            return index
+        raise ConfigError(f"class index {index} is out of range: the probe set has "
+                          f"{len(classes)} classes (0..{len(classes) - 1})")
+    import difflib
+
+    close = difflib.get_close_matches(text, classes, n=3)
+    hint = f"; did you mean {', '.join(map(repr, close))}?" if close else \
+        f"; classes: {', '.join(classes[:12])}{' ...' if len(classes) > 12 else ''}"
+    raise ConfigError(f"no class {text!r} in the probe set{hint}")
+
+
+def resolve_pair(checkpoints: list[Checkpoint], run: str, t: int | None, t2: int | None
+                 ) -> tuple[int, int]:
+    """The epoch pair: both given, or one of them with its neighbour, or the last two."""
+    epochs = [c.epoch for c in checkpoints]
+    for e in (t, t2):
+        if e is not None and e not in epochs:
+            raise CheckpointError(f"run {run!r} has no checkpoint for epoch {e}; its epochs "
+                                  f"are {epochs}")
+    if len(epochs) < 2:
+        raise CheckpointError(f"run {run!r} has a single checkpoint (epoch {epochs[0]}); "
+                              "importance compares two epochs")
+    if t is None and t2 is None:
+        t, t2 = epochs[-2], epochs[-1]
+    elif t2 is None:
+        i = epochs.index(t)
+        if i + 1 >= len(epochs):
+            raise ConfigError(f"epoch {t} is the last of run {run!r}; give --to")
+        t2 = epochs[i + 1]
+    elif t is None:
+        i = epochs.index(t2)
+        if i == 0:
+            raise ConfigError(f"epoch {t2} is the first of run {run!r}; give --from")
+        t = epochs[i - 1]
+    if t == t2:
+        raise ConfigError(f"--from and --to are both epoch {t}; importance compares two "
+                          "different epochs")
+    return t, t2
+
+
+def class_images(probe: ProbeSet, class_index: int, limit: int | None, seed: int,
+                 what: str) -> np.ndarray:
+    ids = probe.class_ids(class_index)
+    if ids.size == 0:
+        raise ConfigError(f"class {probe.classes[class_index]!r} has no image in the {what} "
+                          "set; add some or choose another class")
+    if limit is not None and ids.size > limit:
+        rng = np.random.default_rng([seed, class_index])
+        ids = np.sort(rng.choice(ids, limit, replace=False))
+    return ids
+
+
+# ------------------------------------------------------------------------------ stage
+def _key(cfg: StudyConfig, ckpts: dict[int, Checkpoint], t: int, t2: int, class_index: int,
+         train_ids: np.ndarray, probe: ProbeSet, heldout: ProbeSet | None) -> str:
+    from ..pipeline import stable_hash
+
+    files = [(str(ckpts[e].path.resolve()), ckpts[e].path.stat().st_size,
+              ckpts[e].path.stat().st_mtime_ns) for e in (t, t2)]
+    ic = cfg.importance
+    return stable_hash({"files": files, "class": class_index, "ids": train_ids.tolist(),
+                        "probe": probe.info.get("fingerprint"),
+                        "heldout": heldout.info.get("fingerprint") if heldout else None,
+                        "bins": ic.bins, "draws": ic.random_draws, "seed": cfg.seed,
+                        "layers": cfg.model.layers, "reduction": cfg.model.reduction})
+
+
+def ensure_importance(cfg: StudyConfig, ws: Workspace, probe: ProbeSet,
+                      heldout: ProbeSet | None, run: str, classes: list[int],
+                      pairs: list[tuple[int | None, int | None]]) -> list[dict]:
+    """Importance and reversion of ``run`` for every class of ``classes`` and epoch pair of
+    ``pairs`` (either end may be None: see :func:`resolve_pair`); returns one summary per
+    (class, pair)."""
+    from ..pipeline import resolve_device
+
+    rc = cfg.run(run)
+    arch, kwargs = cfg.arch_of(rc)
+    ckpts = {c.epoch: c for c in find_checkpoints(cfg.resolve(rc.checkpoints), run)}
+    resolved = [resolve_pair(list(ckpts.values()), run, t, t2) for t, t2 in pairs]
+    device = resolve_device(cfg.device)
+    ic = cfg.importance
+    if heldout is None:
+        log.warning("no [heldout] set in the config: reversion is measured on the probe "
+                    "(training) images only")
+    summaries = []
+    for t, t2 in resolved:
+        models = {}
+        for e in (t, t2):
+            m = build_model(arch, kwargs)
+            load_checkpoint(m, ckpts[e].path, cfg.trust_checkpoints, arch)
+            models[e] = m.to(device, memory_format=torch.channels_last).eval()
+        a_t = ModelAdapter(models[t], cfg.model.layers, cfg.model.reduction)
+        a_t2 = ModelAdapter(models[t2], cfg.model.layers, cfg.model.reduction)
+        todo = []
+        for c in classes:
+            train_ids = class_images(probe, c, ic.images, cfg.seed, "probe")
+            held_ids = class_images(heldout, c, ic.images, cfg.seed, "held-out") \
+                if heldout is not None else None
+            key = _key(cfg, ckpts, t, t2, c, train_ids, probe, heldout)
+            path = importance_path(ws, run, c, t, t2)
+            if ws.arrays_key(path) != key:
+                todo.append((c, train_ids, held_ids, key, path))
+            else:
+                summaries.append(_summary(ws, run, c, t, t2, probe))
+        if not todo:
+            continue
+        n_img = sum(len(tr) * 2 + (len(h) if h is not None else 0) for _, tr, h, _, _ in todo)
+        with progress_bar(n_img, f"importance {run} {t}->{t2}", "img") as bar:
+            for c, train_ids, held_ids, key, path in todo:
+                result = importance(a_t, a_t2, list(_batches(probe, train_ids, ic.batch_size,
+                                                             device)),
+                                    c, device, progress=bar.update)
+                plan = ReversionPlan.build(result, ic.bins, ic.random_draws, seed=cfg.seed + c)
+                rows = []
+                for split, source, ids in (("train", probe, train_ids),
+                                           ("heldout", heldout, held_ids)):
+                    if source is None:
+                        continue
+                    top1, top5 = run_reversion(a_t, a_t2, plan,
+                                               list(_batches(source, ids, ic.batch_size,
+                                                             device)), c, device,
+                                               progress=bar.update)
+                    for (layer, name, _), h1, h5 in zip(plan.rows, top1, top5):
+                        rows.append((layer, _set_label(name), split, h1, h5))
+                meta = {"key": key, "run": run, "class": c, "class_name": probe.classes[c],
+                        "from_epoch": t, "to_epoch": t2,
+                        "n_train": int(len(train_ids)),
+                        "n_heldout": int(len(held_ids)) if held_ids is not None else 0}
+                layer, sets, splits, top1, top5 = (np.array(col) for col in zip(*rows))
+                ws.save_arrays(path, meta, score=result.score,
+                               mean_sensitivity=result.mean_sensitivity, rank=result.rank,
+                               image_ids=result.image_ids,
+                               layers=np.array(json.dumps([li.to_dict() for li in
+                                                           result.layers])),
+                               rev_layer=layer.astype(np.int64), rev_set=sets.astype(str),
+                               rev_split=splits.astype(str),
+                               rev_top1=top1.astype(np.float64),
+                               rev_top5=top5.astype(np.float64))
+                summaries.append(_summary(ws, run, c, t, t2, probe))
+    return summaries
+
+
+def _set_label(name: str) -> str:
+    return "random" if name.startswith("random") else name
+
+
+def _batches(probe: ProbeSet, ids: np.ndarray, batch_size: int, device):
+    for start in range(0, len(ids), batch_size):
+        chunk = ids[start:start + batch_size]
+        yield probe.tensor(chunk, device).contiguous(memory_format=torch.channels_last), chunk
+
+
+def _summary(ws: Workspace, run: str, c: int, t: int, t2: int, probe: ProbeSet) -> dict:
+    result, rev = load_importance(ws, run, c, t, t2)
+    return {"run": run, "class": c, "class_name": probe.classes[c], "from": t, "to": t2,
+            "train": rev.summary("train"), "heldout": rev.summary("heldout"),
+            "result": result, "reversion": rev}
+
+
+def verification_table(summaries: list[dict], split: str = "train") -> tuple[str, dict]:
+    """Mean top-1 drops over classes, per epoch pair: the demo's and the CLI's summary."""
+    by_pair: dict[tuple[int, int], list[dict]] = {}
+    for s in summaries:
+        if s[split]:
+            by_pair.setdefault((s["from"], s["to"]), []).append(s[split])
+    lines = [f"reversion check ({split} images): mean drop of class top-1 accuracy when "
+             "reverting one layer's channels to the earlier epoch",
+             f"{'epochs':>10} {'classes':>8} {'accuracy':>9} {'top bin':>8} {'other bins':>11} "
+             f"{'random':>14} {'ratio':>6}"]
+    figures = {}
+    for (t, t2), rows in sorted(by_pair.items()):
+        acc = np.mean([r["accuracy"] for r in rows])
+        top = np.mean([r["top_bin_drop"] for r in rows])
+        other = np.nanmean([r["other_bins_drop"] for r in rows])
+        rand = np.mean([r["random_drop"] for r in rows])
+        spread = np.mean([r["random_drop_std"] for r in rows])
+        ratio = top / rand if rand > 0 else float("inf")
+        figures[f"{t}->{t2}"] = {"top_bin_drop": float(top), "random_drop": float(rand),
+                                 "ratio": float(ratio), "accuracy": float(acc)}
+        lines.append(f"{f'{t}->{t2}':>10} {len(rows):>8} {acc:>9.1%} {top:>8.1%} {other:>11.1%} "
+                     f"{rand:>7.1%} +-{spread:>4.1%} {ratio:>6.1f}")
+    return "\n".join(lines), figures
+
