@@ -9,7 +9,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 WORKSPACE  ?= demo-workspace
 DEMO_ARGS  ?=
 
-.PHONY: demo test venv venv-dev browser clean
+.PHONY: demo serve test venv venv-dev browser clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ browser:
 
 demo: venv
 	$(VENV)/bin/conceptevo demo --workspace $(WORKSPACE) $(DEMO_ARGS)
+
+serve: venv
+	$(VENV)/bin/conceptevo serve $(WORKSPACE)
 
 test: venv-dev browser
 	$(PY) -m pytest $(PYTEST_ARGS)

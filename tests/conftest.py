@@ -135,3 +135,16 @@ name = "a"
 checkpoints = "{ckpt_pattern}"
 """)
     return cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory):
+    """A complete demo workspace in a tiny size (every stage ran), shared by the tests that
+    only read it."""
+    from conceptevo.demo import DemoSize, run_demo
+
+    size = DemoSize(n_train=240, n_val=96, epochs=3, probe_per_class=6, heldout_per_class=3,
+                    importance_images=6)
+    root = tmp_path_factory.mktemp("tiny-demo") / "demo"
+    out = run_demo(root, size=size)
+    return root, out, size

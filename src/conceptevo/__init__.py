@@ -17,6 +17,7 @@ from .errors import ConceptEvoError
 from .models.adapter import LayerInfo, ModelAdapter, select_layers
 from .models.checkpoints import find_checkpoints, load_checkpoint
 from .models.registry import build_model
+from .monitor import Monitor, TrainingIssueWarning
 from .space.coactivation import CoActivation
 from .space.image_embedding import fidelity, project, solve_image_embedding
 from .space.map2d import ConceptMap
@@ -27,8 +28,9 @@ from .workspace import Workspace
 
 __all__ = [
     "BaseSpace", "CoActivation", "ConceptEvoError", "ConceptMap", "ConceptWorld", "LayerInfo",
-    "ModelAdapter", "NeuronEmbedding", "ProbeSet", "SpaceParams", "StimuliResult",
-    "StudyConfig", "Workspace", "__version__", "build_base_space", "build_model",
-    "compute_stimuli", "fidelity", "find_checkpoints", "from_dataset", "load_checkpoint",
-    "load_config", "load_image_folder", "project", "select_layers", "solve_image_embedding",
+    "ModelAdapter", "Monitor", "NeuronEmbedding", "ProbeSet", "SpaceParams", "StimuliResult",
+    "StudyConfig", "TrainingIssueWarning", "Workspace", "__version__", "build_base_space",
+    "build_model", "compute_stimuli", "fidelity", "find_checkpoints", "from_dataset",
+    "load_checkpoint", "load_config", "load_image_folder", "project", "select_layers",
+    "solve_image_embedding",
 ]

@@ -139,6 +139,36 @@ def cmd_importance(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .serve.app import serve
+
+    print(f"ConceptEvo dashboard for {args.workspace}: http://{args.host}:{args.port}/ "
+          "(Ctrl-C to stop)")
+    serve(args.workspace, host=args.host, port=args.port)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    out = write_report(args.workspace, args.output, patch_epochs=args.patch_epochs)
+    size = out.stat().st_size / 1e6
+    print(f"report: {out} ({size:.1f} MB, self-contained: open it in any browser, offline)")
+    return 0
+
+
+def cmd_diagnose(args) -> int:
+    from .evolution.stage import diagnosis_text, run_diagnosis
+    from .workspace import Workspace
+
+    report = run_diagnosis(Workspace(args.workspace))
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(diagnosis_text(report))
+    return 0
+
+
 def cmd_train(args) -> int:
     from .config import load_config
     from .pipeline import ensure_training, open_workspace
@@ -158,6 +188,11 @@ def cmd_demo(args) -> int:
     from .demo import run_demo
 
     run_demo(args.workspace, quick=args.quick)
+    if args.serve:
+        from .serve.app import serve
+
+        print(f"serving the dashboard at http://127.0.0.1:{args.port}/ (Ctrl-C to stop)")
+        serve(args.workspace, port=args.port)
     return 0
 
 
@@ -216,6 +251,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow checkpoints that contain arbitrary pickled objects")
     p.set_defaults(func=cmd_importance)
 
+    p = sub.add_parser("serve", help="the dashboard: a local web app over a workspace")
+    p.add_argument("workspace", help="the workspace directory")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("report", help="the dashboard as one self-contained HTML file")
+    p.add_argument("workspace", help="the workspace directory")
+    p.add_argument("-o", "--output", default="report.html", help="output file (report.html)")
+    p.add_argument("--patch-epochs", type=int, default=2,
+                   help="epochs per run whose patches are embedded (default 2: the first "
+                        "and the last)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("diagnose", help="training-issue diagnosis of every run: metrics per "
+                                        "epoch and flags")
+    p.add_argument("workspace", help="the workspace directory")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_diagnose)
+
     p = sub.add_parser("train", help="train the runs of a study that have a `train` table")
     p.add_argument("--config", required=True, help="the study TOML file")
     p.add_argument("--run", action="append", help="train only this run (repeatable)")
@@ -225,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workspace", default="demo-workspace",
                    help="directory of the demo study (default demo-workspace)")
     p.add_argument("--quick", action="store_true", help="a smaller demo (under 90 s)")
+    p.add_argument("--serve", action="store_true", help="then serve the dashboard")
+    p.add_argument("--port", type=int, default=8765, help="dashboard port (default 8765)")
     p.set_defaults(func=cmd_demo)
     return parser
 

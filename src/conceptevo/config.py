@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError
+from .evolution.diagnosis import DiagnosisThresholds
 from .train import TrainConfig
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -252,6 +253,7 @@ class StudyConfig:
     stimuli: StimuliConfig = field(default_factory=StimuliConfig)
     space: SpaceConfig = field(default_factory=SpaceConfig)
     importance: ImportanceConfig = field(default_factory=ImportanceConfig)
+    diagnosis: DiagnosisThresholds = field(default_factory=DiagnosisThresholds)
     training: TrainingDataConfig | None = None
     base_dir: Path = field(default=Path("."), metadata={"internal": True})
 

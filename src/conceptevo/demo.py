@@ -44,19 +44,21 @@ def importance_pairs(epochs: int) -> list[tuple[int, int]]:
     return [(1, 2), (epochs - 1, epochs)] if epochs >= 3 else [(0, 1)]
 
 
-def study_toml(size: DemoSize, n_classes: int) -> str:
-    """The demo's study configuration, written next to its data."""
+def study_toml(size: DemoSize, n_classes: int, seed: int = 0) -> str:
+    """The demo's study configuration, written next to its data (``seed``: the training seed
+    of the three runs)."""
     runs = "\n".join(f"""
 [[runs]]
 name = "{name}"
 checkpoints = "runs/{name}/checkpoints/epoch_{{epoch}}.pt"
 kwargs = {{ {extra}num_classes = {n_classes} }}
-train = {{ regime = "{regime}", epochs = {size.epochs} }}""" for name, regime, extra in RUNS)
+train = {{ regime = "{regime}", epochs = {size.epochs}, seed = {seed} }}"""
+                     for name, regime, extra in RUNS)
     return f"""# The ConceptEvo demo study, written by `conceptevo demo`. Copy it for your study.
 # Paths are relative to this file. Reference: the README's configuration section.
 workspace = "."
 device = "auto"
-seed = 0
+seed = {seed}
 
 [probe]                      # the images every checkpoint is probed on
 root = "data/train"
@@ -179,6 +181,16 @@ def run_demo(directory: str | Path, quick: bool = False, size: DemoSize | None =
                                   list(range(len(probe.classes))), pairs)
     timings["importance"] = time.perf_counter() - t
 
+    from .evolution.stage import run_diagnosis
+
+    diagnosis = run_diagnosis(ws)
+
+    from .report import write_report
+
+    t = time.perf_counter()
+    report = write_report(root, root / "report.html")
+    timings["report"] = time.perf_counter() - t
+
     runs = [r.name for r in cfg.runs]
     table, checks = training_summary(ws, runs)
     print()
@@ -198,11 +210,19 @@ def run_demo(directory: str | Path, quick: bool = False, size: DemoSize | None =
     for line in held_text.splitlines()[2:]:
         print(line)
     checks["reversion"] = figures_rev
+    print()
+    print("diagnosis (`conceptevo diagnose` for the metrics behind it):")
+    for run, data in diagnosis["runs"].items():
+        flags = "; ".join(f"epoch {f['epoch']}: {f['message']}" for f in data["flags"])
+        print(f"  {run:<12} {flags or 'no flag'}")
+    checks["flags"] = {run: [(f["rule"], f["epoch"]) for f in data["flags"]]
+                       for run, data in diagnosis["runs"].items()}
     total = time.perf_counter() - t0
     print("time: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())
           + f", total {total:.0f}s")
     print()
     print(f"workspace: {root}")
+    print("  report.html                 everything above in one page: open it in a browser")
     print("  study.toml                  the study's configuration")
     print("  figures/concept_world.png   sample images per class with their concept masks")
     print("  runs/<run>/metrics.csv      accuracy and loss per epoch")
@@ -212,8 +232,22 @@ def run_demo(directory: str | Path, quick: bool = False, size: DemoSize | None =
     print("  figures/space_<run>.png     each run's neurons on the 2-D map, coloured by epoch")
     for path in figures:
         print(f"    {path}")
+    print()
+    print(f"open {report} in a browser, or explore it live:")
+    print(f"  {_command()} serve {root}    (then http://127.0.0.1:8765/)")
     return {"checks": checks, "timings": timings, "total_s": total,
             "fidelity": space_report["fidelity"]}
+
+
+def _command() -> str:
+    """How to call conceptevo from the user's shell (the venv's script when not on PATH)."""
+    import shutil
+    import sys
+
+    if shutil.which("conceptevo"):
+        return "conceptevo"
+    script = Path(sys.executable).parent / "conceptevo"
+    return str(script) if script.is_file() else f"{sys.executable} -m conceptevo"
 
 
 def space_summary(ws: Workspace) -> dict:

@@ -281,3 +281,74 @@ def verification_table(summaries: list[dict], split: str = "train") -> tuple[str
                      f"{rand:>7.1%} +-{spread:>4.1%} {ratio:>6.1f}")
     return "\n".join(lines), figures
 
+
+
+# -------------------------------------------------------------------------- diagnosis
+def run_diagnosis(ws: Workspace, thresholds=None, runs: list[str] | None = None) -> dict:
+    """Diagnosis metrics and flags of every run with stimuli (``diagnosis.json``).
+
+    Space metrics (speed, diversity) are computed when the run's snapshots are projected into a
+    unified space; the others need only the stimuli, so a live run is diagnosed from its
+    first snapshots on.
+    """
+    from dataclasses import asdict
+
+    from ..workspace import atomic
+    from .diagnosis import DiagnosisThresholds, apply_rules, snapshot_metrics, spread
+
+    th = thresholds or DiagnosisThresholds(**ws.load_study().get("diagnosis", {}))
+    base_spread = None
+    if ws.space_path("base.npz").is_file():
+        _, base = ws.load_arrays(ws.space_path("base.npz"))
+        base_spread = spread(base["neuron_embedding"])
+    out = {"thresholds": asdict(th), "runs": {}}
+    for run in ws.stimuli_runs():
+        if runs is not None and run not in runs:
+            continue
+        recorded = {int(m["epoch"]): m for m in ws.load_metrics(run)}
+        rows, previous, previous_emb = [], None, None
+        for epoch in ws.stimuli_epochs(run):
+            result = ws.load_stimuli(run, epoch)
+            emb = None
+            if base_spread and ws.projection_path(run, epoch).is_file():
+                emb = ws.load_arrays(ws.projection_path(run, epoch))[1]["embedding"]
+            row = {"epoch": epoch, **snapshot_metrics(result, previous, emb, previous_emb,
+                                                      base_spread, th)}
+            for key, value in recorded.get(epoch, {}).items():
+                if key != "epoch" and isinstance(value, (int, float)):
+                    row[key] = value
+            rows.append(row)
+            previous, previous_emb = result, emb
+        out["runs"][run] = {"metrics": rows,
+                            "flags": [f.to_dict() for f in apply_rules(rows, th)]}
+    atomic.write_json(ws.path("diagnosis.json"), out)
+    return out
+
+
+def diagnosis_text(report: dict) -> str:
+    """The table `conceptevo diagnose` prints."""
+    cols = [("epoch", "{:>5}"), ("train_acc", "{:>9.1%}"), ("val_acc", "{:>8.1%}"),
+            ("turnover", "{:>9.2f}"), ("speed", "{:>6.2f}"), ("dead", "{:>6.1%}"),
+            ("degenerate", "{:>11.1%}"), ("distinct_stimuli", "{:>9.3f}"),
+            ("diversity", "{:>10.2f}")]
+    heads = ["epoch", "train acc", "val acc", "turnover", "speed", "dead", "degenerate",
+             "distinct", "diversity"]
+    widths = [5, 9, 8, 9, 6, 6, 11, 9, 10]
+    lines = []
+    for run, data in report["runs"].items():
+        lines.append(f"run {run}")
+        lines.append("  " + " ".join(f"{h:>{w}}" for h, w in zip(heads, widths)))
+        for row in data["metrics"]:
+            cells = []
+            for (key, fmt), w in zip(cols, widths):
+                value = row.get(key)
+                cells.append(fmt.format(value) if isinstance(value, (int, float))
+                             and value == value else f"{'-':>{w}}")
+            lines.append("  " + " ".join(cells))
+        if data["flags"]:
+            for flag in data["flags"]:
+                lines.append(f"  FLAG epoch {flag['epoch']}: {flag['rule']}: {flag['message']}")
+        else:
+            lines.append("  no flag")
+        lines.append("")
+    return "\n".join(lines).rstrip()

@@ -1,0 +1,83 @@
+"""Calibration of the diagnosis rules: the three regimes of the demo with several seeds.
+
+    python benchmarks/calibrate_diagnosis.py [--seeds 0 1 2] [--out /tmp/conceptevo-calibration]
+
+For each seed, trains the demo's small VGG on the concept world in the three regimes
+(healthy, lr-too-high, overfit; the training seed changes the initialisation, the order of
+the images and the augmentation), builds the unified space (base: that seed's healthy run) and
+runs the diagnosis. Prints the confusion table (regime x flags, with the epoch of each flag)
+and writes ``benchmarks/results/diagnosis.json``. Expected: healthy gets no flag, lr-too-high
+the collapse flag by epoch 3, overfit the overfitting flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from conceptevo import pipeline
+from conceptevo.config import load_config
+from conceptevo.demo import FULL, prepare_data, study_toml
+from conceptevo.evolution.stage import run_diagnosis
+from conceptevo.space.stage import ensure_space
+from conceptevo.workspace import Workspace
+
+RULES = ("collapse", "overfitting", "divergence")
+
+
+def run_seed(root: Path, seed: int, data_from: Path | None) -> dict:
+    root.mkdir(parents=True, exist_ok=True)
+    Workspace(root, create=True)
+    if data_from is not None and not (root / "data").exists():
+        shutil.copytree(data_from / "data", root / "data")
+    classes = prepare_data(root, FULL)
+    (root / "study.toml").write_text(study_toml(FULL, len(classes), seed=seed))
+    cfg = load_config(root / "study.toml")
+    ws = pipeline.open_workspace(cfg)
+    pipeline.ensure_training(cfg, ws)
+    probe, _ = pipeline.ensure_probe_sets(cfg, ws)
+    pipeline.ensure_stimuli(cfg, ws, probe)
+    ensure_space(cfg, ws, probe)
+    return run_diagnosis(ws)
+
+
+def main() -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--out", default="/tmp/conceptevo-calibration")
+    ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "diagnosis.json"))
+    args = ap.parse_args()
+    out = Path(args.out)
+    table: dict[str, dict[str, list]] = {}
+    first = None
+    for seed in args.seeds:
+        report = run_seed(out / f"seed{seed}", seed, first)
+        first = first or out / f"seed{seed}"
+        for run, data in report["runs"].items():
+            row = table.setdefault(run, {rule: [] for rule in (*RULES, "none")})
+            fired = {f["rule"]: f["epoch"] for f in data["flags"]}
+            for rule in RULES:
+                if rule in fired:
+                    row[rule].append({"seed": seed, "epoch": fired[rule]})
+            if not fired:
+                row["none"].append({"seed": seed})
+    print(f"diagnosis over seeds {args.seeds} (count of runs, epochs of the flags)")
+    print(f"{'regime':<12}" + "".join(f"{c:>22}" for c in (*RULES, "no flag")))
+    for run, row in table.items():
+        cells = []
+        for rule in (*RULES, "none"):
+            hits = row[rule]
+            epochs = ",".join(str(h["epoch"]) for h in hits if "epoch" in h)
+            where = f" (epoch {epochs})" if epochs else ""
+            cells.append(f"{len(hits)}/{len(args.seeds)}{where}")
+        print(f"{run:<12}" + "".join(f"{c:>22}" for c in cells))
+    result = {"seeds": args.seeds, "table": table}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

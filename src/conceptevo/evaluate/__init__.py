@@ -1,0 +1,1 @@
+"""Evaluation: concept labels, the automated alignment study, faithfulness figures."""

@@ -1,0 +1,174 @@
+"""The automated alignment study: are neighbours in the unified space the same concept?
+
+The paper asked 260 people whether a neuron's nearest neighbours in the space (taken from other
+models or epochs) share its concept more often than a random neuron. Here the concept labels
+of a dataset with pixel-level masks decide: for each query neuron (sampled per layer, across
+runs and epochs, among labelled neurons), its ``k`` nearest neurons of *other* checkpoints and
+one random neuron of another checkpoint are candidates; a candidate is positive when it has
+the query's label; its score is its similarity to the query. The ROC AUC of the scores says
+how well similarity predicts a shared concept (0.5: no better than chance), with a bootstrap
+confidence interval over queries.
+
+Every method (the unified space and its baselines) is scored on the same queries, each with
+its own neighbours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve (probability that a random positive scores above a random
+    negative, ties counting half), from average ranks."""
+    scores = np.asarray(scores, dtype=np.float64)
+    positive = np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    # average ranks of ties
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1]
+    ends = np.r_[starts[1:], len(scores)]
+    avg = (starts + ends - 1) / 2.0 + 1
+    ranks[order] = np.repeat(avg, ends - starts)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def roc_curve(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(false positive rate, true positive rate) at every distinct threshold."""
+    order = np.argsort(-np.asarray(scores), kind="mergesort")
+    s, p = np.asarray(scores)[order], np.asarray(positive, dtype=bool)[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
+    tp, fp = np.cumsum(p)[last], np.cumsum(~p)[last]
+    tpr = np.r_[0, tp / max(p.sum(), 1)]
+    fpr = np.r_[0, fp / max((~p).sum(), 1)]
+    return fpr, tpr
+
+
+def bootstrap_auc(scores: np.ndarray, positive: np.ndarray, groups: np.ndarray,
+                  n_boot: int = 1000, seed: int = 0, level: float = 0.95
+                  ) -> tuple[float, float]:
+    """Percentile confidence interval of the AUC, resampling queries (``groups``: the query
+    of each candidate) with replacement."""
+    rng = np.random.default_rng(seed)
+    ids, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == i) for i in range(len(ids))]
+    values = []
+    for _ in range(n_boot):
+        pick = rng.integers(0, len(ids), len(ids))
+        rows = np.concatenate([members[i] for i in pick])
+        auc = roc_auc(scores[rows], positive[rows])
+        if auc == auc:
+            values.append(auc)
+    lo, hi = np.percentile(values, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+@dataclass
+class NeuronIndex:
+    """Every neuron of the study (all runs and epochs), row-aligned.
+
+    Attributes
+    ----------
+    checkpoint : int [n], an id of the neuron's (run, epoch).
+    depth : int [n], its layer's index.
+    label : int [n], its concept (-1: none).
+    """
+
+    checkpoint: np.ndarray
+    depth: np.ndarray
+    label: np.ndarray
+
+
+@dataclass
+class StudyResult:
+    """Candidates of one method: score, positive, and the query (and its depth) of each."""
+
+    scores: np.ndarray
+    positive: np.ndarray
+    query: np.ndarray
+    depth: np.ndarray
+    extra: dict = field(default_factory=dict)
+
+    def auc(self, n_boot: int = 1000, seed: int = 0) -> dict:
+        out = {"auc": roc_auc(self.scores, self.positive),
+               "ci95": list(bootstrap_auc(self.scores, self.positive, self.query, n_boot, seed)),
+               "n_queries": int(np.unique(self.query).size),
+               "n_candidates": int(len(self.scores)),
+               "positive_rate": float(self.positive.mean())}
+        out["by_depth"] = {}
+        for d in np.unique(self.depth):
+            sel = self.depth == d
+            if len(np.unique(self.positive[sel])) == 2:
+                out["by_depth"][int(d)] = {
+                    "auc": roc_auc(self.scores[sel], self.positive[sel]),
+                    "ci95": list(bootstrap_auc(self.scores[sel], self.positive[sel],
+                                               self.query[sel], n_boot // 2, seed)),
+                    "n_queries": int(np.unique(self.query[sel]).size)}
+        return out
+
+
+def sample_queries(index: NeuronIndex, per_layer: int, seed: int = 0) -> np.ndarray:
+    """Up to ``per_layer`` labelled neurons of each layer, uniformly across checkpoints."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for d in np.unique(index.depth):
+        pool = np.flatnonzero((index.depth == d) & (index.label >= 0))
+        if pool.size:
+            out.append(np.sort(rng.choice(pool, min(per_layer, pool.size), replace=False)))
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def alignment_study(index: NeuronIndex, queries: np.ndarray,
+                    similarity: Callable[[int], np.ndarray], k: int = 5, seed: int = 0
+                    ) -> StudyResult:
+    """Score one method: ``similarity(q)`` is float [n] (the query's similarity to every
+    neuron). Candidates: the ``k`` most similar neurons of other checkpoints and one random
+    neuron of another checkpoint."""
+    rng = np.random.default_rng(seed)
+    scores, positive, query, depth = [], [], [], []
+    for q in queries:
+        sims = np.asarray(similarity(int(q)), dtype=np.float64)
+        others = index.checkpoint != index.checkpoint[q]
+        cand = np.flatnonzero(others & np.isfinite(sims))
+        if cand.size == 0:
+            continue
+        top = cand[np.argsort(-sims[cand], kind="stable")[:k]]
+        rand = rng.choice(cand)
+        for c in (*top, rand):
+            scores.append(sims[c])
+            positive.append(index.label[c] == index.label[q])
+            query.append(q)
+            depth.append(index.depth[q])
+    return StudyResult(np.asarray(scores), np.asarray(positive, dtype=bool),
+                       np.asarray(query), np.asarray(depth))
+
+
+def cosine_similarity_fn(vectors: np.ndarray) -> Callable[[int], np.ndarray]:
+    """similarity(q) = cosine of row q with every row (NaN rows get -inf)."""
+    v = np.asarray(vectors, dtype=np.float64)
+    norms = np.linalg.norm(v, axis=1)
+    unit = v / np.where(norms > 0, norms, 1)[:, None]
+    bad = ~np.isfinite(unit).all(1) | (norms == 0)
+    unit[bad] = 0
+
+    def sim(q: int) -> np.ndarray:
+        out = unit @ unit[q]
+        out[bad] = -np.inf
+        return out
+
+    return sim
+
+
+def correlation_similarity_fn(activations: np.ndarray) -> Callable[[int], np.ndarray]:
+    """similarity(q) = Pearson correlation of neuron activation vectors over the probe set
+    (the convergent-learning matching), rows [n_neurons, n_images]."""
+    a = np.asarray(activations, dtype=np.float64)
+    centred = a - a.mean(1, keepdims=True)
+    return cosine_similarity_fn(centred)

@@ -1,0 +1,186 @@
+"""Diagnosis of training issues from how concepts evolve: metrics per snapshot, and rules.
+
+Per snapshot (epoch) of a run, from its stimuli and, when a base space exists, from its
+projection into the unified space:
+
+* ``turnover``: 1 - mean Jaccard similarity of each neuron's stimulus set with the previous
+  snapshot's (how much of what neurons respond to changed);
+* ``speed``: mean distance each neuron moved in the unified space since the previous snapshot,
+  relative to the spread of the base neurons (concept evolution speed);
+* ``dead``: fraction of neurons with no positive activation on the probe set;
+* ``degenerate``: fraction of neurons whose stimuli are (almost) those of another neuron of
+  the same layer (Jaccard >= 0.8): many detectors collapsed onto one;
+* ``distinct_stimuli``: distinct images among all stimuli / (neurons x k): how many different
+  things the model's neurons detect (no base space needed);
+* ``diversity``: spread of the model's neurons in the unified space (root mean squared distance
+  to their centroid) relative to the base model's;
+* ``nonfinite``: NaN/inf activations seen in the snapshot;
+* the recorded metrics (train/val accuracy and loss).
+
+Rules (thresholds in :class:`DiagnosisThresholds`, calibrated on the concept world):
+
+* **divergence**: a NaN/inf loss or activation;
+* **collapse** (learning rate too high): the share of dead or degenerate neurons has risen and
+  the model's concept diversity (distinct stimuli, or spread in the unified space) has fallen,
+  relative to the first snapshot;
+* **overfitting**: concept evolution has stalled (low turnover for consecutive snapshots)
+  while training accuracy is high and validation accuracy lags behind it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..stimuli import StimuliResult
+
+
+@dataclass
+class DiagnosisThresholds:
+    """Rule thresholds (fractions unless stated)."""
+
+    collapse_dead_degenerate: float = 0.25   # dead + degenerate share at least this ...
+    collapse_rise: float = 0.15              # ... and this much above the first snapshot
+    collapse_diversity_drop: float = 0.10    # diversity this much below the first snapshot
+    stall_turnover: float = 0.15             # turnover below this is a stalled snapshot
+    stall_snapshots: int = 2                 # for this many consecutive snapshots
+    overfit_train_acc: float = 0.90          # training accuracy at least this ...
+    overfit_gap: float = 0.15                # ... and at least this above validation
+    degenerate_jaccard: float = 0.8          # stimulus overlap that makes two neurons the same
+
+
+@dataclass
+class Flag:
+    """A rule that fired: at which epoch, and the evidence."""
+
+    epoch: int
+    rule: str
+    message: str
+    evidence: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def jaccard_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Jaccard similarity of the sets in each row of two int arrays [n, k] (vectorised)."""
+    a, b = np.sort(a, axis=1), np.sort(b, axis=1)
+    k = a.shape[1]
+    # |A & B| via searchsorted of each row of B into the matching row of A
+    offset = (np.arange(a.shape[0]) * (max(a.max(initial=0), b.max(initial=0)) + 1))[:, None]
+    flat_a, flat_b = (a + offset).ravel(), (b + offset).ravel()
+    pos = np.searchsorted(flat_a, flat_b)
+    hit = (pos < flat_a.size) & (flat_a[np.minimum(pos, flat_a.size - 1)] == flat_b)
+    inter = hit.reshape(b.shape).sum(1)
+    return inter / (2 * k - inter)
+
+
+def degenerate_fraction(result: StimuliResult, threshold: float = 0.8) -> float:
+    """Fraction of neurons sharing (Jaccard >= threshold) their stimuli with another neuron of
+    their layer."""
+    k = result.stimuli.shape[1]
+    flags = np.zeros(result.n_neurons, dtype=bool)
+    for info in result.layers:  # a handful of layers; the work inside is one sparse product
+        sl = slice(info.offset, info.offset + info.channels)
+        stim = result.stimuli[sl]
+        c = stim.shape[0]
+        inc = sp.csr_matrix((np.ones(stim.size), (np.repeat(np.arange(c), k), stim.ravel())),
+                            shape=(c, result.n_images))
+        inter = (inc @ inc.T).toarray()
+        np.fill_diagonal(inter, 0)
+        jac = inter / (2 * k - inter)
+        flags[sl] = (jac >= threshold).any(1)
+    return float(flags.mean())
+
+
+def snapshot_metrics(result: StimuliResult, previous: StimuliResult | None = None,
+                     embedding: np.ndarray | None = None,
+                     previous_embedding: np.ndarray | None = None,
+                     base_spread: float | None = None,
+                     thresholds: DiagnosisThresholds | None = None) -> dict:
+    """The metrics of one snapshot (see the module docstring); ``None`` where not computable."""
+    th = thresholds or DiagnosisThresholds()
+    n, k = result.stimuli.shape
+    out = {
+        "dead": float(result.dead.mean()),
+        "degenerate": degenerate_fraction(result, th.degenerate_jaccard),
+        "distinct_stimuli": float(np.unique(result.stimuli).size / (n * k)),
+        "nonfinite": int(result.n_nonfinite.sum()),
+        "turnover": None, "speed": None, "diversity": None,
+    }
+    if previous is not None and previous.stimuli.shape == result.stimuli.shape:
+        out["turnover"] = float(1 - jaccard_rows(result.stimuli, previous.stimuli).mean())
+    if embedding is not None and base_spread:
+        centred = embedding - embedding.mean(0)
+        out["diversity"] = float(np.sqrt((centred ** 2).sum(1).mean()) / base_spread)
+        if previous_embedding is not None and previous_embedding.shape == embedding.shape:
+            step = np.linalg.norm(embedding - previous_embedding, axis=1).mean()
+            out["speed"] = float(step / base_spread)
+    return out
+
+
+def spread(embedding: np.ndarray) -> float:
+    """Root mean squared distance to the centroid (the base model's is the unit of diversity
+    and speed)."""
+    emb = embedding[np.isfinite(embedding).all(1)]
+    return float(np.sqrt(((emb - emb.mean(0)) ** 2).sum(1).mean()))
+
+
+def _finite(value) -> bool:
+    return value is None or (isinstance(value, (int, float)) and math.isfinite(value))
+
+
+def apply_rules(rows: list[dict], thresholds: DiagnosisThresholds | None = None) -> list[Flag]:
+    """Flags for one run from its per-snapshot rows (sorted by epoch; each row holds the
+    snapshot metrics plus the recorded ones, e.g. ``train_acc``, ``val_acc``, ``train_loss``).
+    Each rule fires once, at the first epoch where it holds."""
+    th = thresholds or DiagnosisThresholds()
+    flags: list[Flag] = []
+    fired: set[str] = set()
+
+    def fire(rule: str, row: dict, message: str, **evidence) -> None:
+        if rule not in fired:
+            fired.add(rule)
+            flags.append(Flag(int(row["epoch"]), rule, message, evidence))
+
+    if not rows:
+        return flags
+    first = rows[0]
+    first_bad = first["dead"] + first["degenerate"]
+    stalled = 0
+    for row in rows:
+        # divergence
+        losses = {k: row.get(k) for k in ("train_loss", "val_loss", "loss")}
+        bad_loss = [k for k, v in losses.items() if v is not None and not _finite(v)]
+        if bad_loss or row.get("nonfinite", 0) or row.get("finite") in (0, False):
+            fire("divergence", row, "the training diverged: NaN/inf "
+                 + ("loss" if bad_loss or row.get("finite") in (0, False) else "activations"),
+                 nonfinite_activations=row.get("nonfinite", 0),
+                 **{k: str(losses[k]) for k in bad_loss})
+        # collapse
+        bad = row["dead"] + row["degenerate"]
+        drop = 1 - row["distinct_stimuli"] / first["distinct_stimuli"]
+        if row.get("diversity") is not None and first.get("diversity"):
+            drop = max(drop, 1 - row["diversity"] / first["diversity"])
+        if row["epoch"] > first["epoch"] and bad >= th.collapse_dead_degenerate and \
+                bad - first_bad >= th.collapse_rise and drop >= th.collapse_diversity_drop:
+            fire("collapse", row,
+                 f"concept collapse: {bad:.0%} of neurons are dead or share their stimuli "
+                 f"(was {first_bad:.0%}) and concept diversity fell {drop:.0%}; the learning "
+                 "rate is probably too high",
+                 dead=row["dead"], degenerate=row["degenerate"], diversity_drop=drop)
+        # overfitting: stalled evolution while training accuracy is high and validation lags
+        turnover = row.get("turnover")
+        stalled = stalled + 1 if turnover is not None and turnover < th.stall_turnover else 0
+        train_acc, val_acc = row.get("train_acc"), row.get("val_acc")
+        if stalled >= th.stall_snapshots and train_acc is not None and val_acc is not None \
+                and train_acc >= th.overfit_train_acc and train_acc - val_acc >= th.overfit_gap:
+            fire("overfitting", row,
+                 f"overfitting: concepts stopped evolving (stimulus turnover {turnover:.0%} for "
+                 f"{stalled} snapshots) while training accuracy is {train_acc:.0%} and "
+                 f"validation {val_acc:.0%}",
+                 turnover=turnover, train_acc=train_acc, val_acc=val_acc)
+    return flags

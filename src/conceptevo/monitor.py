@@ -1,0 +1,225 @@
+"""Live monitoring: one object in a plain PyTorch training loop.
+
+::
+
+    monitor = conceptevo.Monitor("runs/study", probe="data/train", run="resnet-lr0.1",
+                                 image_size=64, on_flag=print)
+    monitor.on_epoch_end(model, 0)                      # the initialisation
+    for epoch in range(1, epochs + 1):
+        train_one_epoch(model)
+        monitor.on_epoch_end(model, epoch, metrics={"train_acc": ..., "val_acc": ...})
+
+Each snapshot probes the model on the probe set (one forward pass, gradients off, the model's
+train/eval mode restored, every random number generator left as it was, so the training run
+is unchanged), stores its stimuli, its metrics and (optionally) its checkpoint in the
+workspace, and updates the diagnosis. When a rule fires (concept collapse, overfitting,
+divergence) the monitor calls ``on_flag(flag)`` or raises a :class:`TrainingIssueWarning`.
+``conceptevo serve`` shows the run while it trains, refreshing by itself.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data.probe import ProbeSet, load_image_folder
+from .errors import ConfigError
+from .evolution.diagnosis import DiagnosisThresholds, Flag, apply_rules, snapshot_metrics, spread
+from .models.adapter import LayerSelection, ModelAdapter
+from .stimuli import StimuliResult, compute_stimuli
+from .workspace import Workspace, atomic
+
+
+class TrainingIssueWarning(UserWarning):
+    """A diagnosis rule fired during training (the message says which, when and why)."""
+
+
+@contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Leave every random number generator the training may use exactly as it was."""
+    states = (torch.get_rng_state(), np.random.get_state(), random.getstate())
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        torch.set_rng_state(states[0])
+        np.random.set_state(states[1])
+        random.setstate(states[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+class Monitor:
+    """Snapshots a model during training into a ConceptEvo workspace, and diagnoses it.
+
+    Parameters
+    ----------
+    workspace : directory of the study (created when missing).
+    probe : the probe set: a :class:`ProbeSet`, an ImageFolder directory (sampled with
+        ``per_class`` / ``image_size`` / ``mean`` / ``std``), or None to use the workspace's.
+    run : the run's name in the workspace.
+    layers, reduction : what to probe (see :class:`ModelAdapter`; default every Conv2d, max).
+    every : snapshot every N epochs (``on_epoch_end``); ``every_steps`` the same for
+        ``on_step`` (the snapshot is then stored under its step number).
+    save_checkpoints : also save ``runs/<run>/checkpoints/epoch_NNNN.pt`` (a state_dict).
+    on_flag : called with each new :class:`Flag`; without it a
+        :class:`TrainingIssueWarning` is raised.
+    thresholds : the diagnosis rules' thresholds.
+    verbose : print one line per snapshot with its cost.
+    """
+
+    def __init__(self, workspace: str | Path, probe: ProbeSet | str | Path | None = None, *,
+                 run: str = "live", layers: LayerSelection = None, reduction: str = "max",
+                 every: int = 1, every_steps: int | None = None, k_stimuli: int = 20,
+                 k_responsive: int = 20, batch_size: int = 128, per_class: int | None = None,
+                 image_size: int = 224, mean: Sequence[float] = (0.485, 0.456, 0.406),
+                 std: Sequence[float] = (0.229, 0.224, 0.225), save_checkpoints: bool = True,
+                 on_flag: Callable[[Flag], None] | None = None,
+                 thresholds: DiagnosisThresholds | None = None, verbose: bool = True):
+        if every < 1 or (every_steps is not None and every_steps < 1):
+            raise ConfigError("every and every_steps must be >= 1")
+        if any(c in run for c in "/\\:*?\"<>|") or run.startswith("."):
+            raise ConfigError(f"run name {run!r} must be usable as a folder name")
+        self.ws = Workspace(workspace, create=True)
+        self.probe = self._probe(probe, per_class, image_size, mean, std)
+        self.run, self.layers, self.reduction = run, layers, reduction
+        self.every, self.every_steps = every, every_steps
+        self.k_stimuli, self.k_responsive, self.batch_size = k_stimuli, k_responsive, batch_size
+        self.save_checkpoints, self.on_flag, self.verbose = save_checkpoints, on_flag, verbose
+        self.thresholds = thresholds or DiagnosisThresholds()
+        self.metrics = self.ws.load_metrics(run)
+        self.flags: list[Flag] = []
+        self.rows: list[dict] = []
+        self.timings: list[dict] = []
+        self._adapter: ModelAdapter | None = None
+        self._previous: tuple[StimuliResult, np.ndarray | None] | None = None
+        self._space = self._load_space()
+
+    # ---------------------------------------------------------------- set-up
+    def _probe(self, probe, per_class, image_size, mean, std) -> ProbeSet:
+        if isinstance(probe, ProbeSet):
+            if not self.ws.has_probe():
+                self.ws.save_probe(probe)
+            return self.ws.load_probe()
+        if probe is not None:
+            if not self.ws.has_probe():
+                self.ws.save_probe(load_image_folder(probe, image_size, per_class=per_class,
+                                                     mean=mean, std=std))
+            return self.ws.load_probe()
+        if not self.ws.has_probe():
+            raise ConfigError(f"workspace {self.ws.root} has no probe set: pass probe= (a "
+                              "ProbeSet or an ImageFolder directory)")
+        return self.ws.load_probe()
+
+    def _load_space(self):
+        """(image embedding, spread of the base) when the workspace has a unified space whose
+        probe set is ours; else None (stimulus-only diagnosis)."""
+        if not self.ws.has_space():
+            return None
+        _, images = self.ws.load_arrays(self.ws.space_path("images.npz"))
+        _, base = self.ws.load_arrays(self.ws.space_path("base.npz"))
+        if len(images["image_embedding"]) != len(self.probe):
+            return None
+        return images["image_embedding"].astype(np.float64), spread(base["neuron_embedding"])
+
+    # ------------------------------------------------------------------ hooks
+    def on_epoch_end(self, model: nn.Module, epoch: int, metrics: dict | None = None) -> None:
+        """Record ``metrics`` for ``epoch`` and, every ``every`` epochs, snapshot the model."""
+        self._record(epoch, metrics)
+        if epoch % self.every == 0:
+            self.snapshot(model, epoch)
+
+    def on_step(self, model: nn.Module, step: int, metrics: dict | None = None) -> None:
+        """The same, every ``every_steps`` optimisation steps (stored under the step number)."""
+        if self.every_steps is None:
+            raise ConfigError("on_step needs Monitor(every_steps=N)")
+        if step % self.every_steps == 0:
+            self._record(step, metrics)
+            self.snapshot(model, step)
+
+    def _record(self, epoch: int, metrics: dict | None) -> None:
+        if not metrics:
+            return
+        row = {"epoch": int(epoch)}
+        for key, value in metrics.items():
+            if isinstance(value, torch.Tensor):
+                value = value.detach().float().item()
+            if isinstance(value, (int, float, np.floating, np.integer)):
+                row[str(key)] = float(value)
+        self.metrics = [m for m in self.metrics if m["epoch"] != epoch] + [row]
+        self.ws.save_metrics(self.run, self.metrics)
+
+    # --------------------------------------------------------------- snapshot
+    def snapshot(self, model: nn.Module, epoch: int) -> StimuliResult:
+        """Probe ``model`` now and store everything under ``epoch``."""
+        t0 = time.perf_counter()
+        device = next(model.parameters()).device
+        if self._adapter is None or self._adapter.model is not model:
+            self._adapter = ModelAdapter(model, self.layers, self.reduction)
+        with preserved_rng():
+            t = time.perf_counter()
+            acc = compute_stimuli(self._adapter, self.probe.batches(self.batch_size, device),
+                                  len(self.probe), k_stimuli=self.k_stimuli,
+                                  k_responsive=self.k_responsive, device=device,
+                                  on_nonfinite="record",
+                                  context=f"run {self.run!r} epoch {epoch}")
+            result = acc.result({"run": self.run, "epoch": int(epoch), "source": "monitor",
+                                 "key": f"monitor-{time.time_ns()}"})
+            t_pass = time.perf_counter() - t
+        self.ws.save_stimuli(self.run, epoch, result)
+        if self.save_checkpoints:
+            path = self.ws.path("runs", self.run, "checkpoints", f"epoch_{epoch:04d}.pt")
+            state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            with atomic.atomic_path(path) as tmp:
+                torch.save({"state_dict": state, "epoch": int(epoch)}, tmp)
+        self._diagnose(result, epoch)
+        total = time.perf_counter() - t0
+        self.timings.append({"epoch": int(epoch), "stimulus_pass_s": t_pass, "total_s": total})
+        if self.verbose:
+            print(f"conceptevo: snapshot of {self.run!r} epoch {epoch}: {total:.2f} s "
+                  f"({t_pass:.2f} s probing {len(self.probe)} images)", flush=True)
+        return result
+
+    def _diagnose(self, result: StimuliResult, epoch: int) -> None:
+        embedding = None
+        if self._space is not None:
+            e, base_spread = self._space
+            embedding = e[result.stimuli].mean(1)
+        prev_result, prev_emb = self._previous or (None, None)
+        row = {"epoch": int(epoch),
+               **snapshot_metrics(result, prev_result, embedding, prev_emb,
+                                  self._space[1] if self._space else None, self.thresholds)}
+        recorded = next((m for m in self.metrics if m["epoch"] == epoch), {})
+        row.update({k: v for k, v in recorded.items() if k != "epoch"})
+        self.rows = [r for r in self.rows if r["epoch"] != epoch] + [row]
+        self.rows.sort(key=lambda r: r["epoch"])
+        self._previous = (result, embedding)
+        flags = apply_rules(self.rows, self.thresholds)
+        known = {(f.rule, f.epoch) for f in self.flags}
+        new = [f for f in flags if (f.rule, f.epoch) not in known]
+        self.flags = flags
+        self._write_diagnosis()
+        for flag in new:
+            if self.on_flag is not None:
+                self.on_flag(flag)
+            else:
+                warnings.warn(f"conceptevo: run {self.run!r}, epoch {flag.epoch}: "
+                              f"{flag.message}", TrainingIssueWarning, stacklevel=4)
+
+    def _write_diagnosis(self) -> None:
+        from dataclasses import asdict
+
+        path = self.ws.path("diagnosis.json")
+        report = atomic.read_json(path) if path.is_file() else {}
+        report["thresholds"] = asdict(self.thresholds)
+        report.setdefault("runs", {})[self.run] = {
+            "metrics": self.rows, "flags": [f.to_dict() for f in self.flags]}
+        atomic.write_json(path, report)

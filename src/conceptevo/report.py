@@ -1,0 +1,102 @@
+"""``conceptevo report``: the dashboard as one self-contained HTML file.
+
+The page code is the dashboard's own (``serve/static``), inlined; the data it would fetch from
+the server is embedded as ``window.CONCEPTEVO_EMBED = {api: {path: payload}, patches: {url:
+data URI}}``, so the file opens offline, in any browser, with no request to anything.
+
+Embedded: the study, the base map, every checkpoint's points, the metrics, every stored
+importance result; neuron details (trajectory and neighbours) for each run's last epoch, and
+patches (4 per neuron, WebP) for a few epochs of each run (``patch_epochs``: the first and the
+last by default) and for every evolution the class view lists. Other neurons show their
+position but no patches.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+from .progress import progress_bar
+from .serve.app import STATIC
+from .serve.data import StudyData
+from .workspace import atomic
+
+REPORT_PATCHES, REPORT_TILE = 4, 40  # smaller strips than the dashboard's, to keep the file light
+
+
+def _pick_epochs(epochs: list[int], count: int) -> list[int]:
+    if count >= len(epochs):
+        return list(epochs)
+    if count <= 1:
+        return [epochs[-1]]
+    idx = sorted({round(i * (len(epochs) - 1) / (count - 1)) for i in range(count)})
+    return [epochs[i] for i in idx]
+
+
+def collect(data: StudyData, patch_epochs: int = 2) -> dict:
+    """The payloads and patches the report embeds."""
+    api: dict[str, object] = {}
+    patches: dict[str, str] = {}
+    study = data.study()
+    api["/api/study"] = study
+    api["/api/base"] = data.base()
+    api["/api/metrics"] = data.metrics()
+    wanted: set[tuple[str, int, int]] = set()
+    detail: set[tuple[str, int, int]] = set()
+    for run in study["runs"]:
+        for epoch in run["epochs"]:
+            api[f"/api/points/{run['name']}/{epoch}"] = data.points(run["name"], epoch)
+        for epoch in _pick_epochs(run["epochs"], patch_epochs):
+            for n in range(run["n_neurons"]):
+                wanted.add((run["name"], epoch, n))
+                if epoch == run["epochs"][-1]:
+                    detail.add((run["name"], epoch, n))
+    for item in study["importance"]:
+        payload = data.importance(item["run"], item["class"], item["from"], item["to"])
+        api[f"/api/importance/{item['run']}/{item['class']}/{item['from']}/{item['to']}"] = payload
+        for layer in payload["layers"]:
+            for ev in layer["top"]:
+                wanted.add((item["run"], item["from"], ev["neuron"]))
+                wanted.add((item["run"], item["to"], ev["neuron"]))
+    with progress_bar(len(detail) + len(wanted), "report", "neuron") as bar:
+        for run, epoch, n in sorted(detail):
+            api[f"/api/neuron/{run}/{epoch}/{n}"] = data.neuron(run, epoch, n)
+            bar.update(1)
+        for run, epoch, n in sorted(wanted):
+            image = data.patch_image(run, epoch, n, count=REPORT_PATCHES, tile=REPORT_TILE,
+                                     quality=70)
+            patches[f"/api/patches/{run}/{epoch}/{n}.webp"] = \
+                "data:image/webp;base64," + base64.b64encode(image).decode("ascii")
+            bar.update(1)
+    return {"api": api, "patches": patches}
+
+
+def render(embed: dict, title: str) -> str:
+    """The HTML page: the dashboard's index.html with its CSS and JS inlined and the data
+    embedded before the code."""
+    html = (STATIC / "index.html").read_text(encoding="utf-8")
+    css = (STATIC / "style.css").read_text(encoding="utf-8")
+    js = (STATIC / "app.js").read_text(encoding="utf-8")
+    payload = json.dumps(embed, separators=(",", ":")).replace("</", "<\\/")
+    link = re.compile(r'<link[^>]*href="/static/style\.css"[^>]*>')
+    script = re.compile(r'<script[^>]*src="/static/app\.js"[^>]*>\s*</script>')
+    if not link.search(html) or not script.search(html):
+        raise RuntimeError("index.html must load /static/style.css with a <link> and "
+                           "/static/app.js with a <script src>")
+    html = link.sub(lambda m: f"<style>\n{css}\n</style>", html, count=1)
+    code = js.replace("</script", "<\\/script")
+    html = script.sub(lambda m: "<script>window.CONCEPTEVO_EMBED = " + payload
+                      + ";</script>\n<script>\n" + code + "\n</script>", html, count=1)
+    return re.sub(r"<title>(.*?)</title>", lambda m: f"<title>{m.group(1)}: {title}</title>",
+                  html, count=1)
+
+
+def write_report(workspace: str | Path, out: str | Path, patch_epochs: int = 2) -> Path:
+    """Write the self-contained report of ``workspace`` to ``out``."""
+    data = StudyData(workspace)
+    embed = collect(data, patch_epochs)
+    out = Path(out)
+    atomic.write_text(out, render(embed, data.ws.root.name))
+    return out

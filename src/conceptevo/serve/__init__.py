@@ -1,0 +1,1 @@
+"""The dashboard: JSON API over a workspace and its page (static/)."""

@@ -1,0 +1,2003 @@
+/* ConceptEvo dashboard: the unified space of neurons across runs and epochs, class evolutions,
+ * training curves and a side-by-side comparison of runs.
+ *
+ * One plain script, no dependencies. It runs in two modes:
+ *  - server mode: data comes from the JSON API of `conceptevo serve` (same origin);
+ *  - report mode: `window.CONCEPTEVO_EMBED = {api: {path: payload}, patches: {url: dataURI}}` is
+ *    defined before this script runs and every read is answered from it (nothing is fetched).
+ * Every data access goes through getJSON(path) and every patch image through patchSrc(url).
+ *
+ * For tests, `window.conceptevo = {state, ready, screenPosition}` exposes the live state, a
+ * promise that resolves after the first render of the initial view, and where a neuron is drawn.
+ */
+(() => {
+  "use strict";
+
+  // ------------------------------------------------------------------------------ constants
+  const VIEWS = ["space", "class", "training", "compare"];
+  const MAP_VIEWS = new Set(["space", "compare"]);
+  const COLOR_MODES = ["run", "epoch", "layer", "label"];
+  const MAX_COMPARE = 3;
+  const PLAY_INTERVAL_MS = 500;         // two epochs per second
+  const POLL_INTERVAL_MS = 2000;        // live refresh (server mode only)
+  const HIT_RADIUS_PX = 8;              // how close the cursor must be to a point to hover it
+  const DRAG_THRESHOLD_PX = 4;          // a press that moves less than this is a click
+  const SQUARE_POINTS_ABOVE = 20000;    // maps with more points draw squares (much faster)
+  const TAU = 2 * Math.PI;
+
+  // Runs: a calm categorical palette; the base model is drawn grey underneath everything.
+  const RUN_PALETTE = ["#3465a4", "#e07b28", "#3a9b5b", "#c8425a", "#7c5cb8",
+                       "#8c6d46", "#2aa3a8", "#b59f1e", "#d16ba5", "#5f6b7a"];
+  const LABEL_PALETTE = [...RUN_PALETTE, "#9ecae1", "#fdae6b", "#a1d99b", "#fc9fb5", "#bcbddc"];
+  const UNLABELLED = "#c4c8ce";
+  const BASE_COLOR = "rgba(95, 102, 115, 0.22)";
+  // Viridis, a few stops; interpolated for epochs. Its last, palest yellow is left out: it
+  // vanishes on a white page.
+  const VIRIDIS = [[68, 1, 84], [72, 40, 120], [62, 73, 137], [49, 104, 142], [38, 130, 142],
+                   [31, 158, 137], [53, 183, 121], [110, 206, 88], [181, 222, 43]];
+  // Reversion bins, most important (dark) to least important (light).
+  const BIN_RAMP = [[127, 39, 4], [217, 72, 1], [253, 141, 60], [253, 198, 150]];
+  const RANDOM_COLOR = "#9aa1ab";
+
+  // ---------------------------------------------------------------------------- data access
+  const EMBED = window.CONCEPTEVO_EMBED || null;
+  const REPORT_MODE = EMBED !== null;
+
+  class ApiError extends Error {
+    /** `missing`: the report does not include this payload (not a failure of the page). */
+    constructor(message, {status = 0, missing = false} = {}) {
+      super(message);
+      this.name = "ApiError";
+      this.status = status;
+      this.missing = missing;
+    }
+  }
+
+  const hasOwn = (table, key) => table != null && Object.prototype.hasOwnProperty.call(table, key);
+
+  /** A value of one of the report's tables. The page percent-encodes path segments; the
+   * report's keys use raw run names, so both spellings are tried. */
+  function embedded(table, path) {
+    if (hasOwn(table, path)) return table[path];
+    const raw = decodeURIComponent(path);
+    return hasOwn(table, raw) ? table[raw] : undefined;
+  }
+
+  function apiPath(...segments) {
+    return "/api/" + segments.map((s) => encodeURIComponent(String(s))).join("/");
+  }
+
+  /** The payload at an API path, from the report or the server. Throws ApiError with the
+   * server's message ({"error": ...}) or "not included in this report". */
+  async function getJSON(path) {
+    if (REPORT_MODE) {
+      const payload = embedded(EMBED.api, path);
+      if (payload === undefined) throw new ApiError("not included in this report", {missing: true});
+      return payload;
+    }
+    let response;
+    try {
+      response = await fetch(path, {headers: {Accept: "application/json"}});
+    } catch (err) {
+      throw new ApiError(`cannot reach the server (${err.message})`);
+    }
+    const body = await response.json().catch(() => null);
+    if (!response.ok) {
+      const message = body && body.error ? body.error : `${response.status} ${response.statusText}`;
+      throw new ApiError(message, {status: response.status});
+    }
+    return body;
+  }
+
+  function patchUrl(run, epoch, neuron) {
+    return apiPath("patches", run, epoch, `${neuron}.webp`);
+  }
+
+  /** What an <img> should load for a patch URL; null when a report does not include it. */
+  function patchSrc(url) {
+    return REPORT_MODE ? embedded(EMBED.patches, url) ?? null : url;
+  }
+
+  // --------------------------------------------------------------------------------- store
+  /** Loaded data. The caches are dropped when the workspace changes (live refresh);
+   * `generation` counts those changes, so views know to re-render. */
+  const store = {
+    study: null,
+    base: null,            // {x, y: Float32Array} of the base model's neurons
+    metrics: undefined,    // undefined: not asked yet; null: unavailable
+    generation: 0,
+    points: new Map(),     // "run/epoch" -> Points
+    failed: new Map(),     // "run/epoch" -> why its points could not be loaded
+    requests: new Map(),   // API path -> Promise of its payload
+    hasLabels: false,      // some points payload carries concept labels
+  };
+
+  /** getJSON(path) then transform, once per path per generation (failures are forgotten,
+   * to be retried). A path is always read with the same transform. */
+  function cachedJSON(path, transform = (payload) => payload) {
+    let request = store.requests.get(path);
+    if (!request) {
+      request = getJSON(path).then(transform);
+      store.requests.set(path, request);
+      request.catch(() => {
+        if (store.requests.get(path) === request) store.requests.delete(path);
+      });
+    }
+    return request;
+  }
+
+  function toFloats(values) {
+    const out = new Float32Array(values.length);
+    for (let i = 0; i < values.length; i++) out[i] = values[i] ?? NaN;  // null: not placed
+    return out;
+  }
+
+  const pointsKey = (run, epoch) => `${run}/${epoch}`;
+
+  /** One checkpoint's neurons in typed arrays; neuron i is index i. */
+  function toPoints(payload, run, epoch) {
+    const label = Array.isArray(payload.label) ? payload.label : null;
+    if (label) store.hasLabels = true;
+    return {
+      run, epoch, n: payload.x.length,
+      x: toFloats(payload.x), y: toFloats(payload.y),
+      dead: Uint8Array.from(payload.dead || []),
+      layer: Uint16Array.from(payload.layer || []),
+      label,
+    };
+  }
+
+  function loadPoints(run, epoch) {
+    const key = pointsKey(run, epoch);
+    const generation = store.generation;
+    const current = () => generation === store.generation;  // not refreshed meanwhile
+    return cachedJSON(apiPath("points", run, epoch), (payload) => {
+      const points = toPoints(payload, run, epoch);
+      if (current()) store.points.set(key, points);
+      return points;
+    }).catch((err) => {
+      if (current()) store.failed.set(key, err.message);
+      throw err;
+    });
+  }
+
+  /** Start loading the given [run, epoch] pairs; the view re-renders as each arrives. */
+  function requestPoints(pairs) {
+    for (const [run, epoch] of pairs) loadPoints(run, epoch).then(invalidate, invalidate);
+  }
+
+  const runInfo = (name) => store.study.runs.find((r) => r.name === name) || null;
+  const runNames = () => store.study.runs.map((r) => r.name);
+
+  /** Every epoch of any run, ascending: the slider's stops. */
+  function allEpochs() {
+    const epochs = new Set();
+    for (const run of store.study.runs) for (const e of run.epochs) epochs.add(e);
+    return [...epochs].sort((a, b) => a - b);
+  }
+
+  /** Run, epoch, layer, channel... of a neuron, from its checkpoint's points and the study. */
+  function neuronInfo(run, epoch, neuron) {
+    const points = store.points.get(pointsKey(run, epoch));
+    const layers = runInfo(run)?.layers || [];
+    const layerIndex = points ? points.layer[neuron]
+                              : layers.reduce((found, l, i) => (l.offset <= neuron ? i : found), -1);
+    const layer = layers[layerIndex];
+    return {
+      run, epoch, neuron,
+      layer: layer ? layer.name : `layer ${layerIndex}`,
+      channel: layer ? neuron - layer.offset : neuron,
+      dead: points ? points.dead[neuron] === 1 : false,
+      label: points && points.label ? points.label[neuron] : null,
+    };
+  }
+
+  // ------------------------------------------------------------------------------- helpers
+  const $ = (selector) => document.querySelector(selector);
+
+  /** An HTML element. props: class, text, style (object), on<event> (listener), form
+   * properties (checked, disabled, selected, value) and any other attribute. */
+  function el(tag, props = {}, ...children) {
+    const node = document.createElement(tag);
+    setProps(node, props);
+    node.append(...present(children));
+    return node;
+  }
+
+  /** Children worth adding: nested lists flattened, null and false dropped (append and
+   * replaceChildren would print them as text). */
+  const present = (children) => children.flat().filter((c) => c != null && c !== false);
+
+  /** Replace a node's children. */
+  function fill(node, ...children) {
+    node.replaceChildren(...present(children));
+    return node;
+  }
+
+  const FORM_PROPERTIES = new Set(["checked", "disabled", "selected", "value"]);
+
+  function setProps(node, props) {
+    for (const [key, value] of Object.entries(props)) {
+      if (value == null || value === false) continue;
+      if (key === "class") node.setAttribute("class", value);
+      else if (key === "text") node.textContent = value;
+      else if (key === "style") Object.assign(node.style, value);
+      else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+      else if (FORM_PROPERTIES.has(key)) node[key] = value;
+      else node.setAttribute(key, value === true ? "" : String(value));
+    }
+  }
+
+  /** An SVG element; same props as el() (attributes are set verbatim). */
+  function svg(tag, props = {}, ...children) {
+    const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+    setProps(node, props);
+    node.append(...present(children));
+    return node;
+  }
+
+  const note = (text, cls = "note") => el("p", {class: cls, text});
+  const swatch = (color, cls = "swatch") => el("span", {class: cls, style: {background: color}});
+  const clamp = (v, lo, hi) => Math.min(hi, Math.max(lo, v));
+  const percent = (v) => `${(100 * v).toFixed(1)}%`;
+  const last = (array) => array[array.length - 1];
+  const shortLayer = (name) => {
+    const parts = name.split(".");
+    const tail = parts.pop();
+    return /^\d+$/.test(tail) && parts.length ? `${parts.pop()}.${tail}` : tail;
+  };
+
+  /** A number for a label: fixed digits for ordinary magnitudes, exponent for tiny ones. */
+  function formatNumber(v, digits = 3) {
+    if (!Number.isFinite(v)) return String(v);
+    if (v !== 0 && Math.abs(v) < 1e-3) return v.toExponential(1);
+    return String(Number(v.toFixed(digits)));
+  }
+
+  const idle = window.requestIdleCallback
+    ? (fn) => window.requestIdleCallback(fn, {timeout: 500})
+    : (fn) => setTimeout(fn, 50);
+
+  /** The patch strip of a URL as an <img>, or a note when the report does not include it.
+   * onReady(ok) runs once the image is decoded (ok) or failed to load (not ok). */
+  function patchImage(url, {alt, testid, onReady} = {}) {
+    const src = patchSrc(url);
+    if (src === null) {
+      if (onReady) onReady(false);
+      return note("patches not in this report", "note patches-missing");
+    }
+    const img = el("img", {class: "patches", alt, "data-testid": testid, decoding: "async"});
+    img.src = src;
+    img.decode().then(() => onReady && onReady(true), () => {
+      img.replaceWith(note("patches unavailable", "note patches-missing"));
+      if (onReady) onReady(false);
+    });
+    return img;
+  }
+
+  // ------------------------------------------------------------------------------- colours
+  function mixRamp(stops, t) {
+    const s = clamp(t, 0, 1) * (stops.length - 1);
+    const i = Math.min(Math.floor(s), stops.length - 2);
+    const f = s - i;
+    const [r, g, b] = stops[i].map((c, k) => Math.round(c + f * (stops[i + 1][k] - c)));
+    return `rgb(${r}, ${g}, ${b})`;
+  }
+
+  /** Runs keep one colour everywhere; runs known only to the metrics come after the study's. */
+  function runColor(run) {
+    let index = runNames().indexOf(run);
+    if (index < 0) {
+      const extra = Object.keys(store.metrics?.runs || {}).filter((r) => !runInfo(r));
+      index = store.study.runs.length + Math.max(0, extra.indexOf(run));
+    }
+    return RUN_PALETTE[index % RUN_PALETTE.length];
+  }
+
+  function epochColor(epoch) {
+    const epochs = allEpochs();
+    const i = epochs.indexOf(epoch);
+    return mixRamp(VIRIDIS, epochs.length > 1 ? Math.max(i, 0) / (epochs.length - 1) : 1);
+  }
+
+  /** Layers, shallow to deep, walk the hue circle; alternating lightness keeps neighbours apart. */
+  function layerColor(index, count) {
+    const hue = 10 + 300 * (count > 1 ? index / (count - 1) : 0);
+    return `hsl(${hue.toFixed(0)}, 62%, ${index % 2 ? 40 : 54}%)`;
+  }
+
+  const binColor = (bin, count) => mixRamp(BIN_RAMP, count > 1 ? bin / (count - 1) : 0);
+
+  // ---------------------------------------------------------------------------- state, URL
+  const state = {
+    view: "space",
+    runs: [],              // runs shown in the Space view
+    compareRuns: [],       // runs side by side in the Compare view
+    epoch: 0,              // the slider's epoch
+    color: "run",
+    showEarlier: false,
+    playing: false,
+    pinned: null,          // {run, epoch, neuron}
+    trajectory: [],        // [{epoch, x, y}] drawn for the pinned neuron
+    hovered: null,         // {run, epoch, neuron}
+    importance: null,      // {run, class, from, to} shown in the Class view
+    drawnPoints: 0,        // neuron points in the last Space render (base excluded)
+    drawnBase: 0,          // grey base points in the last Space render
+    lastHoverMs: null,     // mousemove that found a new point -> its tooltip with patches shown
+    loadMs: null,          // navigation start -> first render of the initial view
+  };
+
+  let resolveReady;
+  const ready = new Promise((resolve) => { resolveReady = resolve; });
+  window.conceptevo = {state, ready, screenPosition};
+
+  /** Where the Space view draws a neuron: [x, y] in CSS pixels from the canvas's top-left
+   * corner, or null when its checkpoint is not loaded (tests use it to hover a point). */
+  function screenPosition(run, epoch, neuron) {
+    const points = store.points.get(pointsKey(run, epoch));
+    if (!points || !spaceView.panel) return null;
+    return spaceView.panel.toScreen(points.x[neuron], points.y[neuron]);
+  }
+
+  function markRendered() {
+    if (state.loadMs !== null) return;
+    state.loadMs = Math.round(performance.now());
+    resolveReady();
+  }
+
+  /** The query string as a map of raw (still percent-encoded) values: lists are split on
+   * commas before decoding, so a comma inside a run name survives. */
+  function parseQuery(search) {
+    const query = new Map();
+    for (const part of search.replace(/^\?/, "").split("&")) {
+      if (!part) continue;
+      const eq = part.indexOf("=");
+      query.set(decode(eq < 0 ? part : part.slice(0, eq)), eq < 0 ? "" : part.slice(eq + 1));
+    }
+    return query;
+  }
+
+  function decode(raw) {
+    try {
+      return decodeURIComponent(raw.replace(/\+/g, " "));
+    } catch {
+      return raw;
+    }
+  }
+
+  const decodeList = (raw) => raw.split(",").filter(Boolean).map(decode);
+  const encodeList = (values) => values.map(encodeURIComponent).join(",");
+
+  /** Restore the state from the URL, keeping only what the study knows. */
+  function readUrl() {
+    const query = parseQuery(location.search);
+    const runs = runNames();
+    const epochs = allEpochs();
+    const get = (key) => (query.has(key) ? decode(query.get(key)) : null);
+
+    if (VIEWS.includes(get("view"))) state.view = get("view");
+    const listed = (key) => new Set(decodeList(query.get(key)));
+    state.runs = query.has("runs") ? runs.filter((r) => listed("runs").has(r)) : runs.slice();
+    state.compareRuns = query.has("compare")
+      ? runs.filter((r) => listed("compare").has(r)).slice(0, MAX_COMPARE) : [];
+    if (!state.compareRuns.length) state.compareRuns = runs.slice(0, MAX_COMPARE);
+    state.epoch = nearestEpoch(query.has("epoch") ? Number(get("epoch")) : last(epochs));
+    if (COLOR_MODES.includes(get("color"))) state.color = get("color");
+    state.showEarlier = get("earlier") === "1";
+    if (query.has("neuron")) state.pinned = parseNeuron(get("neuron"));
+    if (query.has("run") || query.has("class")) {
+      state.importance = {run: get("run"), class: Number(get("class")),
+                          from: Number(get("from")), to: Number(get("to"))};
+    }
+  }
+
+  /** "run:epoch:neuron" -> {run, epoch, neuron}, or null (with a message) when invalid. */
+  function parseNeuron(text) {
+    const parts = text.split(":");   // run names cannot contain ":"
+    const [run, epoch, neuron] = [parts[0], Number(parts[1]), Number(parts[2])];
+    const info = runInfo(run);
+    if (parts.length !== 3 || !info || !info.epochs.includes(epoch) || !Number.isInteger(neuron) ||
+        neuron < 0 || neuron >= info.n_neurons) {
+      showBanner(`Ignoring neuron=${text}: expected run:epoch:neuron of this study, e.g. ` +
+                 `${runNames()[0]}:${last(allEpochs())}:0`);
+      return null;
+    }
+    return {run, epoch, neuron};
+  }
+
+  function nearestEpoch(value) {
+    const epochs = allEpochs();
+    if (!Number.isFinite(value)) return last(epochs);
+    return epochs.reduce((best, e) => (Math.abs(e - value) < Math.abs(best - value) ? e : best));
+  }
+
+  /** The URL of the current view, so it can be shared; replaces the history entry. */
+  function writeUrl() {
+    const params = [["view", state.view]];
+    if (state.view === "space" || state.view === "compare") {
+      if (state.view === "space") params.push(["runs", encodeList(state.runs)]);
+      else params.push(["compare", encodeList(state.compareRuns)]);
+      params.push(["epoch", state.epoch], ["color", state.color]);
+      if (state.showEarlier) params.push(["earlier", 1]);
+      const p = state.pinned;
+      if (p) params.push(["neuron", [p.run, p.epoch, p.neuron].map(encodeURIComponent).join(":")]);
+    } else if (state.view === "class" && state.importance) {
+      const s = state.importance;
+      params.push(["run", encodeURIComponent(s.run)], ["class", s.class], ["from", s.from],
+                  ["to", s.to]);
+    }
+    const search = "?" + params.map(([k, v]) => `${k}=${v}`).join("&");
+    if (search === location.search) return;
+    try {
+      history.replaceState(null, "", search);
+    } catch {
+      // Some browsers refuse to rewrite file:// URLs (a report opened from disk): no sharing.
+    }
+  }
+
+  // ----------------------------------------------------------------------------- rendering
+  let frameRequested = false;
+
+  /** Re-render the current view on the next animation frame (many calls, one render). */
+  function invalidate() {
+    if (frameRequested) return;
+    frameRequested = true;
+    requestAnimationFrame(() => {
+      frameRequested = false;
+      render();
+    });
+  }
+
+  function render() {
+    if (!store.study) return;
+    for (const button of document.querySelectorAll(".tabs [data-view]")) {
+      button.setAttribute("aria-selected", String(button.dataset.view === state.view));
+    }
+    for (const section of document.querySelectorAll("main > .view")) {
+      section.hidden = section.dataset.view !== state.view;
+    }
+    VIEW_RENDERERS[state.view]();
+    writeUrl();   // after the view, which may have settled its selection
+  }
+
+  function showBanner(message) {
+    $("#banner-text").textContent = message;
+    $("#banner").hidden = false;
+  }
+
+  // ------------------------------------------------------------------------------ the map
+  /** Where a map looks: a centre and zoom over fixed world bounds. Shared by the Compare
+   * panels so they pan and zoom together. */
+  class Camera {
+    constructor() {
+      this.bounds = null;
+      this.cx = 0;
+      this.cy = 0;
+      this.zoom = 1;
+      this.panels = new Set();
+    }
+
+    fit(bounds) {
+      this.bounds = bounds;
+      this.cx = (bounds.x0 + bounds.x1) / 2;
+      this.cy = (bounds.y0 + bounds.y1) / 2;
+      this.zoom = 1;
+      this.changed();
+    }
+
+    /** Pixels per world unit in a w x h panel. */
+    scale(w, h) {
+      const b = this.bounds;
+      return 0.94 * this.zoom * Math.min(w / Math.max(b.x1 - b.x0, 1e-9),
+                                         h / Math.max(b.y1 - b.y0, 1e-9));
+    }
+
+    changed() {
+      for (const panel of this.panels) panel.requestDraw(true);
+    }
+  }
+
+  /** Bounds of every placed point of some coordinate arrays. */
+  function extentOf(arrays) {
+    const b = {x0: Infinity, x1: -Infinity, y0: Infinity, y1: -Infinity};
+    for (const {x, y} of arrays) {
+      for (let i = 0; i < x.length; i++) {
+        if (!Number.isFinite(x[i]) || !Number.isFinite(y[i])) continue;
+        b.x0 = Math.min(b.x0, x[i]); b.x1 = Math.max(b.x1, x[i]);
+        b.y0 = Math.min(b.y0, y[i]); b.y1 = Math.max(b.y1, y[i]);
+      }
+    }
+    return Number.isFinite(b.x0) ? b : {x0: 0, x1: 1, y0: 0, y1: 1};
+  }
+
+  /** A uniform grid over the drawn points: the nearest one to the cursor is found by looking
+   * at a few cells instead of every point. Entries are indices into xs / ys. */
+  class HitGrid {
+    constructor(xs, ys, weight) {
+      const n = xs.length;
+      const b = extentOf([{x: xs, y: ys}]);
+      this.xs = xs;
+      this.ys = ys;
+      this.weight = weight;
+      this.size = clamp(Math.ceil(Math.sqrt(n / 2)), 1, 256);  // about 2 points per cell
+      this.x0 = b.x0;
+      this.y0 = b.y0;
+      this.cw = (b.x1 - b.x0) / this.size || 1;
+      this.ch = (b.y1 - b.y0) / this.size || 1;
+      // Counting sort of the points by cell: cell c holds items[start[c] .. start[c + 1]).
+      const cellOf = new Int32Array(n);
+      this.start = new Int32Array(this.size * this.size + 1);
+      for (let i = 0; i < n; i++) {
+        cellOf[i] = this.row(ys[i]) * this.size + this.col(xs[i]);
+        this.start[cellOf[i] + 1]++;
+      }
+      for (let c = 0; c < this.size * this.size; c++) this.start[c + 1] += this.start[c];
+      const next = this.start.slice(0, -1);
+      this.items = new Int32Array(n);
+      for (let i = 0; i < n; i++) this.items[next[cellOf[i]]++] = i;
+    }
+
+    col(x) { return clamp(Math.floor((x - this.x0) / this.cw), 0, this.size - 1); }
+
+    row(y) { return clamp(Math.floor((y - this.y0) / this.ch), 0, this.size - 1); }
+
+    /** Index of the nearest point within `radius` (distances scaled by the point's weight),
+     * or -1. On ties the later point wins: it is drawn on top. */
+    nearest(x, y, radius) {
+      let best = -1;
+      let bestD = radius * radius;
+      for (let r = this.row(y - radius); r <= this.row(y + radius); r++) {
+        for (let c = this.col(x - radius); c <= this.col(x + radius); c++) {
+          const cell = r * this.size + c;
+          for (let k = this.start[cell]; k < this.start[cell + 1]; k++) {
+            const i = this.items[k];
+            const dx = this.xs[i] - x;
+            const dy = this.ys[i] - y;
+            const d = (dx * dx + dy * dy) * this.weight[i];
+            if (d <= bestD) {
+              bestD = d;
+              best = i;
+            }
+          }
+        }
+      }
+      return best;
+    }
+  }
+
+  /** Point radius in CSS pixels: smaller for crowded maps, a little larger when zoomed in. */
+  const pointRadius = (count, zoom) =>
+    (count > 20000 ? 1.6 : count > 5000 ? 2.2 : 3) * clamp(Math.sqrt(zoom), 1, 2.5);
+
+  /** One map: a canvas of points (redrawn only when the scene or camera changes) under an
+   * overlay canvas (hover ring, trajectory) that redraws alone on hover. */
+  class MapPanel {
+    /**
+     * @param host element the canvases fill
+     * @param options.testid data-testid of the points canvas (it receives the pointer events)
+     * @param options.camera shared Camera
+     * @param options.onHover (hit | null, event) when the hovered point changes
+     * @param options.onPick (hit) on a click on a point
+     * @param options.drawOverlay (ctx, panel) extra overlay drawing, in CSS pixels
+     */
+    constructor(host, {testid, camera, onHover, onPick, drawOverlay}) {
+      this.host = host;
+      this.camera = camera;
+      this.options = {onHover, onPick, drawOverlay};
+      this.canvas = el("canvas", {class: "map-canvas", "data-testid": testid,
+                                  "aria-label": "map of neurons"});
+      this.overlay = el("canvas", {class: "map-overlay", "aria-hidden": "true"});
+      host.prepend(this.canvas, this.overlay);
+      this.w = 0;
+      this.h = 0;
+      this.dpr = 0;
+      this.scene = null;
+      this.index = null;      // flattened drawn points + HitGrid, built on first hover
+      this.hot = -1;          // index of the hovered point in this.index
+      this.drag = null;
+      this.dirtyPoints = false;
+      this.dirtyOverlay = false;
+      this.frame = 0;
+      camera.panels.add(this);
+      this.resizeObserver = new ResizeObserver(() => this.requestDraw(true));
+      this.resizeObserver.observe(host);
+      this.listen();
+    }
+
+    destroy() {
+      this.camera.panels.delete(this);
+      this.resizeObserver.disconnect();
+      cancelAnimationFrame(this.frame);
+    }
+
+    setScene(scene) {
+      if (scene === this.scene) return;
+      this.scene = scene;
+      this.index = null;
+      this.setHot(-1, null);
+      this.requestDraw(true);
+    }
+
+    requestDraw(points = false) {
+      this.dirtyPoints = this.dirtyPoints || points;
+      this.dirtyOverlay = true;
+      if (!this.frame) this.frame = requestAnimationFrame(() => this.draw());
+    }
+
+    /** Draw what is dirty now (also called directly by views that need the frame done). */
+    draw() {
+      cancelAnimationFrame(this.frame);
+      this.frame = 0;
+      this.measure();
+      if (!this.w || !this.h || !this.camera.bounds) return;
+      if (this.dirtyPoints) this.drawPoints();
+      if (this.dirtyOverlay) this.drawOverlay();
+      this.dirtyPoints = this.dirtyOverlay = false;
+    }
+
+    measure() {
+      const w = this.host.clientWidth;
+      const h = this.host.clientHeight;
+      const dpr = window.devicePixelRatio || 1;
+      if (w === this.w && h === this.h && dpr === this.dpr) return;
+      Object.assign(this, {w, h, dpr, dirtyPoints: true, dirtyOverlay: true});
+      for (const canvas of [this.canvas, this.overlay]) {
+        canvas.width = Math.round(w * dpr);
+        canvas.height = Math.round(h * dpr);
+      }
+    }
+
+    /** The world -> CSS pixel transform: sx = x * s + ox, sy = -y * s + oy (y points up). */
+    transform() {
+      const s = this.camera.scale(this.w, this.h);
+      return {s, ox: this.w / 2 - this.camera.cx * s, oy: this.h / 2 + this.camera.cy * s};
+    }
+
+    toScreen(x, y) {
+      const t = this.transform();
+      return [x * t.s + t.ox, -y * t.s + t.oy];
+    }
+
+    toWorld(px, py) {
+      const t = this.transform();
+      return [(px - t.ox) / t.s, -(py - t.oy) / t.s];
+    }
+
+    context(canvas) {
+      const ctx = canvas.getContext("2d");
+      ctx.setTransform(this.dpr, 0, 0, this.dpr, 0, 0);
+      ctx.clearRect(0, 0, this.w, this.h);
+      return ctx;
+    }
+
+    drawPoints() {
+      const ctx = this.context(this.canvas);
+      const scene = this.scene;
+      if (!scene) return;
+      const t = this.transform();
+      const r = pointRadius(scene.count, this.camera.zoom);
+      // Tiny circles cost several times more than squares and look the same on a crowded map.
+      const square = scene.count + scene.baseCount > SQUARE_POINTS_ABOVE;
+      if (scene.base) {
+        this.dots(ctx, scene.base, null, 0, scene.base.x.length,
+                  {t, r: r * 0.9, color: BASE_COLOR, square, hollow: false});
+      }
+      ctx.lineWidth = 1;
+      for (const set of scene.sets) {
+        ctx.globalAlpha = set.alpha;
+        for (let bucket = 0; bucket + 1 < set.starts.length; bucket++) {
+          if (set.starts[bucket] === set.starts[bucket + 1]) continue;
+          this.dots(ctx, set.points, set.order, set.starts[bucket], set.starts[bucket + 1],
+                    {t, r, color: set.palette[bucket >> 1], square, hollow: (bucket & 1) === 1});
+        }
+      }
+      ctx.globalAlpha = 1;
+    }
+
+    /** Points order[from..to) (from..to when order is null) in one colour, skipping those
+     * off screen: filled, or hollow (dead neurons); circles, or squares when crowded. */
+    dots(ctx, {x, y}, order, from, to, {t, r, color, square, hollow}) {
+      const visible = (sx, sy) => sx > -r && sx < this.w + r && sy > -r && sy < this.h + r;
+      if (square && !hollow) {          // fillRect needs no path: the fastest way
+        ctx.fillStyle = color;
+        for (let k = from; k < to; k++) {
+          const i = order ? order[k] : k;
+          const sx = x[i] * t.s + t.ox;
+          const sy = -y[i] * t.s + t.oy;
+          if (visible(sx, sy)) ctx.fillRect(sx - r, sy - r, 2 * r, 2 * r);   // NaN: not visible
+        }
+        return;
+      }
+      ctx.beginPath();
+      for (let k = from; k < to; k++) {
+        const i = order ? order[k] : k;
+        const sx = x[i] * t.s + t.ox;
+        const sy = -y[i] * t.s + t.oy;
+        if (!visible(sx, sy)) continue;
+        if (square) {
+          ctx.rect(sx - r, sy - r, 2 * r, 2 * r);
+        } else {
+          ctx.moveTo(sx + r, sy);
+          ctx.arc(sx, sy, r, 0, TAU);
+        }
+      }
+      if (hollow) {
+        ctx.strokeStyle = color;
+        ctx.stroke();
+      } else {
+        ctx.fillStyle = color;
+        ctx.fill();
+      }
+    }
+
+    drawOverlay() {
+      const ctx = this.context(this.overlay);
+      if (this.options.drawOverlay) this.options.drawOverlay(ctx, this);
+      if (this.hot < 0) return;
+      const [sx, sy] = this.toScreen(this.index.xs[this.hot], this.index.ys[this.hot]);
+      const r = pointRadius(this.scene.count, this.camera.zoom) + 3.5;
+      ctx.lineWidth = 2;
+      ctx.strokeStyle = "#fff";
+      ctx.beginPath();
+      ctx.arc(sx, sy, r + 1.5, 0, TAU);
+      ctx.stroke();
+      ctx.strokeStyle = "#1d2330";
+      ctx.beginPath();
+      ctx.arc(sx, sy, r, 0, TAU);
+      ctx.stroke();
+    }
+
+    /** Flatten the scene's placed points for hit testing. Earlier (faded) epochs weigh more,
+     * so a point of the slider's epoch wins when both are under the cursor. */
+    buildIndex() {
+      const total = this.scene.count;
+      const xs = new Float32Array(total);
+      const ys = new Float32Array(total);
+      const weight = new Float32Array(total);
+      const set = new Uint16Array(total);
+      const neuron = new Int32Array(total);
+      let k = 0;
+      this.scene.sets.forEach((s, si) => {
+        for (let j = 0; j < s.count; j++) {
+          const i = s.order[j];
+          xs[k] = s.points.x[i];
+          ys[k] = s.points.y[i];
+          weight[k] = s.faded ? 4 : 1;
+          set[k] = si;
+          neuron[k++] = i;
+        }
+      });
+      this.index = {xs, ys, set, neuron, grid: new HitGrid(xs, ys, weight)};
+    }
+
+    pick(px, py) {
+      if (!this.scene || !this.scene.count || !this.w || !this.camera.bounds) return -1;
+      if (!this.index) this.buildIndex();
+      const [x, y] = this.toWorld(px, py);
+      return this.index.grid.nearest(x, y, HIT_RADIUS_PX / this.transform().s);
+    }
+
+    hit(k) {
+      const points = this.scene.sets[this.index.set[k]].points;
+      return {run: points.run, epoch: points.epoch, neuron: this.index.neuron[k]};
+    }
+
+    setHot(k, event) {
+      if (k === this.hot) return;
+      this.hot = k;
+      this.requestDraw();
+      if (this.options.onHover) this.options.onHover(k < 0 ? null : this.hit(k), event);
+    }
+
+    listen() {
+      const canvas = this.canvas;
+      canvas.addEventListener("pointerdown", (e) => {
+        if (e.button !== 0) return;
+        this.drag = {x: e.clientX, y: e.clientY, cx: this.camera.cx, cy: this.camera.cy,
+                     moved: false};
+        canvas.setPointerCapture(e.pointerId);
+      });
+      canvas.addEventListener("pointermove", (e) => this.onPointerMove(e));
+      canvas.addEventListener("pointerup", (e) => {
+        const drag = this.drag;
+        this.drag = null;
+        if (!drag || drag.moved) return;
+        const k = this.pickEvent(e);
+        if (k >= 0 && this.options.onPick) this.options.onPick(this.hit(k));
+      });
+      canvas.addEventListener("pointerleave", () => {
+        if (!this.drag) this.setHot(-1, null);
+      });
+      canvas.addEventListener("wheel", (e) => this.onWheel(e), {passive: false});
+      canvas.addEventListener("dblclick", () => this.resetView());
+    }
+
+    pickEvent(e) {
+      const rect = this.canvas.getBoundingClientRect();
+      return this.pick(e.clientX - rect.left, e.clientY - rect.top);
+    }
+
+    onPointerMove(e) {
+      const drag = this.drag;
+      if (drag) {
+        const dx = e.clientX - drag.x;
+        const dy = e.clientY - drag.y;
+        if (!drag.moved && Math.hypot(dx, dy) < DRAG_THRESHOLD_PX) return;
+        drag.moved = true;
+        const s = this.transform().s;
+        this.camera.cx = drag.cx - dx / s;
+        this.camera.cy = drag.cy + dy / s;
+        this.setHot(-1, null);
+        this.camera.changed();
+        return;
+      }
+      const k = this.pickEvent(e);
+      if (k === this.hot) tooltip.follow(e);
+      else this.setHot(k, e);
+    }
+
+    /** Zoom about the cursor: the world point under it stays under it. */
+    onWheel(e) {
+      if (!this.camera.bounds) return;
+      e.preventDefault();
+      const rect = this.canvas.getBoundingClientRect();
+      const px = e.clientX - rect.left;
+      const py = e.clientY - rect.top;
+      const [bx, by] = this.toWorld(px, py);
+      this.camera.zoom = clamp(this.camera.zoom * Math.exp(-e.deltaY * 0.0015), 0.5, 80);
+      const [ax, ay] = this.toWorld(px, py);
+      this.camera.cx += bx - ax;
+      this.camera.cy += by - ay;
+      this.setHot(-1, null);
+      this.camera.changed();
+    }
+
+    resetView() {
+      if (!this.scene) return;
+      this.camera.fit(sceneBounds([this.scene]));
+    }
+  }
+
+  // ---------------------------------------------------------------------------- scenes
+  /** Colour index per point for a colour mode: {palette, index (per point) or null when the
+   * whole checkpoint has palette[0]}. */
+  function paint(points, labels) {
+    switch (state.color) {
+      case "epoch":
+        return {palette: [epochColor(points.epoch)], index: null};
+      case "layer": {
+        const count = maxLayerCount();
+        return {palette: Array.from({length: count}, (_, i) => layerColor(i, count)),
+                index: points.layer};
+      }
+      case "label": {
+        // Unlabelled neurons first: buckets draw in palette order, so labelled ones end on top.
+        const palette = [UNLABELLED, ...labels.map((_, i) => LABEL_PALETTE[i % LABEL_PALETTE.length])];
+        const position = new Map(labels.map((label, i) => [label, i + 1]));
+        const index = new Uint16Array(points.n);
+        if (points.label) points.label.forEach((l, i) => { index[i] = position.get(l) || 0; });
+        return {palette, index};
+      }
+      default:
+        return {palette: [runColor(points.run)], index: null};
+    }
+  }
+
+  const maxLayerCount = () => Math.max(1, ...store.study.runs.map((r) => r.layers.length));
+
+  /** Draw order of one checkpoint's placed points, grouped by (colour, dead) bucket so each
+   * bucket is one canvas path: bucket b holds order[starts[b] .. starts[b + 1]). */
+  function bucketize(points, index, paletteSize) {
+    const buckets = 2 * paletteSize;
+    const bucketOf = new Int32Array(points.n).fill(-1);
+    const starts = new Int32Array(buckets + 1);
+    for (let i = 0; i < points.n; i++) {
+      if (!Number.isFinite(points.x[i]) || !Number.isFinite(points.y[i])) continue;
+      bucketOf[i] = 2 * (index ? index[i] : 0) + (points.dead[i] ? 1 : 0);
+      starts[bucketOf[i] + 1]++;
+    }
+    for (let b = 0; b < buckets; b++) starts[b + 1] += starts[b];
+    const count = starts[buckets];
+    const order = new Int32Array(count);
+    const next = starts.slice(0, -1);
+    for (let i = 0; i < points.n; i++) if (bucketOf[i] >= 0) order[next[bucketOf[i]]++] = i;
+    return {order, starts, count};
+  }
+
+  /** Concept labels present in some checkpoints, most frequent first. */
+  function labelsOf(pointSets) {
+    const counts = new Map();
+    for (const points of pointSets) {
+      for (const label of points.label || []) {
+        if (label != null) counts.set(label, (counts.get(label) || 0) + 1);
+      }
+    }
+    return [...counts.keys()].sort((a, b) => counts.get(b) - counts.get(a));
+  }
+
+  /** Recent scenes by what they show, so an unchanged scene keeps its identity (and its map
+   * is not redrawn, nor its hover index rebuilt). */
+  const sceneCache = new Map();
+  const SCENE_CACHE_SIZE = 16;
+
+  /** The scene of some runs at the slider epoch (and earlier ones, fainter, when asked).
+   * Returns {missing: [[run, epoch]]} while points still have to be loaded. */
+  function sceneOf(runs) {
+    const key = [store.generation, runs.join("\n"), state.epoch, state.color,
+                 state.showEarlier].join("|");
+    if (sceneCache.has(key)) return sceneCache.get(key);
+    const scene = buildScene(runs);
+    if (scene.missing) return scene;
+    sceneCache.set(key, scene);
+    if (sceneCache.size > SCENE_CACHE_SIZE) sceneCache.delete(sceneCache.keys().next().value);
+    return scene;
+  }
+
+  function buildScene(runs) {
+    const loaded = [];
+    const missing = [];
+    const unavailable = [];
+    for (const name of runs) {
+      const run = runInfo(name);
+      if (!run.epochs.includes(state.epoch)) unavailable.push(`${name} has no epoch ${state.epoch}`);
+      for (const epoch of run.epochs) {
+        if (epoch > state.epoch || (epoch < state.epoch && !state.showEarlier)) continue;
+        const key = pointsKey(name, epoch);
+        if (store.points.has(key)) loaded.push(store.points.get(key));
+        else if (store.failed.has(key)) unavailable.push(`${name}, epoch ${epoch}: ${store.failed.get(key)}`);
+        else missing.push([name, epoch]);
+      }
+    }
+    if (missing.length) return {missing};
+    loaded.sort((a, b) => a.epoch - b.epoch);   // older epochs underneath
+    const earlier = [...new Set(loaded.map((p) => p.epoch))].filter((e) => e < state.epoch);
+    const labels = state.color === "label" ? labelsOf(loaded) : [];
+    const sets = loaded.map((points) => {
+      const {palette, index} = paint(points, labels);
+      const faded = points.epoch < state.epoch;
+      // Earlier epochs fade with age: the oldest is faintest.
+      const alpha = faded ? 0.1 + 0.35 * (earlier.indexOf(points.epoch) + 1) / (earlier.length + 1)
+                          : 0.9;
+      return {points, palette, faded, alpha, ...bucketize(points, index, palette.length)};
+    });
+    const base = store.base;
+    return {
+      sets, labels, unavailable, base,
+      count: sets.reduce((sum, s) => sum + s.count, 0),
+      baseCount: base ? base.count : 0,
+    };
+  }
+
+  function sceneBounds(scenes) {
+    const arrays = store.base ? [store.base] : [];
+    for (const scene of scenes) for (const set of scene.sets) arrays.push(set.points);
+    return extentOf(arrays);
+  }
+
+  /** Load the epochs next to the slider's while the browser is idle, so stepping is instant. */
+  function prefetchAround(runs) {
+    const epochs = allEpochs();
+    const i = epochs.indexOf(state.epoch);
+    const wanted = [epochs[i + 1], epochs[i - 1], state.playing ? epochs[i + 2] : undefined];
+    idle(() => {
+      for (const run of runs) {
+        for (const epoch of wanted) {
+          const key = pointsKey(run, epoch);
+          if (epoch === undefined || !runInfo(run)?.epochs.includes(epoch) ||
+              store.points.has(key) || store.failed.has(key)) continue;
+          loadPoints(run, epoch).catch(() => {});   // remembered in store.failed
+        }
+      }
+    });
+  }
+
+  /** Pinned neuron's path: a polyline through its epochs, a dot per epoch (epoch colours),
+   * the slider's epoch ringed. */
+  function drawTrajectory(ctx, panel) {
+    const path = state.trajectory;
+    if (!state.pinned || !path.length) return;
+    const screen = path.map((p) => panel.toScreen(p.x, p.y));
+    ctx.lineJoin = "round";
+    for (const [width, color] of [[5, "rgba(255,255,255,0.85)"], [2, runColor(state.pinned.run)]]) {
+      ctx.lineWidth = width;
+      ctx.strokeStyle = color;
+      ctx.beginPath();
+      screen.forEach(([sx, sy], i) => (i ? ctx.lineTo(sx, sy) : ctx.moveTo(sx, sy)));
+      ctx.stroke();
+    }
+    ctx.lineWidth = 1.5;
+    ctx.font = "11px system-ui, sans-serif";
+    path.forEach((p, i) => {
+      const [sx, sy] = screen[i];
+      const current = p.epoch === state.epoch;
+      ctx.fillStyle = epochColor(p.epoch);
+      ctx.strokeStyle = "#fff";
+      ctx.beginPath();
+      ctx.arc(sx, sy, current ? 6 : 4, 0, TAU);
+      ctx.fill();
+      ctx.stroke();
+      if (current) {
+        ctx.strokeStyle = "#1d2330";
+        ctx.beginPath();
+        ctx.arc(sx, sy, 9, 0, TAU);
+        ctx.stroke();
+      }
+      if (current || i === 0 || i === path.length - 1) {
+        ctx.fillStyle = "#1d2330";
+        ctx.fillText(`e${p.epoch}`, sx + 8, sy - 8);
+      }
+    });
+  }
+
+  // ------------------------------------------------------------------------------ tooltip
+  const tooltip = {
+    node: null,
+    token: 0,
+
+    /** Show a hovered neuron (or hide for null). lastHoverMs is measured from the event. */
+    show(hit, event) {
+      state.hovered = hit;
+      const token = ++this.token;
+      if (!hit) {
+        this.node.hidden = true;
+        return;
+      }
+      const started = event ? event.timeStamp : performance.now();
+      const info = neuronInfo(hit.run, hit.epoch, hit.neuron);
+      const done = () => {
+        if (token !== this.token) return;
+        state.lastHoverMs = Math.round(10 * (performance.now() - started)) / 10;
+        this.follow(event);
+      };
+      fill(this.node,
+        el("div", {class: "tt-title"}, swatch(runColor(hit.run)), el("strong", {text: hit.run}),
+           ` · epoch ${hit.epoch}`),
+        el("div", {class: "tt-meta"}, `${info.layer} · channel ${info.channel} · neuron ${hit.neuron}`,
+           info.dead ? el("span", {class: "badge dead", text: "dead"}) : null),
+        info.label ? el("div", {class: "tt-label", text: `concept: ${info.label}`}) : null,
+        el("div", {class: "patch-frame"},
+           patchImage(patchUrl(hit.run, hit.epoch, hit.neuron),
+                      {alt: `top patches of ${hit.run} neuron ${hit.neuron} at epoch ${hit.epoch}`,
+                       testid: "hover-patches", onReady: done})),
+        el("div", {class: "tt-hint", text: "click to pin"}));
+      this.node.hidden = false;
+      this.follow(event);
+    },
+
+    /** Keep the tooltip next to the cursor, inside the window. */
+    follow(event) {
+      if (!event || this.node.hidden) return;
+      const gap = 14;
+      const {offsetWidth: w, offsetHeight: h} = this.node;
+      let left = event.clientX + gap;
+      let top = event.clientY + gap;
+      if (left + w > window.innerWidth - 4) left = event.clientX - gap - w;
+      if (top + h > window.innerHeight - 4) top = event.clientY - gap - h;
+      this.node.style.left = `${Math.max(4, left)}px`;
+      this.node.style.top = `${Math.max(4, top)}px`;
+    },
+  };
+
+  // ------------------------------------------------------------------- shared map controls
+  /** Epoch slider, play button, "show earlier", colour-by and legend: one block, moved into
+   * the Space or Compare view (each data-testid exists once in the page). */
+  const mapControls = {
+    mount(view) {
+      const slot = document.querySelector(`.controls-slot[data-slot="${view}"]`);
+      if ($("#map-controls").parentElement !== slot) slot.append($("#map-controls"));
+    },
+
+    sync() {
+      const epochs = allEpochs();
+      const slider = $("#epoch-slider");
+      slider.min = epochs[0];
+      slider.max = last(epochs);
+      slider.value = state.epoch;
+      const ticks = $("#epoch-ticks");
+      if (ticks.options.length !== epochs.length) {
+        fill(ticks, ...epochs.map((e) => el("option", {value: e})));
+      }
+      $("#epoch-value").textContent = state.epoch;
+      $("#show-earlier").checked = state.showEarlier;
+      const color = $("#color-by");
+      color.value = state.color;
+      const labelOption = color.querySelector('option[value="label"]');
+      labelOption.disabled = !store.hasLabels;
+      labelOption.title = store.hasLabels ? "" : "no concept labels in this workspace yet";
+      const play = $("#play");
+      play.textContent = state.playing ? "❚❚" : "▶";
+      play.setAttribute("aria-pressed", String(state.playing));
+      play.setAttribute("aria-label", state.playing ? "Pause" : "Play");
+    },
+
+    loading(on) {
+      $("#map-loading").hidden = !on;
+    },
+
+    bind() {
+      $("#epoch-slider").addEventListener("input", (e) => setEpoch(nearestEpoch(Number(e.target.value))));
+      $("#play").addEventListener("click", () => setPlaying(!state.playing));
+      $("#show-earlier").addEventListener("change", (e) => {
+        state.showEarlier = e.target.checked;
+        invalidate();
+      });
+      $("#color-by").addEventListener("change", (e) => {
+        state.color = e.target.value;
+        invalidate();
+      });
+    },
+  };
+
+  function setEpoch(epoch) {
+    state.epoch = epoch;
+    $("#epoch-slider").value = epoch;   // snap the thumb to an existing epoch
+    invalidate();
+  }
+
+  // Playing steps one epoch every PLAY_INTERVAL_MS, waiting for a frame still loading.
+  let playTimer = 0;
+  let mapComplete = false;   // the shown map has every checkpoint it needs
+
+  function setPlaying(on) {
+    state.playing = on;
+    clearTimeout(playTimer);
+    if (on) {
+      const epochs = allEpochs();
+      if (state.epoch === last(epochs)) setEpoch(epochs[0]);
+      playTimer = setTimeout(playStep, PLAY_INTERVAL_MS);
+    }
+    mapControls.sync();
+  }
+
+  function playStep() {
+    if (!state.playing) return;
+    if (!mapComplete) {
+      playTimer = setTimeout(playStep, 50);
+      return;
+    }
+    const epochs = allEpochs();
+    const i = epochs.indexOf(state.epoch);
+    if (i < 0 || i >= epochs.length - 1) {
+      setPlaying(false);
+      return;
+    }
+    setEpoch(epochs[i + 1]);
+    playTimer = setTimeout(playStep, PLAY_INTERVAL_MS);
+  }
+
+  /** Legend entries for the colour mode: [[color, text]]. */
+  function legendEntries(scenes, runs) {
+    switch (state.color) {
+      case "epoch":
+        return allEpochs().map((e) => [epochColor(e), `epoch ${e}`]);
+      case "layer": {
+        const count = maxLayerCount();
+        return Array.from({length: count}, (_, i) => {
+          const names = [...new Set(store.study.runs.map((r) => r.layers[i]?.name).filter(Boolean))];
+          return [layerColor(i, count), names.join(" / ")];
+        });
+      }
+      case "label": {
+        const labels = [...new Set(scenes.flatMap((s) => s.labels))];
+        if (!labels.length) return [[UNLABELLED, "no concept labels yet"]];
+        const shown = labels.slice(0, LABEL_PALETTE.length);
+        return [...shown.map((l, i) => [LABEL_PALETTE[i % LABEL_PALETTE.length], l]),
+                [UNLABELLED, labels.length > shown.length ? "other / unlabelled" : "unlabelled"]];
+      }
+      default:
+        return runs.map((r) => [runColor(r), r]);
+    }
+  }
+
+  function renderLegend(scenes, runs) {
+    const items = legendEntries(scenes, runs).map(([color, text]) =>
+      el("span", {class: "legend-item"}, swatch(color), text));
+    items.push(el("span", {class: "legend-item muted"}, swatch(BASE_COLOR), "base model"),
+               el("span", {class: "legend-item muted"}, el("span", {class: "swatch hollow"}), "dead neuron"));
+    if (state.showEarlier) items.push(el("span", {class: "legend-item muted", text: "fainter: earlier epochs"}));
+    const problems = [...new Set(scenes.flatMap((s) => s.unavailable))];
+    if (problems.length) items.push(el("span", {class: "legend-item warn", text: problems.join("; ")}));
+    fill($("#legend"), ...items);
+  }
+
+  /** Run checkboxes with colour swatches; `limit` disables the others once reached. */
+  function renderRunPicker(fieldset, selected, onChange, limit = Infinity) {
+    const legend = fieldset.querySelector("legend");
+    const boxes = store.study.runs.map(({name}) => {
+      const checked = selected.includes(name);
+      return el("label", {class: "check run-choice"},
+                el("input", {type: "checkbox", value: name, checked,
+                             disabled: !checked && selected.length >= limit,
+                             onchange: (e) => {
+                               const next = new Set(selected);
+                               if (e.target.checked) next.add(name); else next.delete(name);
+                               onChange(runNames().filter((r) => next.has(r)));
+                             }}),
+                swatch(runColor(name)), name);
+    });
+    fill(fieldset, legend, ...boxes);
+  }
+
+  // ------------------------------------------------------------------------- Space view
+  const spaceView = {
+    camera: new Camera(),
+    panel: null,
+    pickerKey: null,
+
+    init() {
+      this.panel = new MapPanel($("#space-map"), {
+        testid: "space-canvas",
+        camera: this.camera,
+        onHover: (hit, event) => tooltip.show(hit, event),
+        onPick: (hit) => pin(hit),
+        drawOverlay: drawTrajectory,
+      });
+    },
+
+    render() {
+      mapControls.mount("space");
+      const key = `${store.generation}|${state.runs}`;
+      if (key !== this.pickerKey) {
+        this.pickerKey = key;
+        renderRunPicker($("#space-runs"), state.runs, (runs) => {
+          state.runs = runs;
+          invalidate();
+        });
+      }
+      mapControls.sync();
+      const scene = sceneOf(state.runs);
+      mapComplete = !scene.missing;
+      mapControls.loading(!mapComplete);
+      if (scene.missing) {
+        requestPoints(scene.missing);   // the previous frame stays up meanwhile
+        return;
+      }
+      if (!this.camera.bounds) this.camera.fit(sceneBounds([scene]));
+      this.panel.setScene(scene);
+      this.panel.draw();
+      state.drawnPoints = scene.count;
+      state.drawnBase = scene.baseCount;
+      renderLegend([scene], state.runs);
+      pinnedPanel.render();
+      prefetchAround(state.runs);
+      markRendered();
+    },
+  };
+
+  // ---------------------------------------------------------------------- pinned neuron
+  function pin(target) {
+    state.pinned = target;
+    state.trajectory = [];
+    redrawOverlays();
+    invalidate();
+  }
+
+  function redrawOverlays() {
+    if (spaceView.panel) spaceView.panel.requestDraw();
+    for (const {panel} of compareView.panels) panel.requestDraw();
+  }
+
+  /** A neuron's positions at every epoch of its run, from the checkpoints' points (used when
+   * a report does not include the neuron's details). */
+  async function trajectoryFromPoints(run, neuron) {
+    const epochs = runInfo(run).epochs;
+    const all = await Promise.all(epochs.map((e) => loadPoints(run, e).catch(() => null)));
+    return all.filter(Boolean)
+      .map((points) => ({epoch: points.epoch, x: points.x[neuron], y: points.y[neuron]}))
+      .filter((p) => Number.isFinite(p.x) && Number.isFinite(p.y));
+  }
+
+  const pinnedPanel = {
+    renderedKey: null,
+    token: 0,
+
+    /** Rebuild when the pinned neuron (or the workspace) changed; otherwise only move the
+     * "current epoch" highlight of the strip. */
+    render() {
+      const node = $("#pinned");
+      const p = state.pinned;
+      node.hidden = !p;
+      if (!p) {
+        this.renderedKey = null;
+        return;
+      }
+      const key = `${store.generation}|${p.run}|${p.epoch}|${p.neuron}`;
+      if (key !== this.renderedKey) {
+        this.renderedKey = key;
+        this.build(p);
+      }
+      for (const item of node.querySelectorAll(".strip-item")) {
+        item.classList.toggle("current", Number(item.dataset.epoch) === state.epoch);
+      }
+    },
+
+    async build(p) {
+      const token = ++this.token;
+      const info = neuronInfo(p.run, p.epoch, p.neuron);
+      const node = $("#pinned");
+      fill(node, this.header(p), this.facts(info, null), note("loading…"));
+      let detail = null;
+      let problem = null;
+      try {
+        detail = await cachedJSON(apiPath("neuron", p.run, p.epoch, p.neuron));
+      } catch (err) {
+        problem = err;
+        if (!err.missing) showBanner(`Neuron ${p.run}:${p.epoch}:${p.neuron}: ${err.message}`);
+      }
+      const trajectory = detail ? detail.trajectory : await trajectoryFromPoints(p.run, p.neuron);
+      if (token !== this.token) return;   // another neuron was pinned meanwhile
+      state.trajectory = trajectory;
+      fill(node,
+        this.header(p),
+        this.facts(info, detail),
+        el("h3", {text: `Patches at epoch ${p.epoch}`}),
+        el("div", {class: "patch-frame"}, patchImage(patchUrl(p.run, p.epoch, p.neuron), {alt: "top patches"})),
+        el("h3", {text: "Across epochs"}),
+        this.strip(p),
+        detail ? this.stimuliClasses(detail) : null,
+        el("h3", {text: "Nearest neurons in other runs and epochs"}),
+        detail ? this.neighbours(detail.neighbours)
+               : note(problem && problem.missing ? "neighbours not in this report"
+                                                 : "neighbours unavailable"));
+      this.render();
+      redrawOverlays();
+    },
+
+    header(p) {
+      return el("div", {class: "pinned-head"},
+                el("h2", {}, swatch(runColor(p.run)), `${p.run} · neuron ${p.neuron}`),
+                el("button", {type: "button", class: "icon-button", "aria-label": "Unpin",
+                              title: "Unpin (Esc)", text: "×", onclick: () => pin(null)}));
+    },
+
+    facts(info, detail) {
+      const rows = [["pinned at", `epoch ${info.epoch}`], ["layer", info.layer],
+                    ["channel", info.channel]];
+      if (info.label) rows.push(["concept", info.label]);
+      if (detail) {
+        rows.push(["max activation", formatNumber(detail.act_max)],
+                  ["active on", percent(detail.frac_positive) + " of probe images"]);
+      }
+      if (detail ? detail.dead : info.dead) rows.push(["status", "dead (no positive activation)"]);
+      return el("dl", {class: "facts"}, rows.flatMap(([k, v]) => [el("dt", {text: k}), el("dd", {text: String(v)})]));
+    },
+
+    /** One patch strip per epoch of the run; click one to move the slider there. */
+    strip(p) {
+      const items = runInfo(p.run).epochs.map((epoch) =>
+        el("button", {type: "button", class: "strip-item", "data-epoch": epoch,
+                      title: `show epoch ${epoch}`, onclick: () => setEpoch(epoch)},
+           el("span", {class: "strip-epoch", text: `e${epoch}`}),
+           el("span", {class: "patch-frame"},
+              patchImage(patchUrl(p.run, epoch, p.neuron), {alt: `epoch ${epoch}`}))));
+      return el("div", {class: "epoch-strip", "data-testid": "epoch-strip"}, items);
+    },
+
+    /** The classes of the neuron's top stimuli, most common first. */
+    stimuliClasses(detail) {
+      const counts = new Map();
+      for (const c of detail.stimuli_class || []) counts.set(c, (counts.get(c) || 0) + 1);
+      if (!counts.size) return null;
+      const top = [...counts].sort((a, b) => b[1] - a[1]).slice(0, 4);
+      return el("p", {class: "stimuli-classes"},
+                el("span", {class: "muted", text: `top ${detail.stimuli.length} stimuli: `}),
+                top.map(([c, n]) => `${c} (${n})`).join(", "));
+    },
+
+    neighbours(list) {
+      if (!list.length) return note("no other runs or epochs to compare with");
+      return el("ol", {class: "neighbours", "data-testid": "neighbours"},
+        list.map((n) => el("li", {class: "neighbour"},
+          el("button", {type: "button", title: "pin this neuron", onclick: () => pinNeighbour(n)},
+             el("span", {class: "neighbour-meta"}, swatch(runColor(n.run)),
+                `${n.run} · e${n.epoch} · ${shortLayer(n.layer)} ch ${n.channel}`,
+                el("span", {class: "similarity", text: `cos ${n.similarity.toFixed(2)}`})),
+             el("span", {class: "patch-frame"},
+                patchImage(patchUrl(n.run, n.epoch, n.neuron), {alt: `neighbour ${n.neuron}`}))))));
+    },
+  };
+
+  /** Pin a neighbour and show it: its run becomes visible and the slider goes to its epoch. */
+  function pinNeighbour(n) {
+    if (!state.runs.includes(n.run)) state.runs = runNames().filter((r) => r === n.run || state.runs.includes(r));
+    state.epoch = n.epoch;
+    pin({run: n.run, epoch: n.epoch, neuron: n.neuron});
+  }
+
+  // ------------------------------------------------------------------------- Class view
+  const classView = {
+    renderedKey: null,
+
+    render() {
+      const entries = store.study.importance;
+      const body = $("#class-body");
+      if (!entries.length) {
+        this.renderedKey = null;
+        fill(body, this.howTo());
+        this.syncSelects([]);
+        markRendered();
+        return;
+      }
+      const s = this.selection(entries);
+      this.syncSelects(entries);
+      const key = `${store.generation}|${s.run}|${s.class}|${s.from}|${s.to}`;
+      if (key === this.renderedKey) return;
+      this.renderedKey = key;
+      fill(body, note("loading…"));
+      cachedJSON(apiPath("importance", s.run, s.class, s.from, s.to)).then((payload) => {
+        if (key === this.renderedKey) fill(body, ...this.content(payload));
+      }, (err) => {
+        if (key !== this.renderedKey) return;
+        fill(body, note(err.missing ? "This class evolution is not included in this report."
+                                    : err.message, "note error"));
+      }).finally(markRendered);
+    },
+
+    howTo() {
+      const run = runNames()[0];
+      return el("div", {class: "empty"},
+        el("h2", {text: "No class evolution computed yet"}),
+        el("p", {text: "Which concept changes between two epochs matter for a class is computed " +
+                       "per run, class and pair of epochs. For example:"}),
+        el("pre", {text: `conceptevo importance --config study.toml --run ${run} --class 0`}),
+        el("p", {text: REPORT_MODE ? "Then build the report again."
+                                   : "This page shows the result as soon as it is written."}));
+    },
+
+    /** The shown entry: the state's when the study has it, else the first stored one. */
+    selection(entries) {
+      const s = state.importance;
+      const same = (e) => s && e.run === s.run && e.class === s.class && e.from === s.from && e.to === s.to;
+      if (!entries.some(same)) {
+        if (s && s.run !== null) showBanner(`No importance stored for run ${s.run}, class ${s.class}, epochs ${s.from} → ${s.to}; showing the first stored one.`);
+        const e = entries[0];
+        state.importance = {run: e.run, class: e.class, from: e.from, to: e.to};
+      }
+      return state.importance;
+    },
+
+    /** Run, class and epoch-pair selects, each offering only what is stored. */
+    syncSelects(entries) {
+      const s = state.importance;
+      const forRun = entries.filter((e) => s && e.run === s.run);
+      const forClass = forRun.filter((e) => e.class === s.class);
+      const offer = (select, options, current) => {
+        fill(select, options.map(([value, text]) =>
+          el("option", {value, text, selected: value === current})));
+        select.disabled = options.length === 0;
+      };
+      const unique = (list) => [...new Map(list.map((o) => [o[0], o])).values()];
+      offer($("#class-run"), unique(entries.map((e) => [e.run, e.run])), s && s.run);
+      offer($("#class-class"), unique(forRun.map((e) => [String(e.class), e.class_name])),
+            s && String(s.class));
+      offer($("#class-pair"), unique(forClass.map((e) => [`${e.from}-${e.to}`, `${e.from} → ${e.to}`])),
+            s && `${s.from}-${s.to}`);
+    },
+
+    /** A select changed: keep what still exists, else take the first stored option. */
+    choose(change) {
+      const entries = store.study.importance;
+      const want = {...state.importance, ...change};
+      const score = (e) => (e.run === want.run) * 4 + (e.class === want.class) * 2 +
+                           (e.from === want.from && e.to === want.to);
+      const best = entries.filter((e) => e.run === want.run)
+        .sort((a, b) => score(b) - score(a))[0] || entries[0];
+      state.importance = {run: best.run, class: best.class, from: best.from, to: best.to};
+      invalidate();
+    },
+
+    bind() {
+      $("#class-run").addEventListener("change", (e) => this.choose({run: e.target.value}));
+      $("#class-class").addEventListener("change", (e) => this.choose({class: Number(e.target.value)}));
+      $("#class-pair").addEventListener("change", (e) => {
+        const [from, to] = e.target.value.split("-").map(Number);
+        this.choose({from, to});
+      });
+    },
+
+    content(payload) {
+      return [
+        el("header", {class: "class-head"},
+           el("h2", {text: payload.class_name}),
+           el("p", {class: "muted", text:
+             `Run ${payload.run}, epoch ${payload.from} → ${payload.to}, ${payload.n_images} ` +
+             "class images. Importance of a neuron's change = the fraction of those images whose " +
+             "class score it raises (first-order estimate)."})),
+        reversionFigure(payload.reversion),
+        el("h2", {class: "section-title", text: "Most important evolutions per layer"}),
+        ...payload.layers.map((layer) => this.layer(payload, layer)),
+      ];
+    },
+
+    layer(payload, layer) {
+      return el("section", {class: "layer-evolutions"},
+        el("h3", {text: layer.name}),
+        layer.top.length ? layer.top.map((ev) => this.evolution(payload, ev))
+                         : note("no neuron of this layer changed"));
+    },
+
+    evolution(payload, ev) {
+      const side = (epoch) => el("figure", {},
+        el("span", {class: "patch-frame"},
+           patchImage(patchUrl(payload.run, epoch, ev.neuron), {alt: `channel ${ev.channel}, epoch ${epoch}`})),
+        el("figcaption", {text: `epoch ${epoch}`}));
+      return el("article", {class: "evolution"},
+        el("div", {class: "evo-meta"},
+           el("strong", {text: `channel ${ev.channel}`}),
+           el("span", {class: "score", title: "importance: fraction of class images helped"},
+              el("span", {class: "score-bar"}, el("span", {style: {width: percent(ev.score)}})),
+              ev.score.toFixed(2)),
+           el("button", {type: "button", class: "link-button", text: "show in space",
+                         onclick: () => showInSpace(payload.run, payload.to, ev.neuron)})),
+        side(payload.from), el("span", {class: "arrow", "aria-hidden": "true", text: "→"}), side(payload.to));
+    },
+  };
+
+  function showInSpace(run, epoch, neuron) {
+    if (!state.runs.includes(run)) state.runs = runNames().filter((r) => r === run || state.runs.includes(r));
+    state.view = "space";
+    state.epoch = epoch;
+    pin({run, epoch, neuron});
+  }
+
+  // ---------------------------------------------------------------------- SVG charts
+  function linearScale([d0, d1], [r0, r1]) {
+    const k = d1 === d0 ? 0 : (r1 - r0) / (d1 - d0);
+    return (v) => r0 + (v - d0) * k;
+  }
+
+  /** Round ticks covering [lo, hi]: {ticks, domain (extended to the outer ticks), step}. */
+  function niceTicks(lo, hi, count = 5, minStep = 0) {
+    if (!(hi > lo)) {
+      const pad = Math.abs(lo) * 0.1 || 1;
+      [lo, hi] = [lo - pad, hi + pad];
+    }
+    const raw = (hi - lo) / count;
+    const power = 10 ** Math.floor(Math.log10(raw));
+    const step = Math.max(minStep, [1, 2, 5, 10].map((m) => m * power).find((s) => s >= raw));
+    const start = Math.floor(lo / step) * step;
+    const end = Math.ceil(hi / step) * step;
+    const ticks = [];
+    for (let v = start; v <= end + step / 2; v += step) ticks.push(Number(v.toPrecision(12)));
+    return {ticks, domain: [start, end], step};
+  }
+
+  function tickLabel(v, step) {
+    const digits = Math.max(0, -Math.floor(Math.log10(step) + 1e-9));
+    return digits > 4 ? v.toExponential(0) : v.toFixed(digits);
+  }
+
+  const CHART = {width: 440, height: 250, left: 56, right: 16, top: 30, bottom: 40};
+
+  /** Axes, grid and labels of a chart; returns the SVG and its scales. */
+  function chartFrame({title, xTicks, yTicks, xLabel, yLabel, width = CHART.width,
+                       xTickText = (v) => tickLabel(v, xTicks.step)}) {
+    const {height, left, right, top, bottom} = CHART;
+    const x = linearScale(xTicks.domain, [left, width - right]);
+    const y = linearScale(yTicks.domain, [height - bottom, top]);
+    const node = svg("svg", {class: "chart", width, height, viewBox: `0 0 ${width} ${height}`,
+                             role: "img", "aria-label": title});
+    node.append(
+      svg("text", {class: "chart-title", x: left, y: 16, text: title}),
+      ...yTicks.ticks.map((v) => svg("g", {class: "tick"},
+        svg("line", {x1: left, x2: width - right, y1: y(v), y2: y(v), class: "grid"}),
+        svg("text", {x: left - 6, y: y(v), "text-anchor": "end", "dominant-baseline": "middle",
+                     text: tickLabel(v, yTicks.step)}))),
+      ...xTicks.ticks.map((v) => svg("text", {class: "tick", x: x(v), y: height - bottom + 16,
+                                              "text-anchor": "middle", text: xTickText(v)})),
+      svg("line", {class: "axis", x1: left, x2: width - right, y1: height - bottom, y2: height - bottom}),
+      svg("line", {class: "axis", x1: left, x2: left, y1: top, y2: height - bottom}),
+      xLabel ? svg("text", {class: "axis-label", x: (left + width - right) / 2, y: height - 6,
+                            "text-anchor": "middle", text: xLabel}) : null,
+      yLabel ? svg("text", {class: "axis-label", x: 14 - height / 2, y: 14, transform: "rotate(-90)",
+                            "text-anchor": "middle", text: yLabel}) : null);
+    return {node, x, y};
+  }
+
+  /**
+   * A line chart over epochs.
+   * @param series [{name, color, dash, points: [{x, y}]}] (non-finite y breaks the line)
+   * @param flags [{x, color, text}] marked with a triangle above the plot
+   */
+  function lineChart({title, yLabel, series, flags = [], yDomain = null}) {
+    const xs = series.flatMap((s) => s.points.map((p) => p.x)).concat(flags.map((f) => f.x));
+    const ys = series.flatMap((s) => s.points.map((p) => p.y)).filter(Number.isFinite);
+    if (!xs.length || !ys.length) return null;
+    const xTicks = niceTicks(Math.min(...xs), Math.max(...xs), 8, 1);
+    const yTicks = niceTicks(...(yDomain || [Math.min(...ys), Math.max(...ys)]), 5);
+    const {node, x, y} = chartFrame({title, xTicks, yTicks, xLabel: "epoch", yLabel});
+    for (const s of series) {
+      const segments = [[]];
+      for (const p of s.points) {
+        if (Number.isFinite(p.y)) last(segments).push(`${x(p.x).toFixed(1)},${y(p.y).toFixed(1)}`);
+        else if (last(segments).length) segments.push([]);
+      }
+      node.append(...segments.filter((seg) => seg.length > 1).map((seg) =>
+        svg("polyline", {class: "series", points: seg.join(" "), stroke: s.color,
+                         "stroke-dasharray": s.dash || null})));
+      node.append(...s.points.filter((p) => Number.isFinite(p.y)).map((p) =>
+        svg("circle", {class: "dot", cx: x(p.x), cy: y(p.y), r: 2.6, fill: s.color,
+                       "data-run": s.run ?? null, "data-epoch": p.x},
+            svg("title", {text: `${s.name}, epoch ${p.x}: ${formatNumber(p.y, 4)}`}))));
+    }
+    const top = CHART.top;
+    for (const f of flags) {
+      node.append(svg("g", {class: "flag"},
+        svg("line", {x1: x(f.x), x2: x(f.x), y1: top, y2: CHART.height - CHART.bottom, stroke: f.color}),
+        svg("path", {d: `M${x(f.x) - 5},${top - 9} h10 l-5,8 z`, fill: f.color}),
+        svg("title", {text: f.text})));
+    }
+    return node;
+  }
+
+  // -------------------------------------------------------------------- reversion chart
+  const BAR = {width: 11, gap: 2, groupGap: 20};
+
+  /** Per layer, the drop of the class's top-1 accuracy when reverting each importance bin
+   * (bin 1 = most important) and random sets of the same size (mean ± std), train and
+   * held-out images side by side, on one y scale. */
+  function reversionFigure(reversion) {
+    const figure = el("figure", {class: "reversion", "data-testid": "reversion-chart"});
+    const splits = [["train", "train images"], ["heldout", "held-out images"]]
+      .filter(([key]) => reversion && reversion[key]);
+    if (!splits.length) {
+      figure.append(note("No reversion results are stored for this pair."));
+      return figure;
+    }
+    const nBins = Math.max(...splits.flatMap(([k]) => reversion[k].layers.map((l) => l.bins.length)));
+    const drops = splits.flatMap(([k]) => reversionDrops(reversion[k]).flatMap((d) =>
+      [...d.bins, d.random - d.std, d.random + d.std])).filter(Number.isFinite);
+    const yTicks = niceTicks(Math.min(0, ...drops), Math.max(0, ...drops), 5);
+    figure.append(
+      el("h2", {class: "section-title", text: "Does reverting these evolutions hurt the class?"}),
+      el("div", {class: "legend"},
+         Array.from({length: nBins}, (_, b) => el("span", {class: "legend-item"}, swatch(binColor(b, nBins), "swatch square"),
+                                                  b === 0 ? "bin 1 (most important)" : `bin ${b + 1}`)),
+         el("span", {class: "legend-item"}, swatch(RANDOM_COLOR, "swatch square"), "random neurons (mean ± std)")),
+      el("div", {class: "reversion-panels"},
+         splits.map(([key, label]) => reversionPanel(reversion[key], label, nBins, yTicks))),
+      el("figcaption", {class: "muted", text:
+        "Each layer's neurons are ranked by importance and split into bins; a bin is reverted by " +
+        "giving its channels the earlier epoch's feature maps. Bars show the drop in the class's " +
+        "top-1 accuracy (percentage points; below zero: accuracy rose)."}));
+    return figure;
+  }
+
+  /** Accuracy drops in percentage points, per layer. */
+  function reversionDrops(split) {
+    return split.layers.map((l) => ({
+      layer: l.layer,
+      bins: l.bins.map((acc) => 100 * (split.accuracy - acc)),
+      random: l.random_mean == null ? NaN : 100 * (split.accuracy - l.random_mean),
+      std: 100 * (l.random_std || 0),
+    }));
+  }
+
+  function reversionPanel(split, label, nBins, yTicks) {
+    const drops = reversionDrops(split);
+    const groupWidth = (nBins + 1) * (BAR.width + BAR.gap) + BAR.groupGap;
+    const width = CHART.left + drops.length * groupWidth + CHART.right;
+    const xTicks = {ticks: [], domain: [0, 1], step: 1};
+    const {node, y} = chartFrame({title: `${label} (accuracy ${percent(split.accuracy)})`,
+                                  xTicks, yTicks, width, yLabel: "accuracy drop (points)"});
+    node.append(svg("line", {class: "zero", x1: CHART.left, x2: width - CHART.right, y1: y(0), y2: y(0)}));
+    drops.forEach((d, g) => {
+      const x0 = CHART.left + g * groupWidth + BAR.groupGap / 2;
+      const bar = (i, value, fill, text) => svg("rect", {
+        x: x0 + i * (BAR.width + BAR.gap), width: BAR.width, fill,
+        y: Math.min(y(value), y(0)), height: Math.max(1, Math.abs(y(value) - y(0)))},
+        svg("title", {text}));
+      d.bins.forEach((v, b) => node.append(bar(b, v, binColor(b, nBins),
+        `${d.layer}, bin ${b + 1}: ${v.toFixed(1)} points`)));
+      if (Number.isFinite(d.random)) {
+        const cx = x0 + nBins * (BAR.width + BAR.gap) + BAR.width / 2;
+        node.append(bar(nBins, d.random, RANDOM_COLOR,
+                        `${d.layer}, random: ${d.random.toFixed(1)} ± ${d.std.toFixed(1)} points`),
+                    svg("path", {class: "whisker", d: `M${cx},${y(d.random - d.std)} V${y(d.random + d.std)}` +
+                                 ` M${cx - 3},${y(d.random - d.std)} h6 M${cx - 3},${y(d.random + d.std)} h6`}));
+      }
+      node.append(svg("text", {class: "tick", x: x0 + (groupWidth - BAR.groupGap) / 2,
+                               y: CHART.height - CHART.bottom + 16, "text-anchor": "middle",
+                               text: shortLayer(d.layer)}, svg("title", {text: d.layer})));
+    });
+    return node;
+  }
+
+  // ---------------------------------------------------------------------- Training view
+  const TRAINING_FIELDS = new Set(["epoch", "train_acc", "val_acc", "train_loss", "val_loss", "lr",
+                                   "finite", "n_train"]);
+
+  const trainingView = {
+    renderedKey: null,
+
+    render() {
+      const body = $("#training-body");
+      if (store.metrics === undefined) {
+        const generation = store.generation;
+        store.metrics = null;
+        fill(body, note("loading…"));
+        cachedJSON("/api/metrics").then((metrics) => {
+          if (generation === store.generation) store.metrics = metrics;
+        }, (err) => {
+          fill(body, note(err.message, "note error"));
+          markRendered();
+        }).then(invalidate);
+        return;
+      }
+      const key = `${store.generation}|${Boolean(store.metrics)}`;
+      if (key === this.renderedKey || !store.metrics) return;
+      this.renderedKey = key;
+      fill(body, ...this.content(store.metrics));
+      markRendered();
+    },
+
+    content(metrics) {
+      const runs = Object.keys(metrics.runs || {});
+      const out = [];
+      if (runs.length) {
+        out.push(el("div", {class: "legend"},
+          runs.map((r) => el("span", {class: "legend-item"}, swatch(runColor(r)), r)),
+          el("span", {class: "legend-item muted"}, el("span", {class: "line-key"}), "train"),
+          el("span", {class: "legend-item muted"}, el("span", {class: "line-key dashed"}), "validation")));
+        const series = (field, dash) => runs.map((r) => ({
+          name: `${r} ${field}`, run: r, color: runColor(r), dash,
+          points: metrics.runs[r].map((row) => ({x: row.epoch, y: row[field]}))}));
+        const flags = diagnosisFlags(metrics.diagnosis);
+        out.push(el("div", {class: "charts"},
+          lineChart({title: "Accuracy", yLabel: "top-1 accuracy", yDomain: [0, 1], flags,
+                     series: [...series("train_acc"), ...series("val_acc", "5 4")]}),
+          lineChart({title: "Loss", yLabel: "cross-entropy",
+                     series: [...series("train_loss"), ...series("val_loss", "5 4")]}),
+          lineChart({title: "Learning rate", yLabel: "lr", series: series("lr")}),
+          ...extraMetricNames(metrics.runs).map((name) =>
+            lineChart({title: name, series: series(name)}))));
+      } else {
+        out.push(note("No training metrics are stored in this workspace."));
+      }
+      out.push(...diagnosisSection(metrics.diagnosis));
+      return out;
+    },
+  };
+
+  /** Numeric per-epoch fields other than the standard ones (a custom logger may add some). */
+  function extraMetricNames(runs) {
+    const names = new Set();
+    for (const rows of Object.values(runs)) {
+      for (const row of rows) for (const k of Object.keys(row)) if (!TRAINING_FIELDS.has(k)) names.add(k);
+    }
+    return [...names].sort();
+  }
+
+  function diagnosisFlags(diagnosis) {
+    if (!diagnosis || !diagnosis.runs) return [];
+    return Object.entries(diagnosis.runs).flatMap(([run, d]) => (d.flags || []).map((f) => ({
+      x: f.epoch, color: runColor(run), text: `${run}, epoch ${f.epoch}: ${f.rule}: ${f.message}`})));
+  }
+
+  /** The diagnosis: one chart per metric (a line per run, flags marked) and the flags. */
+  function diagnosisSection(diagnosis) {
+    if (!diagnosis || !diagnosis.runs) return [];
+    const runs = Object.entries(diagnosis.runs);
+    // Diagnosis rows repeat the training metrics, charted above already.
+    const names = [...new Set(runs.flatMap(([, d]) => (d.metrics || []).flatMap((row) =>
+      Object.keys(row).filter((k) => !TRAINING_FIELDS.has(k) && typeof row[k] === "number"))))].sort();
+    const flags = diagnosisFlags(diagnosis);
+    const charts = names.map((name) => lineChart({
+      title: name, flags,
+      series: runs.map(([run, d]) => ({name: run, color: runColor(run),
+                                       points: (d.metrics || []).map((row) => ({x: row.epoch, y: row[name]}))}))}));
+    const rows = runs.flatMap(([run, d]) => (d.flags || []).map((f) =>
+      el("tr", {}, el("td", {}, swatch(runColor(run)), run), el("td", {text: f.epoch}),
+         el("td", {text: f.rule}), el("td", {text: f.message}))));
+    return [
+      el("h2", {class: "section-title", text: "Diagnosis"}),
+      el("div", {class: "charts"}, charts),
+      rows.length
+        ? el("table", {class: "flags"},
+             el("thead", {}, el("tr", {}, ["run", "epoch", "rule", "message"].map((h) => el("th", {text: h})))),
+             el("tbody", {}, rows))
+        : note("No run was flagged."),
+    ];
+  }
+
+  // ---------------------------------------------------------------------- Compare view
+  const compareView = {
+    camera: new Camera(),
+    panels: [],          // [{run, panel, caption}]
+    pickerKey: null,
+
+    render() {
+      mapControls.mount("compare");
+      const key = `${store.generation}|${state.compareRuns}`;
+      if (key !== this.pickerKey) {
+        this.pickerKey = key;
+        renderRunPicker($("#compare-runs"), state.compareRuns, (runs) => {
+          state.compareRuns = runs;
+          invalidate();
+        }, MAX_COMPARE);
+      }
+      mapControls.sync();
+      this.syncPanels();
+      const scenes = this.panels.map(({run}) => sceneOf([run]));
+      const missing = scenes.flatMap((s) => s.missing || []);
+      mapComplete = !missing.length;
+      mapControls.loading(!mapComplete);
+      if (missing.length) {
+        requestPoints(missing);
+        return;
+      }
+      if (!this.camera.bounds) this.camera.fit(sceneBounds(scenes));
+      this.panels.forEach(({run, panel, caption}, i) => {
+        panel.setScene(scenes[i]);
+        panel.draw();
+        fill(caption, swatch(runColor(run)), el("strong", {text: run}),
+                                ` · epoch ${state.epoch} · ${liveCount(scenes[i])}`);
+      });
+      renderLegend(scenes, state.compareRuns);
+      pinnedPanel.render();   // loads the pinned neuron's trajectory drawn here too
+      prefetchAround(state.compareRuns);
+      markRendered();
+    },
+
+    /** One figure per compared run (rebuilt only when the runs change). */
+    syncPanels() {
+      if (this.panels.map((p) => p.run).join("\n") === state.compareRuns.join("\n")) return;
+      for (const {panel} of this.panels) panel.destroy();
+      const host = $("#compare-panels");
+      host.style.setProperty("--columns", Math.max(1, state.compareRuns.length));
+      host.replaceChildren();
+      this.panels = state.compareRuns.map((run) => {
+        const map = el("div", {class: "map"});
+        const caption = el("figcaption");
+        host.append(el("figure", {class: "compare-panel"}, caption, map));
+        const panel = new MapPanel(map, {
+          testid: "compare-canvas",
+          camera: this.camera,
+          onHover: (hit, event) => tooltip.show(hit, event),
+          onPick: (hit) => pin(hit),
+          drawOverlay: (ctx, p) => {
+            if (state.pinned && state.pinned.run === run) drawTrajectory(ctx, p);
+          },
+        });
+        return {run, panel, caption};
+      });
+      if (!this.panels.length) host.append(note("Choose up to three runs to compare."));
+    },
+  };
+
+  /** "425 live / 432" for a single-run scene at the slider's epoch. */
+  function liveCount(scene) {
+    const current = scene.sets.filter((s) => !s.faded);
+    const total = current.reduce((sum, s) => sum + s.points.n, 0);
+    const dead = current.reduce((sum, s) => sum + s.points.dead.reduce((a, d) => a + d, 0), 0);
+    return total ? `${total - dead} live / ${total} neurons` : "no checkpoint at this epoch";
+  }
+
+  const VIEW_RENDERERS = {
+    space: () => spaceView.render(),
+    class: () => classView.render(),
+    training: () => trainingView.render(),
+    compare: () => compareView.render(),
+  };
+
+  // ----------------------------------------------------------------------- header
+  function renderHeader() {
+    const study = store.study;
+    $("#study-name").textContent = study.name;
+    const base = study.base;
+    $("#base-model").textContent = !base ? "" : base.kind === "run"
+      ? `base: ${base.run}, epoch ${base.epoch}`
+      : `base: ${base.arch || "external model"}${base.checkpoint ? ` (${base.checkpoint})` : ""}`;
+    const f = study.fidelity || {};
+    const figures = [
+      ["mean cosine", f.mean_cosine, (v) => v.toFixed(4),
+       "mean cosine between each base neuron's embedding and its projection"],
+      ["top-1", f.top1, percent, "share of base neurons whose projection is nearest to their own embedding"],
+      ["top-10", f.top10, percent, "... among the 10 nearest"],
+    ].filter(([, value]) => Number.isFinite(value));
+    fill($("#fidelity"),
+      ...(figures.length ? [el("span", {class: "fidelity-title", text: "fidelity"})] : []),
+      ...figures.map(([name, value, format, title]) =>
+        el("div", {title}, el("dt", {text: name}), el("dd", {text: format(value)}))));
+    const live = $("#live");
+    live.hidden = false;
+    live.textContent = REPORT_MODE ? "report" : "live";
+    live.classList.toggle("report", REPORT_MODE);
+  }
+
+  // ----------------------------------------------------------------------- live refresh
+  let knownVersion = null;
+
+  /** Server mode: ask for the workspace version every POLL_INTERVAL_MS; refresh on change. */
+  async function pollVersion() {
+    try {
+      const {version} = await getJSON("/api/version");
+      if (version !== knownVersion) await refreshWorkspace();
+      knownVersion = version;
+      $("#live").classList.remove("stale");
+      $("#live").title = "The page refreshes itself when the workspace changes";
+    } catch (err) {
+      $("#live").classList.add("stale");
+      $("#live").title = `Live refresh paused: ${err.message}`;
+    }
+    setTimeout(pollVersion, POLL_INTERVAL_MS);
+  }
+
+  /** New study and metrics, every cache dropped, the selection kept (and extended to new
+   * runs and epochs when it covered all of them). */
+  async function refreshWorkspace() {
+    const [study, base] = await Promise.all([getJSON("/api/study"), getJSON("/api/base")]);
+    const oldRuns = runNames();
+    const followLast = state.epoch === last(allEpochs()) && !state.playing;
+    const hadAllRuns = oldRuns.every((r) => state.runs.includes(r));
+    store.study = study;
+    store.base = toBase(base);
+    store.generation++;
+    store.points.clear();
+    store.failed.clear();
+    store.requests.clear();
+    store.metrics = undefined;
+    const runs = runNames();
+    state.runs = hadAllRuns ? runs.slice() : state.runs.filter((r) => runs.includes(r));
+    state.compareRuns = state.compareRuns.filter((r) => runs.includes(r));
+    if (!state.compareRuns.length) state.compareRuns = runs.slice(0, MAX_COMPARE);
+    state.epoch = followLast ? last(allEpochs()) : nearestEpoch(state.epoch);
+    const p = state.pinned;
+    if (p && !(runInfo(p.run) && runInfo(p.run).epochs.includes(p.epoch))) pin(null);
+    renderHeader();
+    invalidate();
+  }
+
+  function toBase(payload) {
+    if (!payload) return null;
+    const base = {x: toFloats(payload.x), y: toFloats(payload.y)};
+    base.count = base.x.filter((v, i) => Number.isFinite(v) && Number.isFinite(base.y[i])).length;
+    return base;
+  }
+
+  // ----------------------------------------------------------------------------- start
+  function bindPage() {
+    tooltip.node = $("#tooltip");
+    for (const button of document.querySelectorAll(".tabs [data-view]")) {
+      button.addEventListener("click", () => {
+        state.view = button.dataset.view;
+        if (!MAP_VIEWS.has(state.view) && state.playing) setPlaying(false);
+        tooltip.show(null);
+        invalidate();
+      });
+    }
+    $("#banner-close").addEventListener("click", () => { $("#banner").hidden = true; });
+    document.addEventListener("keydown", (e) => {
+      if (e.key === "Escape" && state.pinned) pin(null);
+    });
+    mapControls.bind();
+    classView.bind();
+  }
+
+  async function start() {
+    bindPage();
+    try {
+      const [version, study, base] = await Promise.all([
+        REPORT_MODE ? null : getJSON("/api/version").then((v) => v.version, () => null),
+        getJSON("/api/study"),
+        getJSON("/api/base").catch((err) => {
+          showBanner(`Base map: ${err.message}`);
+          return null;
+        }),
+      ]);
+      knownVersion = version;
+      store.study = study;
+      store.base = toBase(base);
+      readUrl();
+      renderHeader();
+      spaceView.init();
+      render();
+      if (!REPORT_MODE) setTimeout(pollVersion, POLL_INTERVAL_MS);
+    } catch (err) {
+      showBanner(`Cannot load the study: ${err.message}`);
+      markRendered();
+    }
+  }
+
+  start();
+})();

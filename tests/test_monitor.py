@@ -1,0 +1,188 @@
+"""The live monitor and the diagnosis rules."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import TinyVGG
+from torch import nn
+
+from conceptevo import Monitor, TrainingIssueWarning
+from conceptevo.data.probe import ProbeSet
+from conceptevo.evolution.diagnosis import (
+    DiagnosisThresholds,
+    apply_rules,
+    degenerate_fraction,
+    jaccard_rows,
+)
+from conceptevo.models.adapter import LayerInfo
+from conceptevo.stimuli import StimuliResult
+from conceptevo.workspace import Workspace
+
+
+class DropVGG(TinyVGG):
+    """TinyVGG with dropout, so that the training consumes random numbers."""
+
+    def __init__(self):
+        super().__init__(num_classes=3)
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x):
+        return self.head(self.drop(self.pool(self.features(x)).flatten(1)))
+
+
+def probe_set(n=24, size=16, seed=0) -> ProbeSet:
+    rng = np.random.default_rng(seed)
+    return ProbeSet(rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
+                    np.arange(n) % 3, [f"#{i}" for i in range(n)], ["a", "b", "c"],
+                    (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+
+def train(monitor: Monitor | None, epochs=3, lr=0.05, nan_at=None):
+    torch.manual_seed(0)
+    model = DropVGG()
+    x, y = torch.randn(40, 3, 16, 16), torch.randint(0, 3, (40,))
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    if monitor:
+        monitor.on_epoch_end(model, 0)
+    for epoch in range(1, epochs + 1):
+        model.train()
+        order = torch.randperm(40)
+        for s in range(0, 40, 10):
+            idx = order[s:s + 10]
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        value = float("nan") if nan_at == epoch else loss.item()
+        if monitor:
+            assert model.training
+            monitor.on_epoch_end(model, epoch, {"train_loss": value, "train_acc": 0.5,
+                                                "val_acc": 0.4})
+            assert model.training, "the monitor must restore train mode"
+    return model
+
+
+def test_training_is_identical_with_and_without_the_monitor(tmp_path):
+    plain = train(None)
+    monitored = train(Monitor(tmp_path / "ws", probe_set(), run="r", verbose=False))
+    for (k, a), b in zip(plain.state_dict().items(), monitored.state_dict().values()):
+        assert torch.equal(a, b), k
+    ws = Workspace(tmp_path / "ws")
+    assert ws.stimuli_epochs("r") == [0, 1, 2, 3]
+    assert [m["epoch"] for m in ws.load_metrics("r")] == [1, 2, 3]
+    ckpt = torch.load(ws.path("runs", "r", "checkpoints", "epoch_0003.pt"), weights_only=True)
+    assert torch.equal(ckpt["state_dict"]["head.weight"], monitored.head.weight)
+    report = ws.path("diagnosis.json")
+    assert report.is_file()
+
+
+def test_divergence_is_flagged_during_training(tmp_path):
+    seen = []
+    monitor = Monitor(tmp_path / "ws", probe_set(), run="r", verbose=False,
+                      on_flag=seen.append)
+    train(monitor, epochs=3, nan_at=2)
+    assert [(f.rule, f.epoch) for f in seen] == [("divergence", 2)]
+    # without a callback the monitor warns
+    with pytest.warns(TrainingIssueWarning, match="diverged"):
+        train(Monitor(tmp_path / "ws2", probe_set(), run="r", verbose=False), nan_at=1)
+
+
+def test_every_n_epochs_and_steps(tmp_path):
+    monitor = Monitor(tmp_path / "ws", probe_set(), run="r", every=2, verbose=False,
+                      save_checkpoints=False)
+    model = DropVGG()
+    for epoch in range(5):
+        monitor.on_epoch_end(model, epoch, {"train_loss": 1.0})
+    ws = Workspace(tmp_path / "ws")
+    assert ws.stimuli_epochs("r") == [0, 2, 4] and len(ws.load_metrics("r")) == 5
+    assert not ws.path("runs", "r", "checkpoints").exists()
+    steps = Monitor(tmp_path / "ws", run="s", every_steps=10, verbose=False)
+    for step in range(1, 31):
+        steps.on_step(model, step)
+    assert ws.stimuli_epochs("s") == [10, 20, 30]
+
+
+def test_jaccard_and_degenerate_by_hand():
+    a = np.array([[1, 2, 3], [4, 5, 6]])
+    b = np.array([[3, 2, 9], [7, 8, 9]])
+    np.testing.assert_allclose(jaccard_rows(a, b), [2 / 4, 0.0])
+    layers = [LayerInfo("l", "Conv2d", 3, 0, (1, 1))]
+    stim = np.array([[0, 1, 2, 3, 4], [0, 1, 2, 3, 5], [10, 11, 12, 13, 14]])
+    r = StimuliResult(layers, stim, np.zeros((3, 5), np.float32),
+                      np.zeros((3, 5, 2), np.int16),
+                      np.zeros((20, 1), np.int64), np.zeros((20, 1), np.float32),
+                      np.ones(3, np.float32), np.ones(3, np.float32), np.ones(3, np.float32),
+                      np.zeros(3, np.int64))
+    assert degenerate_fraction(r, 0.6) == pytest.approx(2 / 3)   # Jaccard 4/6 = 0.67
+    assert degenerate_fraction(r, 0.8) == 0
+
+
+def rows(**series):
+    n = len(next(iter(series.values())))
+    return [{"epoch": i, **{k: v[i] for k, v in series.items()}} for i in range(n)]
+
+
+def test_rules_on_synthetic_runs():
+    healthy = rows(dead=[0, 0, 0, 0], degenerate=[0, .1, .12, .08],
+                   distinct_stimuli=[.15, .14, .14, .15], turnover=[None, .9, .6, .3],
+                   train_acc=[.1, .5, .8, .9], val_acc=[.1, .6, .85, .92])
+    assert apply_rules(healthy) == []
+    collapse = rows(dead=[0, .05, .1, .1], degenerate=[0, .4, .45, .4],
+                    distinct_stimuli=[.15, .13, .12, .12], turnover=[None, .9, .5, .4],
+                    train_acc=[.1, .1, .1, .1], val_acc=[.1, .1, .1, .1])
+    flags = apply_rules(collapse)
+    assert [(f.rule, f.epoch) for f in flags] == [("collapse", 1)]
+    assert flags[0].evidence["degenerate"] == pytest.approx(.4)
+    overfit = rows(dead=[0] * 5, degenerate=[0] * 5, distinct_stimuli=[.15] * 5,
+                   turnover=[None, .9, .12, .08, .05], train_acc=[.1, .8, 1, 1, 1],
+                   val_acc=[.1, .6, .65, .66, .66])
+    assert [(f.rule, f.epoch) for f in apply_rules(overfit)] == [("overfitting", 3)]
+    strict = DiagnosisThresholds(stall_snapshots=3)
+    assert [(f.rule, f.epoch) for f in apply_rules(overfit, strict)] == [("overfitting", 4)]
+    nan = rows(dead=[0, 0], degenerate=[0, 0], distinct_stimuli=[.1, .1],
+               train_loss=[1.0, math.nan])
+    assert [(f.rule, f.epoch) for f in apply_rules(nan)] == [("divergence", 1)]
+
+
+def test_lightning_callback(tmp_path):
+    pl = pytest.importorskip("lightning.pytorch")
+    from conceptevo.lightning import ConceptEvoCallback
+
+    class Module(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = TinyVGG()
+
+        def forward(self, x):
+            return self.model(x)
+
+        def training_step(self, batch, _):
+            x, y = batch
+            loss = F.cross_entropy(self(x), y)
+            self.log("train_loss", loss, on_epoch=True, on_step=False)
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    data = torch.utils.data.TensorDataset(torch.randn(20, 3, 16, 16),
+                                          torch.randint(0, 3, (20,)))
+    monitor = Monitor(tmp_path / "ws", probe_set(), run="pl", verbose=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = pl.Trainer(max_epochs=2, callbacks=[ConceptEvoCallback(monitor)],
+                             logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False,
+                             accelerator="cpu", default_root_dir=tmp_path)
+        trainer.fit(Module(), torch.utils.data.DataLoader(data, batch_size=5))
+    ws = Workspace(tmp_path / "ws")
+    assert ws.stimuli_epochs("pl") == [0, 1, 2]
+    assert [m["epoch"] for m in ws.load_metrics("pl")] == [1, 2]
+    assert "train_loss" in ws.load_metrics("pl")[0]
+    assert ws.load_stimuli("pl", 1).layers[0].name == "model.features.0"
