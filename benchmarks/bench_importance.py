@@ -99,6 +99,24 @@ def agree_in_float64(name: str, n: int = 8) -> bool:
     return bool(np.abs(ours - ref).max() <= 1e-5 * np.abs(ref).max())
 
 
+def measure(name: str, images: int = 64, batch_size: int = 64) -> dict:
+    """Naive vs batched sensitivity of one model, each in its own process."""
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        ours = pool.apply(worker, ((name, "batched", images, batch_size),))
+    with ctx.Pool(1) as pool:
+        ref = pool.apply(worker, ((name, "naive", images, batch_size),))
+    agree = agree_in_float64(name)
+    return {"model": name, "images": images, "neurons": ours["s"].shape[1],
+            "batched_s": round(ours["seconds"], 3), "naive_s": round(ref["seconds"], 2),
+            "speedup": round(ref["seconds"] / ours["seconds"], 1),
+            "batched_extra_rss_mb": round(ours["extra_rss_mb"], 1),
+            "naive_extra_rss_mb": round(ref["extra_rss_mb"], 1),
+            "batched_peak_rss_mb": round(ours["peak_rss_mb"], 1),
+            "naive_peak_rss_mb": round(ref["peak_rss_mb"], 1),
+            "results_agree": bool(agree)}
+
+
 def main() -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=64)
@@ -106,22 +124,7 @@ def main() -> list[dict]:
     ap.add_argument("--models", default="resnet18,small_vgg,vgg16")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args()
-    ctx = mp.get_context("spawn")
-    rows = []
-    for name in args.models.split(","):
-        with ctx.Pool(1) as pool:
-            ours = pool.apply(worker, ((name, "batched", args.images, args.batch_size),))
-        with ctx.Pool(1) as pool:
-            ref = pool.apply(worker, ((name, "naive", args.images, args.batch_size),))
-        agree = agree_in_float64(name)
-        rows.append({"model": name, "images": args.images, "neurons": ours["s"].shape[1],
-                     "batched_s": round(ours["seconds"], 3), "naive_s": round(ref["seconds"], 2),
-                     "speedup": round(ref["seconds"] / ours["seconds"], 1),
-                     "batched_extra_rss_mb": round(ours["extra_rss_mb"], 1),
-                     "naive_extra_rss_mb": round(ref["extra_rss_mb"], 1),
-                     "batched_peak_rss_mb": round(ours["peak_rss_mb"], 1),
-                     "naive_peak_rss_mb": round(ref["peak_rss_mb"], 1),
-                     "results_agree": bool(agree)})
+    rows = [measure(name, args.images, args.batch_size) for name in args.models.split(",")]
     print(f"{'model':<10} {'neurons':>7} {'naive (s)':>10} {'batched (s)':>12} "
           f"{'speed-up':>9} {'peak MB (naive / batched)':>27} agree")
     for r in rows:

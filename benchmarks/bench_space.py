@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import numpy as np
@@ -134,19 +135,18 @@ def reference_gd_trajectory(a, v, lr=0.1, max_iter=10_000, stop=0.01, seed=0, ta
     return it, err, reached
 
 
-def main() -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--neurons", type=int, default=4224)
-    ap.add_argument("--images", type=int, default=45_000)
-    ap.add_argument("--checkpoints", type=int, default=50)
-    ap.add_argument("--reference-epochs", type=int, default=20,
-                    help="epochs of the per-pair reference loop (20 = the full reference)")
-    ap.add_argument("--seeds", type=int, default=3,
-                    help="neuron embedding: seeds averaged for the loss comparison")
-    ap.add_argument("--json", help="also write the figures to this JSON file")
-    args = ap.parse_args()
+def _log(text: str) -> None:
+    print(f"[space] {text}", file=sys.stderr, flush=True)
+
+
+def measure(neurons: int = 4224, images: int = 45_000, checkpoints: int = 50,
+            reference_epochs: int = 20, seeds: int = 3) -> dict:
+    """Every figure of this benchmark (see the module docstring)."""
+    args = argparse.Namespace(neurons=neurons, images=images, checkpoints=checkpoints,
+                              reference_epochs=reference_epochs, seeds=seeds)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     k, k_i, d = 20, 20, 30
+    _log(f"synthetic base: {neurons} neurons, {images} probe images")
     stimuli, responsive, group_of = synthetic_base(args.neurons, args.images, k, k_i)
     out: dict = {"neurons": args.neurons, "probe_images": args.images,
                  "checkpoints": args.checkpoints}
@@ -155,6 +155,8 @@ def main() -> dict:
     co = CoActivation.from_stimuli(stimuli)
     t_ne, t_ref, l_ours, l_ref = [], [], [], []
     for seed in range(args.seeds):
+        _log(f"neuron embedding, seed {seed}: ours, then the reference's per-pair loop "
+             f"({args.reference_epochs} epochs)")
         init = np.random.default_rng(seed).random((args.neurons, d)) - 0.5
         t = time.perf_counter()
         model = NeuronEmbedding(dim=d, epochs=20, lr=0.01, negatives=3, seed=seed).fit(
@@ -180,6 +182,7 @@ def main() -> dict:
     v = ours.embedding_.astype(np.float64)
 
     # --- image embedding
+    _log("image embedding: exact least squares, then the reference's gradient descent")
     a, vocab = stimulus_matrix(stimuli, np.arange(args.neurons), args.images)
     t = time.perf_counter()
     e_vocab = solve_image_embedding(a, v)
@@ -202,6 +205,7 @@ def main() -> dict:
         "speedup": round(t_iter * needed / t_ie, 0)}
 
     # --- indirect, projection, map
+    _log(f"indirect embedding, {args.checkpoints} projections, 2-D map (UMAP compiles first)")
     e = np.zeros((args.images, d))
     e[vocab] = e_vocab
     known = np.zeros(args.images, dtype=bool)
@@ -237,6 +241,22 @@ def main() -> dict:
                        "umap_jit_compile_once": round(t_compile, 1)}
     out["whole_space_s"] = round(total, 1)
     out["whole_space_with_compile_s"] = round(total + t_compile, 1)
+    return out
+
+
+def main() -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--neurons", type=int, default=4224)
+    ap.add_argument("--images", type=int, default=45_000)
+    ap.add_argument("--checkpoints", type=int, default=50)
+    ap.add_argument("--reference-epochs", type=int, default=20,
+                    help="epochs of the per-pair reference loop (20 = the full reference)")
+    ap.add_argument("--seeds", type=int, default=3,
+                    help="neuron embedding: seeds averaged for the loss comparison")
+    ap.add_argument("--json", help="also write the figures to this JSON file")
+    args = ap.parse_args()
+    out = measure(args.neurons, args.images, args.checkpoints, args.reference_epochs,
+                  args.seeds)
     print(json.dumps(out, indent=2))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

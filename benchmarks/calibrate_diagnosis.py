@@ -27,13 +27,16 @@ from conceptevo.workspace import Workspace
 RULES = ("collapse", "overfitting", "divergence")
 
 
-def run_seed(root: Path, seed: int, data_from: Path | None) -> dict:
+def run_seed(root: Path, seed: int, data_from: Path | None, size=FULL) -> dict:
+    """Train, probe, build the space and diagnose the three regimes with training ``seed``
+    (``size``: the demo's size preset, FULL by default) in ``root``; stages already done
+    there are skipped."""
     root.mkdir(parents=True, exist_ok=True)
     Workspace(root, create=True)
     if data_from is not None and not (root / "data").exists():
         shutil.copytree(data_from / "data", root / "data")
-    classes = prepare_data(root, FULL)
-    (root / "study.toml").write_text(study_toml(FULL, len(classes), seed=seed))
+    classes = prepare_data(root, size)
+    (root / "study.toml").write_text(study_toml(size, len(classes), seed=seed))
     cfg = load_config(root / "study.toml")
     ws = pipeline.open_workspace(cfg)
     pipeline.ensure_training(cfg, ws)
@@ -43,18 +46,11 @@ def run_seed(root: Path, seed: int, data_from: Path | None) -> dict:
     return run_diagnosis(ws)
 
 
-def main() -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--out", default="/tmp/conceptevo-calibration")
-    ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "diagnosis.json"))
-    args = ap.parse_args()
-    out = Path(args.out)
+def confusion(reports: dict[int, dict]) -> dict[str, dict[str, list]]:
+    """Regime x rule: the seeds (and epochs) where each rule fired, from the diagnosis report
+    of each seed; "none" lists the seeds with no flag."""
     table: dict[str, dict[str, list]] = {}
-    first = None
-    for seed in args.seeds:
-        report = run_seed(out / f"seed{seed}", seed, first)
-        first = first or out / f"seed{seed}"
+    for seed, report in reports.items():
         for run, data in report["runs"].items():
             row = table.setdefault(run, {rule: [] for rule in (*RULES, "none")})
             fired = {f["rule"]: f["epoch"] for f in data["flags"]}
@@ -63,6 +59,22 @@ def main() -> dict:
                     row[rule].append({"seed": seed, "epoch": fired[rule]})
             if not fired:
                 row["none"].append({"seed": seed})
+    return table
+
+
+def main() -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--out", default="/tmp/conceptevo-calibration")
+    ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "diagnosis.json"))
+    args = ap.parse_args()
+    out = Path(args.out)
+    reports = {}
+    first = None
+    for seed in args.seeds:
+        reports[seed] = run_seed(out / f"seed{seed}", seed, first)
+        first = first or out / f"seed{seed}"
+    table = confusion(reports)
     print(f"diagnosis over seeds {args.seeds} (count of runs, epochs of the flags)")
     print(f"{'regime':<12}" + "".join(f"{c:>22}" for c in (*RULES, "no flag")))
     for run, row in table.items():

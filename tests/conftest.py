@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -148,3 +150,85 @@ def tiny_demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny-demo") / "demo"
     out = run_demo(root, size=size)
     return root, out, size
+
+
+EVAL_CONCEPTS = ["disc", "square", "triangle", "stripes", "red", "green", "blue"]
+EVAL_METHODS = {"unified": ("Unified space (ours)", 0.86), "no-indirect": ("No indirect", 0.81),
+                "correlation": ("Activation correlation", 0.74),
+                "separate": ("Separate spaces", 0.62), "random": ("Random vectors", 0.5)}
+
+
+def copy_unevaluated(root: Path, dest: Path) -> Path:
+    """A copy of a workspace without what ``conceptevo evaluate`` wrote (the demo evaluates)."""
+    shutil.copytree(root, dest, ignore=lambda d, names: ["evaluation"] if Path(d) == root else [])
+    return dest
+
+
+def write_evaluation(root: Path, run: str = "healthy", epoch: int = 2, seed: int = 0) -> dict:
+    """What ``conceptevo evaluate`` writes, made up (independently of that code) for one
+    checkpoint of a workspace: ``evaluation/labels/<run>/epoch_NNNN.npz`` and
+    ``evaluation/evaluation.json``, whose summaries agree with the label file. Returns the
+    JSON's content and the label arrays: (evaluation, arrays)."""
+    from conceptevo.workspace import Workspace, atomic
+
+    ws = Workspace(root)
+    stimuli = ws.load_stimuli(run, epoch)
+    n, n_images = stimuli.n_neurons, 30
+    rng = np.random.default_rng(seed)
+    iou = (rng.random((n, len(EVAL_CONCEPTS))) ** 4 * 0.4).astype(np.float32)
+    label = np.where(iou.max(1) >= 0.04, iou.argmax(1), -1).astype(np.int64)
+    arrays = {"iou": iou, "label": label,
+              "threshold": rng.random(n).astype(np.float32),
+              "activations": rng.random((n, n_images)).astype(np.float32),
+              "concept_names": np.array(json.dumps(EVAL_CONCEPTS))}
+    ws.save_arrays(ws.path("evaluation", "labels", run, f"epoch_{epoch:04d}.npz"), {}, **arrays)
+
+    layer_of = stimuli.layer_of()
+    by_depth = [{"depth": d, "layer": li.name, "n": int(np.sum(layer_of == d)),
+                 "labelled": int(np.sum((layer_of == d) & (label >= 0))),
+                 "mean_best_iou": round(float(iou.max(1)[layer_of == d].mean()), 4)}
+                for d, li in enumerate(stimuli.layers)]
+
+    def method(title: str, auc: float) -> dict:
+        fpr = np.linspace(0, 1, 21)
+        return {"title": title, "auc": auc, "ci95": [auc - 0.03, auc + 0.03],
+                "n_queries": 60 * len(stimuli.layers), "n_candidates": 360 * len(stimuli.layers),
+                "positive_rate": 0.41,
+                "by_depth": {str(d): {"auc": round(auc - 0.02 * d, 3),
+                                      "ci95": [auc - 0.02 * d - 0.05, auc - 0.02 * d + 0.05],
+                                      "n_queries": 60} for d in range(len(stimuli.layers))},
+                "roc": {"fpr": fpr.tolist(), "tpr": (fpr ** (1 / auc - 1)).tolist()}}
+
+    methods = {key: method(title, auc) for key, (title, auc) in EVAL_METHODS.items()}
+    methods["separate"]["by_depth"]["0"] = {"auc": None, "ci95": None, "n_queries": 60}
+    methods["random"]["by_depth"]["1"]["ci95"] = [float("nan"), float("nan")]  # written as NaN
+    evaluation = {
+        "schema": 1, "created": "2026-11-26T11:00:00+00:00",
+        "annotations": {"path": str(root / "annotations.npz"), "n_images": n_images,
+                        "concepts": EVAL_CONCEPTS},
+        "settings": {"quantile": 0.995, "min_iou": 0.04, "queries_per_layer": 60,
+                     "neighbours": 5, "bootstrap": 1000, "images_per_class": 25,
+                     "checkpoints": [[run, epoch]]},
+        "labels": {"n_neurons": n, "n_labelled": int(np.sum(label >= 0)),
+                   "by_concept": {c: int(np.sum(label == i)) for i, c in enumerate(EVAL_CONCEPTS)
+                                  if np.any(label == i)},
+                   "by_depth": by_depth},
+        "alignment": {"order": list(EVAL_METHODS), "methods": methods,
+                      "depth_names": {str(d): li.name for d, li in enumerate(stimuli.layers)},
+                      "beats_all_baselines": True,
+                      "plots": {"roc": "evaluation/roc.png",
+                                "by_depth": "evaluation/auc_by_depth.png"}},
+        "faithfulness": {
+            "fidelity": {"seeds": [{"seed": s, "rmse": 0.04 + 0.005 * s, "top1": 0.6 + 0.02 * s,
+                                    "top10": 1.0, "mean_cosine": 0.999} for s in range(3)],
+                         "spread": {"top1": [0.6, 0.64], "top10": [1.0, 1.0],
+                                    "mean_cosine": [0.999, 0.999], "rmse": [0.04, 0.05]}},
+            "reversion": [{"run": run, "from": 1, "to": 2, "n_classes": 12, "split": "train",
+                           "top_bin_drop": 0.131, "random_drop": 0.002, "ratio": 68.0,
+                           "ratio_per_class": {"mean": 60.1, "std": 20.3, "min": 10.0, "max": 90.0},
+                           "heldout": {"top_bin_drop": 0.1, "random_drop": 0.004, "ratio": 28.0}}]},
+        "headline": "Unified space AUC 0.86 [0.83, 0.89] vs best baseline correlation 0.74 "
+                    "[0.71, 0.77]",
+    }
+    atomic.write_json(ws.path("evaluation", "evaluation.json"), evaluation)
+    return evaluation, arrays

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import EVAL_CONCEPTS, EVAL_METHODS, copy_unevaluated, write_evaluation
 
 pytestmark = pytest.mark.browser
 
@@ -276,3 +277,90 @@ def test_a_monitored_run_appears_live_without_reloading(browser, tiny_demo, tmp_
                      ".textContent.includes('Diagnosis')")
         p.shot("training-live")
         assert not p.errors, p.errors
+
+
+@pytest.fixture(scope="module")
+def evaluated_site(tiny_demo, tmp_path_factory):
+    """A copy of the demo workspace with a (made-up) evaluation of run healthy, epoch 2."""
+    root, _, _ = tiny_demo
+    copy = copy_unevaluated(root, tmp_path_factory.mktemp("evaluated") / "demo")
+    _, arrays = write_evaluation(copy, "healthy", 2)
+    with Server(copy) as url:
+        yield url, copy, arrays
+
+
+def coloured_pixels(page, testid: str) -> int:
+    """Pixels of a canvas in colour (not the grey of axes, grid and text)."""
+    return page.evaluate(f"""(() => {{
+      const canvas = document.querySelector('[data-testid={testid}]');
+      const d = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+      let n = 0;
+      for (let i = 0; i < d.length; i += 4) {{
+        const spread = Math.max(d[i], d[i + 1], d[i + 2]) - Math.min(d[i], d[i + 1], d[i + 2]);
+        if (d[i + 3] > 0 && spread > 60) n++;
+      }}
+      return n;
+    }})()""")
+
+
+def check_evaluation_view(page) -> None:
+    """The method table (ours first, highlighted) and the ROC curves drawn."""
+    rows = page.locator("[data-testid=evaluation-methods] tbody tr")
+    rows.first.wait_for(state="visible")
+    assert rows.count() == len(EVAL_METHODS)
+    assert [rows.nth(i).locator("td").first.inner_text().strip() for i in range(rows.count())] \
+        == [title for title, _ in EVAL_METHODS.values()]
+    assert rows.first.get_attribute("class") == "ours"
+    assert rows.first.locator("td").nth(1).inner_text() == "0.860"
+    assert "0.86 [0.83, 0.89]" in page.locator("[data-testid=evaluation-headline]").inner_text()
+    assert coloured_pixels(page, "roc-canvas") > 1000
+    assert coloured_pixels(page, "auc-depth-canvas") > 200
+    assert page.locator("[data-testid=evaluation-reversion] tbody tr").count() == 1
+
+
+def test_evaluation_view_and_concept_labels(browser, evaluated_site):
+    url, _, arrays = evaluated_site
+    p = Page(browser, url + "/?view=evaluation")
+    p.page.locator("[data-testid=evaluation-view]").wait_for(state="visible")
+    check_evaluation_view(p.page)
+    assert "view=evaluation" in p.page.url
+    p.shot("evaluation")
+
+    # a pinned neuron of the labelled checkpoint shows its concept, its IoU, its top concepts
+    p.page.goto(url + "/?view=space&runs=healthy&epoch=2&neuron=healthy:2:20")
+    wait(p.page, "document.querySelector('[data-testid=pinned]').textContent"
+                 ".includes('top concepts')")
+    label, iou = arrays["label"][20], arrays["iou"][20]
+    concept = f"{EVAL_CONCEPTS[label]} (IoU {iou.max():.2f})" if label >= 0 else "none"
+    assert concept in p.page.locator("[data-testid=pinned]").inner_text()
+    assert not p.errors, p.errors
+    assert all(u.startswith(url) for u in p.requests)
+
+
+def test_a_missing_evaluation_shows_how_to_compute_it(browser, tiny_demo, tmp_path):
+    root, _, _ = tiny_demo
+    with Server(copy_unevaluated(root, tmp_path / "demo")) as url:
+        p = Page(browser, url + "/?view=evaluation")
+        hint = p.page.locator("[data-testid=evaluation-hint]")
+        hint.wait_for(state="visible")
+        assert "conceptevo evaluate" in hint.inner_text()
+        assert not p.errors, p.errors
+
+
+def test_the_report_shows_the_evaluation_offline(browser, evaluated_site):
+    from conceptevo.report import write_report
+
+    _, root, _ = evaluated_site
+    report = write_report(root, root / "report.html", patch_epochs=1)
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    errors, requests = [], []
+    page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(report.as_uri() + "?view=evaluation")
+    wait(page, "!!window.conceptevo")
+    page.evaluate("window.conceptevo.ready.then(() => true)")
+    check_evaluation_view(page)
+    outside = [u for u in requests if not (u.startswith("file://") or u.startswith("data:"))]
+    assert not outside, outside
+    assert not errors, errors

@@ -122,6 +122,26 @@ def test_map_coordinates_are_identical_when_recomputed(study, tmp_path):
             np.testing.assert_array_equal(x, y)
 
 
+def test_projections_missing_after_an_interruption_are_identical(study):
+    """A build stopped among the projections (some written, the others not: what a kill
+    leaves, every write being atomic) places the missing ones, in a new process's refitted
+    map, exactly where the uninterrupted build did: each checkpoint is placed on its own."""
+    root, cfg, _ = study
+    ws = Workspace(root / "ws")
+    before = {(r, e): ws.load_arrays(ws.projection_path(r, e)) for r in ("a", "b")
+              for e in ws.projection_epochs(r)}
+    missing = [("a", 1), ("a", 2), ("b", 0)]
+    for run, epoch in missing:
+        ws.projection_path(run, epoch).unlink()
+    out = run_build(cfg)
+    assert out["space"]["projected"] == missing
+    for (run, epoch), (meta, arrays) in before.items():
+        meta_after, after = ws.load_arrays(ws.projection_path(run, epoch))
+        assert meta_after == meta and sorted(after) == sorted(arrays)
+        for name, values in arrays.items():
+            np.testing.assert_array_equal(after[name], values, err_msg=f"{run} {epoch} {name}")
+
+
 def test_export_round_trips_through_the_python_api(study, tmp_path):
     root, _, _ = study
     out = tmp_path / "export"

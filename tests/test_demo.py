@@ -17,7 +17,9 @@ def test_tiny_demo_runs_every_stage(tiny_demo, capsys):
         assert ws.stimuli_epochs(run) == ws.projection_epochs(run) == [0, 1, 2, 3]
     assert (root / "figures" / "concept_world.png").stat().st_size > 10_000
     assert set(out["checks"]) == {"healthy_val_acc", "overfit_gap_points",
-                                  "lr_too_high_val_acc", "reversion", "flags"}
+                                  "lr_too_high_val_acc", "reversion", "flags", "alignment"}
+    assert set(out["checks"]["alignment"]) == {"unified", "no-indirect", "correlation",
+                                               "separate", "random"}
     assert set(out["checks"]["flags"]) == {"healthy", "lr-too-high", "overfit"}
     assert (root / "diagnosis.json").is_file()
     assert set(out["checks"]["reversion"]) == {"1->2", "2->3"}
@@ -25,10 +27,12 @@ def test_tiny_demo_runs_every_stage(tiny_demo, capsys):
     assert (root / "report.html").stat().st_size > 10_000
     # a second run finds everything done and rewrites nothing
     files = sorted(root.glob("runs/*/checkpoints/*.pt")) + sorted(root.glob("stimuli/*/*.npz")) \
-        + sorted(root.glob("space/**/*.npz")) + sorted(root.glob("importance/**/*.npz"))
+        + sorted(root.glob("space/**/*.npz")) + sorted(root.glob("importance/**/*.npz")) \
+        + sorted(root.glob("evaluation/labels/**/*.npz"))
     stamps = [f.stat().st_mtime_ns for f in files]
     run_demo(root, size=size)
     printed = capsys.readouterr().out
     assert "accuracy (train / val) by epoch" in printed and "reversion check" in printed
+    assert "alignment study" in printed and "Unified space (ours)" in printed
     assert "conceptevo" in printed and "serve" in printed
     assert [f.stat().st_mtime_ns for f in files] == stamps

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 import warnings
 
 import numpy as np
@@ -11,8 +13,10 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
+from conftest import EVAL_CONCEPTS, copy_unevaluated, write_evaluation
+
 from conceptevo.serve.app import create_app
-from conceptevo.workspace import Workspace
+from conceptevo.workspace import Workspace, atomic
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +91,67 @@ def test_no_cors_security_headers_and_only_small_get_requests(client):
     assert c.post("/api/study", json={}).status_code in (405, 413)
     big = c.request("GET", "/api/study", content=b"x" * 100_000)
     assert big.status_code == 413
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_demo, tmp_path_factory):
+    """A copy of the demo workspace, served, before and after a (made-up) evaluation."""
+    root, _, _ = tiny_demo
+    copy = copy_unevaluated(root, tmp_path_factory.mktemp("evaluated") / "demo")
+    return TestClient(create_app(copy)), copy
+
+
+def test_evaluation_appears_with_its_concept_labels(evaluated):
+    c, root = evaluated
+    missing = c.get("/api/evaluation")
+    assert missing.status_code == 404 and "conceptevo evaluate" in missing.json()["error"]
+    assert c.get("/api/neuron/healthy/2/20").json()["concept"] is None
+    assert "label" not in c.get("/api/points/healthy/2").json()
+    assert c.get("/api/study").json()["has_evaluation"] is False
+    before = c.get("/api/version").json()["version"]
+
+    written, arrays = write_evaluation(root, "healthy", 2)
+    assert c.get("/api/version").json()["version"] != before
+    assert c.get("/api/study").json()["has_evaluation"] is True
+    got = c.get("/api/evaluation").json()
+    assert got["headline"] == written["headline"]
+    assert got["alignment"]["methods"]["unified"] == written["alignment"]["methods"]["unified"]
+    assert got["alignment"]["methods"]["separate"]["by_depth"]["0"]["auc"] is None
+    assert got["alignment"]["methods"]["random"]["by_depth"]["1"]["ci95"] == [None, None]  # NaN
+
+    # the neuron's concept: its label and best IoU, and its top concepts by IoU
+    names = EVAL_CONCEPTS
+    iou, label = arrays["iou"], arrays["label"]
+    labelled = int(np.flatnonzero(label >= 0)[0])
+    unlabelled = np.flatnonzero(label < 0)
+    for n in [labelled, *unlabelled[:1]]:
+        concept = c.get(f"/api/neuron/healthy/2/{n}").json()["concept"]
+        assert concept["label"] == (names[label[n]] if label[n] >= 0 else None)
+        assert concept["iou"] == pytest.approx(float(iou[n].max()), abs=1e-4)
+        order = sorted(range(len(names)), key=lambda i: -iou[n, i])[:3]
+        assert [name for name, _ in concept["top"]] == [names[i] for i in order]
+        assert [v for _, v in concept["top"]] == pytest.approx(iou[n, order], abs=1e-4)
+    points = c.get("/api/points/healthy/2").json()
+    assert points["concepts"] == names and points["label"] == label.tolist()
+    assert points["label_iou"] == pytest.approx(iou.max(1), abs=0.006)
+    # checkpoints without labels have none
+    assert c.get("/api/neuron/healthy/1/20").json()["concept"] is None
+    assert "label" not in c.get("/api/points/overfit/2").json()
+
+    # rewriting the evaluation changes the version and what is served
+    before = c.get("/api/version").json()["version"]
+    time.sleep(0.05)  # past the file system's timestamp granularity
+    atomic.write_json(root / "evaluation" / "evaluation.json", {**written, "headline": "again"})
+    assert c.get("/api/version").json()["version"] != before
+    assert c.get("/api/evaluation").json()["headline"] == "again"
+
+
+def test_a_label_file_that_does_not_match_its_checkpoint_is_ignored(evaluated):
+    c, root = evaluated
+    ws = Workspace(root)
+    n = ws.load_stimuli("overfit", 1).n_neurons
+    ws.save_arrays(root / "evaluation" / "labels" / "overfit" / "epoch_0001.npz", {},
+                   iou=np.zeros((n + 1, 2), np.float32), label=np.zeros(n + 1, np.int64),
+                   concept_names=np.array(json.dumps(["a", "b"])))
+    assert c.get("/api/neuron/overfit/1/3").json()["concept"] is None
+    assert "label" not in c.get("/api/points/overfit/1").json()

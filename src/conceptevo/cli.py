@@ -51,19 +51,23 @@ def cmd_layers(args) -> int:
 
 
 def cmd_stimuli(args) -> int:
+    from . import distributed
     from .config import load_config
     from .pipeline import run_stimuli_stage
 
     cfg = load_config(args.config)
     if args.trust_checkpoints:
         cfg.trust_checkpoints = True
-    ws, report = run_stimuli_stage(cfg)
-    print(f"stimuli: {len(report.computed)} checkpoint(s) computed, {len(report.skipped)} "
-          f"already up to date, in {ws.root}")
+    with distributed.session(cfg.device) as ctx:  # torchrun: shared out, rank 0 writes
+        ws, report = run_stimuli_stage(cfg)
+    if ctx.is_main:
+        print(f"stimuli: {len(report.computed)} checkpoint(s) computed, {len(report.skipped)} "
+              f"already up to date, in {ws.root}")
     return 0
 
 
 def cmd_build(args) -> int:
+    from . import distributed
     from .config import load_config
     from .pipeline import run_build
     from .workspace import atomic
@@ -71,7 +75,10 @@ def cmd_build(args) -> int:
     cfg = load_config(args.config)
     if args.trust_checkpoints:
         cfg.trust_checkpoints = True
-    out = run_build(cfg)
+    with distributed.session(cfg.device) as ctx:  # torchrun: shared out, rank 0 writes
+        out = run_build(cfg)
+    if not ctx.is_main:
+        return 0
     ws = out["workspace"]
     report = atomic.read_json(ws.space_path("fidelity.json"))
     fid = report["fidelity"]
@@ -106,6 +113,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_importance(args) -> int:
+    from . import distributed
     from .config import load_config
     from .evolution.stage import ensure_importance, resolve_class, verification_table
     from .pipeline import ensure_probe_sets, open_workspace
@@ -116,12 +124,15 @@ def cmd_importance(args) -> int:
     cfg.run(args.run)  # an unknown run fails here, naming the runs
     if bool(args.classes) == args.all_classes:
         raise ConfigError("give --class C (repeatable) or --all-classes")
-    ws = open_workspace(cfg)
-    probe, heldout = ensure_probe_sets(cfg, ws)
-    classes = list(range(len(probe.classes))) if args.all_classes else \
-        [resolve_class(probe, c) for c in args.classes]
-    summaries = ensure_importance(cfg, ws, probe, heldout, args.run, classes,
-                                  [(args.from_epoch, args.to_epoch)])
+    with distributed.session(cfg.device) as ctx:  # torchrun: shared out, rank 0 writes
+        ws = open_workspace(cfg)
+        probe, heldout = ensure_probe_sets(cfg, ws)
+        classes = list(range(len(probe.classes))) if args.all_classes else \
+            [resolve_class(probe, c) for c in args.classes]
+        summaries = ensure_importance(cfg, ws, probe, heldout, args.run, classes,
+                                      [(args.from_epoch, args.to_epoch)])
+    if not ctx.is_main:
+        return 0
     for s in summaries:
         result = s["result"]
         print(f"\nclass {s['class_name']!r} ({s['class']}), run {s['run']!r}, epochs "
@@ -166,6 +177,33 @@ def cmd_diagnose(args) -> int:
         print(json.dumps(report, indent=2))
     else:
         print(diagnosis_text(report))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from pathlib import Path
+
+    from .config import load_config
+    from .evaluate.stage import evaluation_text, run_evaluation, study_config
+    from .workspace import Workspace
+
+    target = Path(args.workspace)
+    if target.is_file():
+        cfg = load_config(target)
+        ws = Workspace(cfg.workspace_path)
+    else:
+        ws = Workspace(target)
+        cfg = study_config(ws)
+    if args.trust_checkpoints:
+        cfg.trust_checkpoints = True
+    report = run_evaluation(cfg, ws)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(evaluation_text(report))
+        plots = report["alignment"]["plots"]
+        print(f"\nwritten: {ws.path('evaluation', 'evaluation.json')}, "
+              f"{ws.path(plots['roc'])}, {ws.path(plots['by_depth'])}")
     return 0
 
 
@@ -272,6 +310,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_diagnose)
 
+    p = sub.add_parser("evaluate", help="concept labels from pixel masks, the alignment study "
+                                        "of the unified space against baselines, faithfulness")
+    p.add_argument("workspace", help="the workspace directory (or the study TOML file)")
+    p.add_argument("--json", action="store_true", help="print evaluation.json")
+    p.add_argument("--trust-checkpoints", action="store_true",
+                   help="allow checkpoints that contain arbitrary pickled objects")
+    p.set_defaults(func=cmd_evaluate)
+
     p = sub.add_parser("train", help="train the runs of a study that have a `train` table")
     p.add_argument("--config", required=True, help="the study TOML file")
     p.add_argument("--run", action="append", help="train only this run (repeatable)")
@@ -287,12 +333,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DISTRIBUTED_COMMANDS = ("build", "stimuli", "importance")
+
+
+def _check_distributed(command: str) -> None:
+    """Under torchrun, only the commands that share their work out may run: N copies of any
+    other command would each do all of it, in the same workspace (docs/scaling.md)."""
+    from .distributed import env_world
+
+    try:
+        world = env_world()[1]
+    except RuntimeError as e:
+        raise ConfigError(str(e)) from None
+    if world > 1 and command not in DISTRIBUTED_COMMANDS:
+        raise ConfigError(f"`conceptevo {command}` does not run under torchrun (WORLD_SIZE="
+                          f"{world}); run it as a single process. Under torchrun: "
+                          f"{', '.join(DISTRIBUTED_COMMANDS)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--"]:  # `torchrun ... -m conceptevo -- importance --run R` (scaling.md)
+        argv = argv[1:]
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(message)s", stream=sys.stderr)
     try:
+        _check_distributed(args.command)
         return args.func(args) or 0
     except ConceptEvoError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -225,6 +225,41 @@ class ImportanceConfig:
 
 
 @dataclass
+class EvaluationConfig:
+    """``conceptevo evaluate``: concept labels from pixel-level masks and the alignment study.
+
+    ``annotations`` is an annotation file in the format of docs/concepts.md (default:
+    ``annotations.npz`` in the probe root, which the concept world writes). Neurons of the
+    checkpoints of ``epochs`` (default: every epoch) of every run are labelled on at most
+    ``images_per_class`` probe images of each class, with masks at ``mask_size`` pixels
+    (default: the probe image size; smaller is faster and coarser).
+    """
+
+    annotations: str | None = None
+    images_per_class: int = 25
+    epochs: list[int] | None = None
+    mask_size: int | None = None
+    quantile: float = 0.995
+    min_iou: float = 0.04
+    queries_per_layer: int = 60
+    neighbours: int = 5
+    bootstrap: int = 1000
+    fidelity_seeds: int = 3
+
+    def validate(self, where: str) -> None:
+        for key in ("images_per_class", "queries_per_layer", "neighbours", "bootstrap",
+                    "fidelity_seeds"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"[{where}] {key} must be >= 1, not {getattr(self, key)}")
+        if self.mask_size is not None and self.mask_size < 4:
+            raise ConfigError(f"[{where}] mask_size must be >= 4, not {self.mask_size}")
+        if not 0.5 <= self.quantile < 1:
+            raise ConfigError(f"[{where}] quantile must be in [0.5, 1), not {self.quantile}")
+        if not 0 <= self.min_iou < 1:
+            raise ConfigError(f"[{where}] min_iou must be in [0, 1), not {self.min_iou}")
+
+
+@dataclass
 class TrainingDataConfig:
     """Where ``conceptevo train`` reads its images (ImageFolder trees). The images are resized
     and normalised like the probe set (``[probe]`` image_size, mean, std)."""
@@ -254,6 +289,7 @@ class StudyConfig:
     space: SpaceConfig = field(default_factory=SpaceConfig)
     importance: ImportanceConfig = field(default_factory=ImportanceConfig)
     diagnosis: DiagnosisThresholds = field(default_factory=DiagnosisThresholds)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     training: TrainingDataConfig | None = None
     base_dir: Path = field(default=Path("."), metadata={"internal": True})
 
@@ -282,6 +318,7 @@ class StudyConfig:
             seen.add(run.name)
         self.space.validate("space", self.runs)
         self.importance.validate("importance")
+        self.evaluation.validate("evaluation")
 
     def resolve(self, path: str | Path) -> Path:
         """A path from the config, made absolute against the config file's directory."""

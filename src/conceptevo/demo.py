@@ -29,6 +29,7 @@ class DemoSize:
     probe_per_class: int
     heldout_per_class: int
     importance_images: int
+    evaluation_images: int = 25
 
 
 FULL = DemoSize(n_train=4000, n_val=1000, epochs=8, probe_per_class=150, heldout_per_class=50,
@@ -42,6 +43,11 @@ RUNS = (("healthy", "healthy", ""), ("lr-too-high", "lr-too-high", ""),
 def importance_pairs(epochs: int) -> list[tuple[int, int]]:
     """An early epoch pair and a late one (the demo ranks evolutions for both)."""
     return [(1, 2), (epochs - 1, epochs)] if epochs >= 3 else [(0, 1)]
+
+
+def evaluation_epochs(epochs: int) -> list[int]:
+    """Every other epoch and the last: the checkpoints whose neurons the demo labels."""
+    return sorted(set(range(0, epochs + 1, 2)) | {epochs})
 
 
 def study_toml(size: DemoSize, n_classes: int, seed: int = 0) -> str:
@@ -84,6 +90,11 @@ batch_size = 256
 images = {size.importance_images}        # class images per class (the paper uses 250)
 bins = 4
 random_draws = 5
+
+[evaluation]                 # `conceptevo evaluate`: concept labels and the alignment study
+images_per_class = {size.evaluation_images}
+epochs = {evaluation_epochs(size.epochs)}
+mask_size = 32               # IoU on 32x32 masks (the images are 64x64): 4x faster
 
 [training]                   # only for `conceptevo train`
 train_root = "data/train"
@@ -185,6 +196,12 @@ def run_demo(directory: str | Path, quick: bool = False, size: DemoSize | None =
 
     diagnosis = run_diagnosis(ws)
 
+    from .evaluate.stage import evaluation_text, run_evaluation
+
+    t = time.perf_counter()
+    evaluation = run_evaluation(cfg, ws)
+    timings["evaluation"] = time.perf_counter() - t
+
     from .report import write_report
 
     t = time.perf_counter()
@@ -217,6 +234,12 @@ def run_demo(directory: str | Path, quick: bool = False, size: DemoSize | None =
         print(f"  {run:<12} {flags or 'no flag'}")
     checks["flags"] = {run: [(f["rule"], f["epoch"]) for f in data["flags"]]
                        for run, data in diagnosis["runs"].items()}
+    print()
+    print("evaluation (`conceptevo evaluate`; annotations: the concept world's pixel masks):")
+    print("  " + evaluation_text(evaluation).replace("\n", "\n  "))
+    alignment = evaluation["alignment"]["methods"]
+    checks["alignment"] = {m: {"auc": r["auc"], "ci95": r["ci95"]}
+                           for m, r in alignment.items()}
     total = time.perf_counter() - t0
     print("time: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())
           + f", total {total:.0f}s")
@@ -229,6 +252,7 @@ def run_demo(directory: str | Path, quick: bool = False, size: DemoSize | None =
     print("  stimuli/<run>/epoch_*.npz   stimuli and responsive neurons per checkpoint")
     print("  space/                      the unified space (docs/workspace.md)")
     print("  importance/healthy/          important evolutions and reversion, per class")
+    print("  evaluation/                 evaluation.json, roc.png, auc_by_depth.png, labels/")
     print("  figures/space_<run>.png     each run's neurons on the 2-D map, coloured by epoch")
     for path in figures:
         print(f"    {path}")

@@ -106,6 +106,46 @@ def receptive_fields(adapter: ModelAdapter, image_size: tuple[int, int], n_input
     return fields
 
 
+# architectures that name no user code: the only ones a workspace may ask a reader to build
+BUILTIN_NAMESPACES = ("torchvision", "conceptevo")
+
+
+def cached_receptive_fields(ws, arch: str, kwargs: dict, layers, image_size: tuple[int, int],
+                            allow_code: bool = False) -> list[ReceptiveField]:
+    """The receptive fields of ``arch``'s probed layers, cached in the workspace
+    (``patches/receptive_fields.json``).
+
+    Computing them builds the model. The readers of a workspace (``serve``, ``report``) pass
+    ``allow_code=False``: a workspace may have come from anyone, so they build only
+    ``torchvision:`` and ``conceptevo:`` models and never import the ``package.module:function``
+    factory its ``study.json`` names (that would run its code); ``conceptevo build``, which
+    runs the user's own config, stores the fields of every run so that readers find them.
+    """
+    import json
+
+    from .errors import WorkspaceError
+    from .workspace import atomic
+
+    key = json.dumps([arch, kwargs, layers, list(image_size)], sort_keys=True)
+    path = ws.path("patches", "receptive_fields.json")
+    cache = atomic.read_json(path) if path.is_file() else {}
+    if key not in cache:
+        if not allow_code and str(arch).split(":", 1)[0] not in BUILTIN_NAMESPACES:
+            raise WorkspaceError(
+                f"the receptive fields of architecture {arch!r} are not stored in workspace "
+                f"{ws.root}, and computing them here would import and run the code that the "
+                "workspace names, which a reader of a workspace never does. Run `conceptevo "
+                "build --config <study.toml>` on the machine with the model's code (it stores "
+                "them), then open the workspace again.")
+        from .models.registry import build_model
+
+        torch.manual_seed(0)
+        adapter = ModelAdapter(build_model(arch, kwargs), layers, "max")
+        cache[key] = [f.to_dict() for f in receptive_fields(adapter, tuple(image_size))]
+        atomic.write_json(path, cache)
+    return [ReceptiveField.from_dict(d) for d in cache[key]]
+
+
 def crop_patches(images: np.ndarray, image_ids: np.ndarray, locations: np.ndarray,
                  field: ReceptiveField, min_size: int = 4) -> list[np.ndarray]:
     """Crops [h, w, 3] of ``images`` (uint8 [n, H, W, 3]) around each (h, w) in ``locations``

@@ -5,6 +5,10 @@ depends on (the probe set's fingerprint, the parameters, the checkpoint file's s
 modification time, ...), and writes its artifact atomically with that key. A stage whose
 stored key matches is skipped, so a killed run started again recomputes only what is
 missing, and a changed parameter recomputes only what depends on it.
+
+Under ``torchrun`` (docs/scaling.md) every process runs the same stages: the stimulus passes
+are shared out (:func:`ensure_stimuli`), rank 0 alone writes the workspace, and the other
+ranks wait for it where they need what it writes (:meth:`distributed.Context.main_first`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import distributed
 from .config import ProbeConfig, RunConfig, StudyConfig
 from .data.probe import ProbeSet, plan_image_folder, read_planned
 from .errors import ConfigError
@@ -25,22 +30,23 @@ from .models.adapter import ModelAdapter
 from .models.checkpoints import Checkpoint, find_checkpoints, load_checkpoint
 from .models.registry import build_model
 from .progress import progress_bar
-from .stimuli import compute_stimuli
+from .stimuli import compute_stimuli, merge_shards
 from .workspace import Workspace
-from .workspace.atomic import atomic_path, clean_temporaries
+from .workspace.atomic import atomic_path, clean_temporaries, reserve
 
 log = logging.getLogger("conceptevo")
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
-    """``"auto"`` picks CUDA when available, else the CPU."""
+    """``"auto"`` picks CUDA when available, else the CPU. Under torchrun, a CUDA device
+    without an index is this process's GPU, ``cuda:LOCAL_RANK``."""
     if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return distributed.device_for("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(spec)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {spec!r} was asked for but CUDA is not available here; "
                           "use device = \"auto\" or \"cpu\"")
-    return device
+    return distributed.device_for(device)
 
 
 def stable_hash(obj) -> str:
@@ -71,6 +77,7 @@ def ensure_probe(ws: Workspace, pcfg: ProbeConfig, root: Path, name: str = "prob
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(target) as tmp, progress_bar(n, f"{name} images", "img") as bar:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+        reserve(tmp)  # a full disk fails here, clearly, not as a crash while filling the map
         probe = read_planned(plan, size, pcfg.mean, pcfg.std, pcfg.skip_unreadable, out=out,
                              progress=bar.update)
         out.flush()
@@ -93,11 +100,13 @@ def ensure_probe(ws: Workspace, pcfg: ProbeConfig, root: Path, name: str = "prob
 
 
 def ensure_probe_sets(cfg: StudyConfig, ws: Workspace) -> tuple[ProbeSet, ProbeSet | None]:
-    probe = ensure_probe(ws, cfg.probe, cfg.resolve(cfg.probe.root), "probe")
-    heldout = None
-    if cfg.heldout is not None:
-        heldout = ensure_probe(ws, cfg.heldout, cfg.resolve(cfg.heldout.root), "heldout",
-                               classes=probe.classes)
+    # under torchrun, rank 0 decodes and writes the sets; the others then load them
+    with distributed.current().main_first():
+        probe = ensure_probe(ws, cfg.probe, cfg.resolve(cfg.probe.root), "probe")
+        heldout = None
+        if cfg.heldout is not None:
+            heldout = ensure_probe(ws, cfg.heldout, cfg.resolve(cfg.heldout.root), "heldout",
+                                   classes=probe.classes)
     return probe, heldout
 
 
@@ -152,47 +161,93 @@ class StageReport:
 
 def ensure_stimuli(cfg: StudyConfig, ws: Workspace, probe: ProbeSet,
                    runs: list[str] | None = None) -> StageReport:
-    """Stimuli of every checkpoint of every run (or of ``runs``) that lacks them."""
+    """Stimuli of every checkpoint of every run (or of ``runs``) that lacks them.
+
+    Under torchrun the checkpoints to compute are shared out: whole checkpoints, one per
+    process, as long as there are at least as many left as processes; the probe images of the
+    remaining ones (fewer than the processes), in blocks of whole batches. Rank 0 gathers the
+    results, merges the partial ones exactly (:func:`conceptevo.stimuli.merge_shards`) and
+    writes them; the result is the one a single process computes.
+    """
     device = resolve_device(cfg.device)
+    ctx = distributed.current()
     report = StageReport([], [])
     for run in cfg.runs:
         if runs is not None and run.name not in runs:
             continue
         rm = run_model(cfg, run.name, device)
-        todo = []
-        for ckpt in rm.checkpoints:
-            key = stimuli_key(cfg, probe, rm, ckpt)
-            meta = ws.stimuli_meta(run.name, ckpt.epoch)
+        keys = {ckpt.epoch: (ckpt, stimuli_key(cfg, probe, rm, ckpt)) for ckpt in rm.checkpoints}
+        todo_epochs = []
+        for epoch, (_, key) in keys.items():
+            meta = ws.stimuli_meta(run.name, epoch)
             if meta is not None and meta.get("key") == key:
-                report.skipped.append((run.name, ckpt.epoch))
+                report.skipped.append((run.name, epoch))
             else:
-                todo.append((ckpt, key))
+                todo_epochs.append(epoch)
+        # every process works through rank 0's list
+        todo = [keys[e] for e in ctx.broadcast(todo_epochs)]
         if not todo:
             continue
-        log.info("run %s: stimuli for %d checkpoint(s) on %s (%d already done)", run.name,
-                 len(todo), device, len(rm.checkpoints) - len(todo))
-        with progress_bar(len(todo) * len(probe), f"stimuli {run.name}", "img") as bar:
-            for ckpt, key in todo:
-                bar.set_postfix_str(f"epoch {ckpt.epoch}")
-                rm.load(ckpt.epoch, cfg.trust_checkpoints)
-                context = f"run {run.name!r} epoch {ckpt.epoch} ({ckpt.path})"
-                acc = compute_stimuli(
-                    rm.adapter, probe.batches(cfg.stimuli.batch_size, device), len(probe),
-                    k_stimuli=cfg.stimuli.k_stimuli, k_responsive=cfg.stimuli.k_responsive,
-                    device=device, on_nonfinite=cfg.stimuli.on_nonfinite, context=context,
-                    channels_last=True, progress=bar.update)
-                meta = {"key": key, "run": run.name, "epoch": ckpt.epoch,
-                        "checkpoint": str(ckpt.path), "arch": rm.arch,
-                        "reduction": cfg.model.reduction}
-                ws.save_stimuli(run.name, ckpt.epoch, acc.result(meta))
-                report.computed.append((run.name, ckpt.epoch))
+        log.info("run %s: stimuli for %d checkpoint(s) on %s%s (%d already done)", run.name,
+                 len(todo), device, f", {ctx.describe()}" if ctx.enabled else "",
+                 len(rm.checkpoints) - len(todo))
+        _stimuli_passes(cfg, ws, probe, rm, todo, device, ctx, report)
     return report
 
 
+def _stimuli_passes(cfg: StudyConfig, ws: Workspace, probe: ProbeSet, rm: RunModel,
+                    todo: list[tuple[Checkpoint, str]], device: torch.device,
+                    ctx: distributed.Context, report: StageReport) -> None:
+    """The stimulus passes of ``todo`` [(checkpoint, key)], shared out among the processes."""
+    n, bs, w = len(probe), cfg.stimuli.batch_size, ctx.world_size
+    whole = len(todo) - len(todo) % w  # checkpoints computed whole, one per process
+    n_batches = -(-n // bs)
+    mine = ctx.shard(n_batches)  # batches of this process in the other checkpoints
+    my_ids = np.arange(mine.start * bs, min(mine.stop * bs, n), dtype=np.int64)
+    total = whole // w * n + (len(todo) - whole) * len(my_ids)
+
+    def one_pass(ckpt: Checkpoint, ids: np.ndarray | None, bar, shard: bool):
+        rm.load(ckpt.epoch, cfg.trust_checkpoints)
+        return compute_stimuli(
+            rm.adapter, probe.batches(bs, device, ids=ids), n,
+            k_stimuli=cfg.stimuli.k_stimuli, k_responsive=cfg.stimuli.k_responsive,
+            device=device, on_nonfinite=cfg.stimuli.on_nonfinite,
+            context=f"run {rm.name!r} epoch {ckpt.epoch} ({ckpt.path})", channels_last=True,
+            record_batches=shard, progress=bar.update)
+
+    def save(ckpt: Checkpoint, key: str, result) -> None:
+        if ctx.is_main:
+            result.meta.update({"key": key, "run": rm.name, "epoch": ckpt.epoch,
+                                "checkpoint": str(ckpt.path), "arch": rm.arch,
+                                "reduction": cfg.model.reduction})
+            ws.save_stimuli(rm.name, ckpt.epoch, result)
+        report.computed.append((rm.name, ckpt.epoch))
+
+    with progress_bar(total, f"stimuli {rm.name}", "img") as bar:
+        for start in range(0, whole, w):
+            ckpt, _ = todo[start + ctx.rank]
+            bar.set_postfix_str(f"epoch {ckpt.epoch}")
+            result = one_pass(ckpt, None, bar, shard=False).result()
+            for (ckpt, key), res in zip(todo[start:start + w], ctx.gather(result) or [None] * w):
+                save(ckpt, key, res)
+        for ckpt, key in todo[whole:]:
+            bar.set_postfix_str(f"epoch {ckpt.epoch}")
+            acc = one_pass(ckpt, my_ids, bar, shard=True).to("cpu") if len(my_ids) else None
+            parts = ctx.gather(acc)
+            save(ckpt, key, merge_shards(parts).result() if ctx.is_main else None)
+
+
 def open_workspace(cfg: StudyConfig) -> Workspace:
-    ws = Workspace(cfg.workspace_path, create=True)
-    clean_temporaries(ws.root)
-    ws.save_study(dict(cfg.to_dict(), base_dir=str(cfg.base_dir)))
+    """Create or open the study's workspace, remove temporaries of killed processes and
+    record the configuration (under torchrun, rank 0 does that and the others then open it)."""
+    ctx = distributed.current()
+    with ctx.main_first():
+        if ctx.is_main:
+            ws = Workspace(cfg.workspace_path, create=True)
+            clean_temporaries(ws.root)
+            ws.save_study(dict(cfg.to_dict(), base_dir=str(cfg.base_dir)))
+        else:
+            ws = Workspace(cfg.workspace_path)
     return ws
 
 
@@ -329,14 +384,33 @@ def write_space_figures(ws: Workspace) -> list[Path]:
     return paths
 
 
+def store_receptive_fields(cfg: StudyConfig, ws: Workspace) -> None:
+    """The receptive fields of every run's layers, stored for the dashboard and the report
+    (which never build a model from a factory that a workspace names)."""
+    from .patches import cached_receptive_fields
+
+    size = (cfg.probe.image_size, cfg.probe.image_size)
+    for run in cfg.runs:
+        arch, kwargs = cfg.arch_of(run)
+        cached_receptive_fields(ws, arch, kwargs, cfg.model.layers, size, allow_code=True)
+
+
 def run_build(cfg: StudyConfig) -> dict:
     """``conceptevo build``: every stage that is missing, in order (probe sets, stimuli, base
-    space, image embedding, projections, 2-D map, figures)."""
+    space, image embedding, projections, 2-D map, figures).
+
+    Under torchrun the stimuli are shared out and the space stages run on rank 0 alone (the
+    other ranks get ``space`` None and no figures, once rank 0 is done)."""
     from .space.stage import ensure_space
 
+    ctx = distributed.current()
     ws = open_workspace(cfg)
     probe, _ = ensure_probe_sets(cfg, ws)
     stimuli = ensure_stimuli(cfg, ws, probe)
-    space = ensure_space(cfg, ws, probe)
-    figures = write_space_figures(ws)
+    space, figures = None, []
+    if ctx.is_main:
+        space = ensure_space(cfg, ws, probe)
+        figures = write_space_figures(ws)
+        store_receptive_fields(cfg, ws)
+    ctx.barrier()
     return {"workspace": ws, "stimuli": stimuli, "space": space, "figures": figures}

@@ -4,8 +4,9 @@ The page code is the dashboard's own (``serve/static``), inlined; the data it wo
 the server is embedded as ``window.CONCEPTEVO_EMBED = {api: {path: payload}, patches: {url:
 data URI}}``, so the file opens offline, in any browser, with no request to anything.
 
-Embedded: the study, the base map, every checkpoint's points, the metrics, every stored
-importance result; neuron details (trajectory and neighbours) for each run's last epoch, and
+Embedded: the study, the base map, every checkpoint's points (with their concept labels), the
+metrics, every stored importance result, the evaluation (when ``conceptevo evaluate`` ran);
+neuron details (trajectory, neighbours, top concepts) for each run's last epoch, and
 patches (4 per neuron, WebP) for a few epochs of each run (``patch_epochs``: the first and the
 last by default) and for every evolution the class view lists. Other neurons show their
 position but no patches.
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from .progress import progress_bar
 from .serve.app import STATIC
-from .serve.data import StudyData
+from .serve.data import BadRequest, StudyData
 from .workspace import atomic
 
 REPORT_PATCHES, REPORT_TILE = 4, 40  # smaller strips than the dashboard's, to keep the file light
@@ -43,6 +44,12 @@ def collect(data: StudyData, patch_epochs: int = 2) -> dict:
     api["/api/study"] = study
     api["/api/base"] = data.base()
     api["/api/metrics"] = data.metrics()
+    try:
+        api["/api/evaluation"] = data.evaluation()
+    except BadRequest as e:
+        if e.status != 404:
+            raise
+        # not evaluated yet: the page says how to
     wanted: set[tuple[str, int, int]] = set()
     detail: set[tuple[str, int, int]] = set()
     for run in study["runs"]:

@@ -11,6 +11,12 @@ The pass keeps a running top-k buffer per neuron and merges each batch into it w
 ``torch.topk``, so memory is ``n_neurons x k`` plus one batch of activations. Ties are broken
 deterministically by the smaller id (image id for stimuli, neuron id for responsive neurons),
 which makes the result independent of the batch size and of how the probe set is sharded.
+
+A pass can be split over processes (``torchrun``, docs/scaling.md): each one streams a shard
+of the batches into its own accumulator (``record_batches=True``) and :func:`merge_shards`
+combines them into exactly the accumulator a single pass over every batch would hold, bit for
+bit: the top-k merges are exact, and the float64 activation sums are re-added batch by batch
+in the order a single pass adds them.
 """
 
 from __future__ import annotations
@@ -135,10 +141,14 @@ class StimulusAccumulator:
     n_images : size of the probe set (image ids are ``0 .. n_images - 1``).
     k_stimuli, k_responsive : sizes of the two rankings.
     device : where the buffers live (the model's device).
+    record_batches : also keep each batch's activation sums (float64 [n_neurons] per batch,
+        keyed by the batch's first image id), so that :func:`merge_shards` can add them in the
+        order of a single pass. For a shard of a distributed pass.
     """
 
     def __init__(self, layers: list[LayerInfo], n_images: int, k_stimuli: int,
-                 k_responsive: int, device: torch.device | str = "cpu"):
+                 k_responsive: int, device: torch.device | str = "cpu",
+                 record_batches: bool = False):
         n = sum(li.channels for li in layers)
         if k_stimuli > n_images:
             raise ValueError(f"k_stimuli={k_stimuli} exceeds the {n_images} probe images")
@@ -157,6 +167,7 @@ class StimulusAccumulator:
         self.n_positive = torch.zeros(n, dtype=torch.long, device=dev)
         self.n_nonfinite = torch.zeros(n, dtype=torch.long, device=dev)
         self.n_seen = 0
+        self.batch_sums: list[tuple[int, torch.Tensor]] | None = [] if record_batches else None
         self._neuron_ids = torch.arange(n, device=dev)
 
     def update(self, acts: torch.Tensor, where: torch.Tensor, image_ids: torch.Tensor) -> None:
@@ -181,7 +192,10 @@ class StimulusAccumulator:
 
         finite = torch.isfinite(acts)
         self.act_max = torch.maximum(self.act_max, acts.max(dim=0).values.double())
-        self.act_sum += torch.where(finite, acts, 0.0).sum(dim=0, dtype=torch.float64)
+        batch_sum = torch.where(finite, acts, 0.0).sum(dim=0, dtype=torch.float64)
+        self.act_sum += batch_sum
+        if self.batch_sums is not None:
+            self.batch_sums.append((int(image_ids[0]), batch_sum))
         self.n_positive += (acts > 0).sum(dim=0)
         self.n_seen += b
 
@@ -208,6 +222,17 @@ class StimulusAccumulator:
         self.n_nonfinite += other.n_nonfinite.to(self.n_nonfinite.device)
         self.n_seen += other.n_seen
 
+    def to(self, device: torch.device | str) -> StimulusAccumulator:
+        """Move the buffers to ``device`` (in place; returns self). Partial results travel
+        between processes on the CPU."""
+        dev = torch.device(device)
+        for name in ("top_act", "top_ids", "top_where", "act_max", "act_sum", "n_positive",
+                     "n_nonfinite", "_neuron_ids"):
+            setattr(self, name, getattr(self, name).to(dev))
+        if self.batch_sums is not None:
+            self.batch_sums = [(first, s.to(dev)) for first, s in self.batch_sums]
+        return self
+
     def result(self, meta: dict | None = None) -> StimuliResult:
         if self.n_seen != self.n_images:
             raise RuntimeError(f"the pass saw {self.n_seen} images, expected {self.n_images}")
@@ -231,6 +256,34 @@ class StimulusAccumulator:
         )
 
 
+def merge_shards(shards: list[StimulusAccumulator | None]) -> StimulusAccumulator:
+    """One accumulator from the accumulators of disjoint shards of a pass (None: a shard
+    with no batch), identical to the accumulator of a single pass over the same batches.
+
+    Every ranking, maximum and count merges exactly in any order. The activation sums are
+    float64 and float addition is not associative, so when every shard recorded its batch sums
+    (``record_batches=True``) they are added again one batch at a time, in the order of the
+    batches' first image ids: the order a single pass adds them. (The batches themselves must
+    be the single pass's batches, as whole batches: an image's activations do not depend on
+    its batch, but the summation order inside a batch's sum could.)
+    """
+    parts = [s for s in shards if s is not None]
+    if not parts:
+        raise ValueError("no shard of the pass saw any image")
+    out = parts[0]
+    for other in parts[1:]:
+        out.merge(other)
+    recorded = [s.batch_sums for s in parts]
+    if all(r is not None for r in recorded):
+        batches = sorted((item for r in recorded for item in r), key=lambda item: item[0])
+        total = torch.zeros_like(out.act_sum)
+        for _, batch_sum in batches:
+            total += batch_sum.to(total.device)
+        out.act_sum = total
+        out.batch_sums = batches
+    return out
+
+
 def _nonfinite_report(layers: list[LayerInfo], bad_per_neuron: torch.Tensor) -> str:
     parts = []
     for info in layers:
@@ -245,7 +298,7 @@ def compute_stimuli(adapter: ModelAdapter,
                     n_images: int, *, k_stimuli: int = 20, k_responsive: int = 20,
                     device: torch.device | str = "cpu", on_nonfinite: str = "raise",
                     context: str = "", accumulator: StimulusAccumulator | None = None,
-                    channels_last: bool = False,
+                    channels_last: bool = False, record_batches: bool = False,
                     progress: Callable[[int], None] | None = None) -> StimulusAccumulator:
     """Stream ``batches`` of (images [B, C, H, W], image ids [B]) through the model.
 
@@ -256,7 +309,9 @@ def compute_stimuli(adapter: ModelAdapter,
     on_nonfinite : "raise" (default) stops at the first NaN/inf activation with an error that
         names ``context`` (the checkpoint) and the layers; "record" ranks them below every
         finite value and counts them per neuron (``n_nonfinite``), for diagnosis.
-    accumulator : continue an existing accumulator (a shard of a distributed pass).
+    accumulator : continue an existing accumulator.
+    record_batches : keep each batch's sums in the new accumulator, for :func:`merge_shards`
+        (a shard of a distributed pass: ``batches`` are then whole batches of the full pass).
     channels_last : feed the images in channels-last layout (about 2x faster convolutions on
         CPUs when the model's weights are channels-last too; results are the same).
     progress : called with the number of images of each finished batch.
@@ -280,7 +335,7 @@ def compute_stimuli(adapter: ModelAdapter,
                     adapter.describe(images[:1])
                 if acc is None:
                     acc = StimulusAccumulator(adapter.layers_, n_images, k_stimuli,
-                                              k_responsive, device)
+                                              k_responsive, device, record_batches)
                 # locations are needed only where an image can enter a neuron's top-k
                 acts, where, _ = adapter.activations(images, acc.top_act[:, -1].float())
                 if not torch.isfinite(acts).all():

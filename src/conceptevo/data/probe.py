@@ -148,10 +148,22 @@ def list_image_folder(root: str | Path) -> tuple[list[str], list[str], np.ndarra
     return classes, paths, np.asarray(labels, dtype=np.int64)
 
 
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """An RGB image. 16-bit grey levels (modes ``I;16*``, and ``I`` with values above 255) are
+    scaled to 8 bits (Pillow's own conversion would clip them, turning most images white)."""
+    if img.mode.startswith("I;16") or img.mode == "I":
+        levels = np.asarray(img).astype(np.float64)
+        if img.mode.startswith("I;16") or levels.max(initial=0) > 255:
+            levels = levels / 257.0
+        grey = np.clip(np.rint(levels), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    return img.convert("RGB")
+
+
 def to_model_size(img: Image.Image, size: int) -> np.ndarray:
     """RGB uint8 [size, size, 3]: shorter side resized to ``size``, then centre-cropped."""
     if img.mode != "RGB":
-        img = img.convert("RGB")
+        img = _to_rgb(img)
     w, h = img.size
     if (w, h) != (size, size):
         scale = size / min(w, h)
@@ -169,7 +181,9 @@ def _read_image(path: Path, size: int) -> tuple[np.ndarray | None, str, str | No
             mode = img.mode
             img.load()
             return to_model_size(img, size), mode, None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError,
+            Image.DecompressionBombError) as e:
+        # DecompressionBombError: a file declaring more pixels than Pillow's safety limit
         return None, "", f"{e.__class__.__name__}: {e}"
 
 

@@ -51,21 +51,43 @@ def roc_curve(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.
     return fpr, tpr
 
 
+def weighted_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray
+                 ) -> np.ndarray:
+    """AUC of candidates with multiplicities: ``weights`` float [B, n] (one row per weighting,
+    e.g. bootstrap counts) -> [B]. Each positive-negative pair counts ``w_pos * w_neg``; ties
+    count half. One sort for all rows."""
+    scores = np.asarray(scores, dtype=np.float64)
+    positive = np.asarray(positive, dtype=bool)
+    weights = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    order = np.argsort(scores, kind="mergesort")
+    s, p, w = scores[order], positive[order], weights[:, order]
+    w_neg = np.where(p, 0.0, w)
+    w_pos = np.where(p, w, 0.0)
+    # negatives strictly below each candidate's score, and tied with it, by groups of ties
+    starts = np.r_[0, np.flatnonzero(np.diff(s)) + 1]
+    group = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(s)]))
+    neg_cum = np.concatenate([np.zeros((len(w), 1)), np.cumsum(w_neg, 1)], 1)
+    below = neg_cum[:, starts][:, group]
+    tied = (neg_cum[:, np.r_[starts[1:], len(s)]] - neg_cum[:, starts])[:, group]
+    total = w_pos.sum(1) * w_neg.sum(1)
+    wins = (w_pos * (below + 0.5 * tied)).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, wins / total, np.nan)
+
+
 def bootstrap_auc(scores: np.ndarray, positive: np.ndarray, groups: np.ndarray,
                   n_boot: int = 1000, seed: int = 0, level: float = 0.95
                   ) -> tuple[float, float]:
     """Percentile confidence interval of the AUC, resampling queries (``groups``: the query
-    of each candidate) with replacement."""
+    of each candidate) with replacement: a query drawn m times counts its candidates m
+    times."""
     rng = np.random.default_rng(seed)
     ids, inverse = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(inverse == i) for i in range(len(ids))]
-    values = []
-    for _ in range(n_boot):
-        pick = rng.integers(0, len(ids), len(ids))
-        rows = np.concatenate([members[i] for i in pick])
-        auc = roc_auc(scores[rows], positive[rows])
-        if auc == auc:
-            values.append(auc)
+    draws = rng.integers(0, len(ids), (n_boot, len(ids)))
+    counts = np.zeros((n_boot, len(ids)))
+    np.add.at(counts, (np.repeat(np.arange(n_boot), len(ids)), draws.ravel()), 1.0)
+    values = weighted_auc(scores, positive, counts[:, inverse])
+    values = values[np.isfinite(values)]
     lo, hi = np.percentile(values, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
     return float(lo), float(hi)
 
@@ -132,7 +154,7 @@ def alignment_study(index: NeuronIndex, queries: np.ndarray,
     neuron). Candidates: the ``k`` most similar neurons of other checkpoints and one random
     neuron of another checkpoint."""
     rng = np.random.default_rng(seed)
-    scores, positive, query, depth = [], [], [], []
+    scores, positive, query, depth, candidates = [], [], [], [], []
     for q in queries:
         sims = np.asarray(similarity(int(q)), dtype=np.float64)
         others = index.checkpoint != index.checkpoint[q]
@@ -146,8 +168,10 @@ def alignment_study(index: NeuronIndex, queries: np.ndarray,
             positive.append(index.label[c] == index.label[q])
             query.append(q)
             depth.append(index.depth[q])
+            candidates.append(c)
     return StudyResult(np.asarray(scores), np.asarray(positive, dtype=bool),
-                       np.asarray(query), np.asarray(depth))
+                       np.asarray(query), np.asarray(depth),
+                       {"candidates": np.asarray(candidates, dtype=np.int64)})
 
 
 def cosine_similarity_fn(vectors: np.ndarray) -> Callable[[int], np.ndarray]:

@@ -59,22 +59,34 @@ def _maps(adapter: ModelAdapter, x: torch.Tensor) -> list[torch.Tensor]:
 
     with torch.no_grad(), adapter.hooks(keep):
         adapter.model(x)
-    return [outs[i] if outs[i].dim() == 4 else outs[i][:, :, None, None]
+    return [(outs[i] if outs[i].dim() == 4 else outs[i][:, :, None, None]).float()
             for i in range(len(outs))]
+
+
+def bilinear_matrix(size_in: int, size_out: int) -> torch.Tensor:
+    """float32 [size_out, size_in]: 1-D bilinear upsampling (``align_corners=False``) as a
+    matrix, so that a map is upsampled by two small matrix products (``R_h @ m @ R_w.T``),
+    which is several times faster than ``F.interpolate`` on CPUs and gives the same values."""
+    eye = torch.eye(size_in)[None, None]
+    return F.interpolate(eye, size=(size_out, size_in), mode="bilinear",
+                         align_corners=False)[0, 0]
 
 
 def label_neurons(adapter: ModelAdapter,
                   batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
                   n_images: int, *, quantile: float = 0.995, min_iou: float = 0.04,
                   max_samples: int = 200_000, seed: int = 0,
-                  device: torch.device | str = "cpu") -> ConceptLabels:
+                  device: torch.device | str = "cpu",
+                  progress: Callable[[int], None] | None = None) -> ConceptLabels:
     """Label the neurons of ``adapter``'s model.
 
     Parameters
     ----------
-    batches : called twice; yields (images [B, 3, H, W], masks bool [B, n_concepts, H, W]) in
-        the same order each time (the probe set with its concept masks).
+    batches : called twice; yields (images [B, 3, H, W], masks bool [B, n_concepts, H', W'])
+        in the same order each time (the probe set with its concept masks; the masks may have
+        another resolution than the images: the maps are upsampled to the masks').
     n_images : number of probe images.
+    progress : called with the number of images of each batch, twice per image.
     """
     model = adapter.model
     was_training = model.training
@@ -90,40 +102,68 @@ def label_neurons(adapter: ModelAdapter,
             acts.append(torch.cat([m.amax(dim=(2, 3)) for m in maps], 1).cpu())
             for i, m in enumerate(maps):
                 flat = m.transpose(0, 1).reshape(m.shape[1], -1).cpu()      # [C, B*h*w]
-                per_neuron = n_images * m.shape[2] * m.shape[3]
-                rate = min(1.0, max_samples / per_neuron)
+                rate = min(1.0, max_samples / (n_images * m.shape[2] * m.shape[3]))
                 if rate < 1.0:
-                    keep = torch.rand(flat.shape[1], generator=g) < rate
-                    flat = flat[:, keep]
+                    flat = flat[:, torch.rand(flat.shape[1], generator=g) < rate]
                 samples[i].append(flat)
-        thresholds = [torch.quantile(torch.cat(s, 1).float(), quantile, dim=1) for s in samples]
-        threshold = torch.cat(thresholds)
-        inter = union_m = union_l = None
+            if progress is not None:
+                progress(len(x))
+        if samples is None:
+            raise ValueError("label_neurons: the probe set yielded no batch")
+        thresholds = [torch.quantile(torch.cat(s, 1), quantile, dim=1) for s in samples]
+        inter = torch.zeros(sum(len(t) for t in thresholds), 0, dtype=torch.float64)
+        union_m = torch.zeros(len(inter), dtype=torch.float64)
+        union_l = None
+        resize: dict[tuple[int, int], torch.Tensor] = {}
         for x, masks in batches():
-            x, masks = x.to(device), masks.to(device)
-            maps = _maps(adapter, x)
-            lab = masks.flatten(2).float()                                     # [B, K, P]
+            masks = masks.to(device)
+            maps = _maps(adapter, x.to(device))
+            b, k, height, width = masks.shape
+            lab = masks.reshape(b, k, -1).float().transpose(1, 2)             # [B, P, K]
             parts_inter, parts_m = [], []
             for i, m in enumerate(maps):
-                up = F.interpolate(m, size=masks.shape[2:], mode="bilinear", align_corners=False)
-                on = (up > thresholds[i].to(device).view(1, -1, 1, 1)).flatten(2).float()
-                parts_inter.append(torch.einsum("bcp,bkp->ck", on, lab))
+                h, w = m.shape[2:]
+                if (h, height) not in resize:
+                    resize[(h, height)] = bilinear_matrix(h, height).to(device)
+                if (w, width) not in resize:
+                    resize[(w, width)] = bilinear_matrix(w, width).to(device)
+                up = resize[(h, height)] @ m @ resize[(w, width)].T             # [B, C, H, W]
+                # in place: 1.0 above the threshold, 0.0 elsewhere (no bool -> float copy)
+                on = up.gt_(thresholds[i].to(device).view(1, -1, 1, 1)).reshape(
+                    b, m.shape[1], -1)
+                parts_inter.append(torch.bmm(on, lab).sum(0))                 # [C, K]
                 parts_m.append(on.sum((0, 2)))
             batch_inter = torch.cat(parts_inter).double().cpu()
-            batch_m = torch.cat(parts_m).double().cpu()
-            batch_l = lab.sum((0, 2)).double().cpu()
-            if inter is None:
-                inter, union_m, union_l = batch_inter, batch_m, batch_l
-            else:
-                inter, union_m, union_l = inter + batch_inter, union_m + batch_m, \
-                    union_l + batch_l
+            batch_l = lab.sum((0, 1)).double().cpu()
+            inter = batch_inter if inter.shape[1] == 0 else inter + batch_inter
+            union_m += torch.cat(parts_m).double().cpu()
+            union_l = batch_l if union_l is None else union_l + batch_l
+            if progress is not None:
+                progress(len(x))
         union = union_m[:, None] + union_l[None, :] - inter
         iou = torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
-        best, arg = iou.max(1) if iou.shape[1] else (torch.zeros(len(iou)), torch.zeros(
-            len(iou), dtype=torch.long))
+        if iou.shape[1]:
+            best, arg = iou.max(1)
+        else:
+            best, arg = torch.zeros(len(iou)), torch.zeros(len(iou), dtype=torch.long)
         label = torch.where(best >= min_iou, arg, torch.full_like(arg, -1))
     finally:
         model.train(was_training)
     return ConceptLabels(iou.float().numpy(), label.numpy().astype(np.int64),
-                         threshold.float().numpy(),
+                         torch.cat(thresholds).float().numpy(),
                          torch.cat(acts).t().contiguous().float().numpy())
+
+
+def activation_vectors(adapter: ModelAdapter, batches: Iterable[torch.Tensor],
+                       device: torch.device | str = "cpu") -> np.ndarray:
+    """float32 [n_neurons, n_images]: each neuron's activation (max over its map) on every
+    image of ``batches`` (the vectors of the activation-correlation baseline)."""
+    model = adapter.model
+    was_training = model.training
+    model.eval()
+    try:
+        acts = [torch.cat([m.amax(dim=(2, 3)) for m in _maps(adapter, x.to(device))], 1).cpu()
+                for x in batches]
+    finally:
+        model.train(was_training)
+    return torch.cat(acts).t().contiguous().numpy()

@@ -18,7 +18,7 @@ accuracy changes. Reverting important evolutions should hurt more than reverting
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -124,34 +124,68 @@ def rank_within_layers(layers: list[LayerInfo], score: np.ndarray, tie: np.ndarr
     return rank
 
 
+@dataclass
+class SensitivitySums:
+    """What one batch contributes to the importance: its image ids, the count of images with
+    a positive sensitivity and the float64 sum of the sensitivities, per neuron (CPU)."""
+
+    image_ids: np.ndarray
+    positive: torch.Tensor
+    total: torch.Tensor
+
+
+def sensitivity_sums(adapter_t: ModelAdapter, adapter_t2: ModelAdapter,
+                     batches: Iterable[tuple[torch.Tensor, np.ndarray]], class_index: int,
+                     device: torch.device | str = "cpu",
+                     progress: Callable[[int], None] | None = None) -> list[SensitivitySums]:
+    """The per-batch sums of the sensitivity of every image of ``batches`` (a shard of the
+    class images, in a distributed run); :func:`combine_sensitivity` turns the batches of
+    every shard into the :class:`ImportanceResult`."""
+    for adapter in (adapter_t, adapter_t2):
+        adapter.model.eval()
+    out = []
+    for x, batch_ids in batches:
+        x = x.to(device)
+        if adapter_t.layers_ is None:
+            adapter_t.describe(x[:1])
+        if adapter_t2.layers_ is None:
+            adapter_t2.describe(x[:1])
+        s = batch_sensitivity(adapter_t, adapter_t2, x, class_index).double()
+        out.append(SensitivitySums(np.asarray(batch_ids), (s > 0).sum(0).cpu(),
+                                   s.sum(0).cpu()))
+        if progress is not None:
+            progress(len(x))
+    return out
+
+
+def combine_sensitivity(layers: list[LayerInfo], batches: Sequence[SensitivitySums]
+                        ) -> ImportanceResult:
+    """The importance ranking from the sums of every batch, taken in the given order (the
+    order of a single pass: the float64 totals are then added exactly as it adds them)."""
+    if not batches:
+        raise ValueError("no class image to compute importance on")
+    positive, total = batches[0].positive, batches[0].total
+    for b in batches[1:]:
+        positive = positive + b.positive
+        total = total + b.total
+    image_ids = np.concatenate([b.image_ids for b in batches])
+    n = len(image_ids)
+    score = (positive.double() / n).numpy()
+    mean_s = (total / n).numpy()
+    rank = rank_within_layers(layers, score, mean_s)
+    return ImportanceResult(list(layers), score, mean_s, rank, image_ids)
+
+
 def importance(adapter_t: ModelAdapter, adapter_t2: ModelAdapter,
                batches: Sequence[tuple[torch.Tensor, np.ndarray]], class_index: int,
                device: torch.device | str = "cpu",
                progress: Callable[[int], None] | None = None) -> ImportanceResult:
     """Sensitivity of every image of ``batches`` [(images [B, 3, H, W], ids [B])] of class
     ``class_index``, and the importance ranking."""
-    for adapter in (adapter_t, adapter_t2):
-        adapter.model.eval()
-    positive, total, ids = None, None, []
-    for x, batch_ids in batches:
-        x = x.to(device)
-        if adapter_t.layers_ is None:
-            adapter_t.describe(x[:1])
-            adapter_t2.describe(x[:1])
-        s = batch_sensitivity(adapter_t, adapter_t2, x, class_index).double()
-        positive = (s > 0).sum(0) if positive is None else positive + (s > 0).sum(0)
-        total = s.sum(0) if total is None else total + s.sum(0)
-        ids.append(np.asarray(batch_ids))
-        if progress is not None:
-            progress(len(x))
-    if positive is None:
+    sums = sensitivity_sums(adapter_t, adapter_t2, batches, class_index, device, progress)
+    if not sums:
         raise ValueError("no class image to compute importance on")
-    image_ids = np.concatenate(ids)
-    n = len(image_ids)
-    score = (positive.double() / n).cpu().numpy()
-    mean_s = (total / n).cpu().numpy()
-    rank = rank_within_layers(adapter_t.layers_, score, mean_s)
-    return ImportanceResult(list(adapter_t.layers_), score, mean_s, rank, image_ids)
+    return combine_sensitivity(adapter_t.layers_, sums)
 
 
 # ------------------------------------------------------------------------- reversion
@@ -273,17 +307,19 @@ class ReversionPlan:
         return cls(rows)
 
 
-def run_reversion(adapter_t: ModelAdapter, adapter_t2: ModelAdapter, plan: ReversionPlan,
-                  batches: Sequence[tuple[torch.Tensor, np.ndarray]], class_index: int,
-                  device: torch.device | str = "cpu",
-                  progress: Callable[[int], None] | None = None) -> tuple[np.ndarray,
-                                                                         np.ndarray]:
-    """Top-1 and top-5 accuracy [n_rows] of every set of ``plan`` over ``batches``."""
+def reversion_counts(adapter_t: ModelAdapter, adapter_t2: ModelAdapter, plan: ReversionPlan,
+                     batches: Iterable[tuple[torch.Tensor, np.ndarray]], class_index: int,
+                     device: torch.device | str = "cpu",
+                     progress: Callable[[int], None] | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Top-1 and top-5 hit counts int64 [n_rows] of every set of ``plan`` over ``batches``,
+    and the number of images. Counts add exactly, so shards of the images can be summed in
+    any order."""
     for adapter in (adapter_t, adapter_t2):
         adapter.model.eval()
     sets = [(max(layer, 0), torch.as_tensor(ch, dtype=torch.long)) for layer, _, ch in plan.rows]
-    hits1 = np.zeros(len(sets))
-    hits5 = np.zeros(len(sets))
+    hits1 = np.zeros(len(sets), dtype=np.int64)
+    hits5 = np.zeros(len(sets), dtype=np.int64)
     n = 0
     for x, _ in batches:
         x = x.to(device)
@@ -293,4 +329,15 @@ def run_reversion(adapter_t: ModelAdapter, adapter_t2: ModelAdapter, plan: Rever
         n += len(x)
         if progress is not None:
             progress(len(x))
+    return hits1, hits5, n
+
+
+def run_reversion(adapter_t: ModelAdapter, adapter_t2: ModelAdapter, plan: ReversionPlan,
+                  batches: Sequence[tuple[torch.Tensor, np.ndarray]], class_index: int,
+                  device: torch.device | str = "cpu",
+                  progress: Callable[[int], None] | None = None) -> tuple[np.ndarray,
+                                                                         np.ndarray]:
+    """Top-1 and top-5 accuracy [n_rows] of every set of ``plan`` over ``batches``."""
+    hits1, hits5, n = reversion_counts(adapter_t, adapter_t2, plan, batches, class_index,
+                                       device, progress)
     return hits1 / max(n, 1), hits5 / max(n, 1)

@@ -24,7 +24,13 @@ from ..models.checkpoints import Checkpoint, find_checkpoints, load_checkpoint
 from ..models.registry import build_model
 from ..progress import progress_bar
 from ..workspace import Workspace
-from .importance import ImportanceResult, ReversionPlan, importance, run_reversion
+from .importance import (
+    ImportanceResult,
+    ReversionPlan,
+    combine_sensitivity,
+    reversion_counts,
+    sensitivity_sums,
+)
 
 log = logging.getLogger("conceptevo")
 SPLITS = ("train", "heldout")
@@ -170,9 +176,18 @@ def ensure_importance(cfg: StudyConfig, ws: Workspace, probe: ProbeSet,
                       pairs: list[tuple[int | None, int | None]]) -> list[dict]:
     """Importance and reversion of ``run`` for every class of ``classes`` and epoch pair of
     ``pairs`` (either end may be None: see :func:`resolve_pair`); returns one summary per
-    (class, pair)."""
+    (class, pair).
+
+    Under torchrun the classes are shared out (:func:`_importance_pair`): whole classes, one
+    per process, then the images of the last classes in blocks of whole batches, whose
+    per-batch sensitivity sums are added in batch order on every process (the result is the
+    single process's, bit for bit, and every process needs it for the reversion plan) and
+    whose reversion hit counts are summed on rank 0. Rank 0 writes.
+    """
+    from .. import distributed
     from ..pipeline import resolve_device
 
+    ctx = distributed.current()
     rc = cfg.run(run)
     arch, kwargs = cfg.arch_of(rc)
     ckpts = {c.epoch: c for c in find_checkpoints(cfg.resolve(rc.checkpoints), run)}
@@ -182,7 +197,10 @@ def ensure_importance(cfg: StudyConfig, ws: Workspace, probe: ProbeSet,
     if heldout is None:
         log.warning("no [heldout] set in the config: reversion is measured on the probe "
                     "(training) images only")
-    summaries = []
+    if ctx.enabled:
+        log.info("importance of run %s: classes and their images shared out among %s", run,
+                 ctx.describe())
+    stored = []  # (class, t, t2) of every summary, in the order they are returned
     for t, t2 in resolved:
         models = {}
         for e in (t, t2):
@@ -191,53 +209,116 @@ def ensure_importance(cfg: StudyConfig, ws: Workspace, probe: ProbeSet,
             models[e] = m.to(device, memory_format=torch.channels_last).eval()
         a_t = ModelAdapter(models[t], cfg.model.layers, cfg.model.reduction)
         a_t2 = ModelAdapter(models[t2], cfg.model.layers, cfg.model.reduction)
-        todo = []
+        items = {}
         for c in classes:
             train_ids = class_images(probe, c, ic.images, cfg.seed, "probe")
             held_ids = class_images(heldout, c, ic.images, cfg.seed, "held-out") \
                 if heldout is not None else None
             key = _key(cfg, ckpts, t, t2, c, train_ids, probe, heldout)
-            path = importance_path(ws, run, c, t, t2)
-            if ws.arrays_key(path) != key:
-                todo.append((c, train_ids, held_ids, key, path))
-            else:
-                summaries.append(_summary(ws, run, c, t, t2, probe))
+            items[c] = (c, train_ids, held_ids, key, importance_path(ws, run, c, t, t2))
+        # the classes to compute: rank 0's list, on every process
+        todo_classes = ctx.broadcast([c for c, (*_, key, path) in items.items()
+                                      if ws.arrays_key(path) != key])
+        todo = [items[c] for c in todo_classes]
+        stored += [(c, t, t2) for c in classes if c not in todo_classes]
         if not todo:
             continue
-        n_img = sum(len(tr) * 2 + (len(h) if h is not None else 0) for _, tr, h, _, _ in todo)
-        with progress_bar(n_img, f"importance {run} {t}->{t2}", "img") as bar:
-            for c, train_ids, held_ids, key, path in todo:
-                result = importance(a_t, a_t2, list(_batches(probe, train_ids, ic.batch_size,
-                                                             device)),
-                                    c, device, progress=bar.update)
-                plan = ReversionPlan.build(result, ic.bins, ic.random_draws, seed=cfg.seed + c)
-                rows = []
-                for split, source, ids in (("train", probe, train_ids),
-                                           ("heldout", heldout, held_ids)):
-                    if source is None:
-                        continue
-                    top1, top5 = run_reversion(a_t, a_t2, plan,
-                                               list(_batches(source, ids, ic.batch_size,
-                                                             device)), c, device,
-                                               progress=bar.update)
-                    for (layer, name, _), h1, h5 in zip(plan.rows, top1, top5):
-                        rows.append((layer, _set_label(name), split, h1, h5))
-                meta = {"key": key, "run": run, "class": c, "class_name": probe.classes[c],
-                        "from_epoch": t, "to_epoch": t2,
-                        "n_train": int(len(train_ids)),
-                        "n_heldout": int(len(held_ids)) if held_ids is not None else 0}
-                layer, sets, splits, top1, top5 = (np.array(col) for col in zip(*rows))
-                ws.save_arrays(path, meta, score=result.score,
-                               mean_sensitivity=result.mean_sensitivity, rank=result.rank,
-                               image_ids=result.image_ids,
-                               layers=np.array(json.dumps([li.to_dict() for li in
-                                                           result.layers])),
-                               rev_layer=layer.astype(np.int64), rev_set=sets.astype(str),
-                               rev_split=splits.astype(str),
-                               rev_top1=top1.astype(np.float64),
-                               rev_top5=top5.astype(np.float64))
-                summaries.append(_summary(ws, run, c, t, t2, probe))
-    return summaries
+        stored += _importance_pair(cfg, ws, probe, heldout, run, t, t2, a_t, a_t2, todo,
+                                   device, ctx)
+    ctx.barrier()  # rank 0 has written every file: every process can read them
+    return [_summary(ws, run, c, t, t2, probe) for c, t, t2 in stored]
+
+
+def _importance_pair(cfg: StudyConfig, ws: Workspace, probe: ProbeSet,
+                     heldout: ProbeSet | None, run: str, t: int, t2: int, a_t: ModelAdapter,
+                     a_t2: ModelAdapter, todo: list, device, ctx) -> list[tuple[int, int, int]]:
+    """Compute and (rank 0) store the importance of ``todo`` [(class, train ids, held-out
+    ids, key, path)] for one epoch pair, shared out among the processes of ``ctx``: whole
+    classes, one per process, while at least one per process is left; then the class images
+    of the last ones, in blocks of whole batches. Returns (class, t, t2) of each, in order."""
+    ic = cfg.importance
+    stored: list[tuple[int, int, int]] = []
+    if a_t.layers_ is None:  # a process may get no image: describe the layers anyway
+        x = next(_batches(probe, todo[0][1][:1], 1, device))[0]
+        a_t.describe(x)
+        a_t2.describe(x)
+    w = ctx.world_size
+    whole = len(todo) - len(todo) % w
+
+    def my_ids(ids: np.ndarray | None) -> np.ndarray | None:
+        if ids is None:
+            return None
+        block = ctx.shard(-(-len(ids) // ic.batch_size))
+        return ids[block.start * ic.batch_size:block.stop * ic.batch_size]
+
+    def size(tr, h) -> int:
+        return len(tr) * 2 + (len(h) if h is not None else 0)
+
+    n_img = sum(size(*todo[i + ctx.rank][1:3]) for i in range(0, whole, w)) + \
+        sum(size(my_ids(tr), my_ids(h)) for _, tr, h, _, _ in todo[whole:])
+
+    def one_class(c, train_ids, held_ids, gather_sums, gather_counts, bar):
+        """The importance and reversion rows of class c over these images; the gather
+        functions combine the shares of the processes (identity for a whole class)."""
+        sums = sensitivity_sums(a_t, a_t2, _batches(probe, train_ids, ic.batch_size,
+                                                    device), c, device, bar.update)
+        # every process's batches, in batch order (the blocks are contiguous)
+        result = combine_sensitivity(a_t.layers_,
+                                     [b for part in gather_sums(sums) for b in part])
+        plan = ReversionPlan.build(result, ic.bins, ic.random_draws, seed=cfg.seed + c)
+        rows = []
+        for split, source, ids in (("train", probe, train_ids),
+                                   ("heldout", heldout, held_ids)):
+            if source is None:
+                continue
+            counts = reversion_counts(a_t, a_t2, plan,
+                                      _batches(source, ids, ic.batch_size, device), c,
+                                      device, progress=bar.update)
+            parts = gather_counts(counts)
+            if parts is None:  # not rank 0
+                continue
+            n = sum(p[2] for p in parts)
+            top1 = sum(p[0] for p in parts) / max(n, 1)
+            top5 = sum(p[1] for p in parts) / max(n, 1)
+            for (layer, name, _), h1, h5 in zip(plan.rows, top1, top5):
+                rows.append((layer, _set_label(name), split, h1, h5))
+        return result, rows
+
+    def save(item, result, rows) -> None:
+        c, train_ids, held_ids, key, path = item
+        stored.append((c, t, t2))
+        if not ctx.is_main:
+            return
+        meta = {"key": key, "run": run, "class": c, "class_name": probe.classes[c],
+                "from_epoch": t, "to_epoch": t2,
+                "n_train": int(len(train_ids)),
+                "n_heldout": int(len(held_ids)) if held_ids is not None else 0}
+        layer, sets, splits, top1, top5 = (np.array(col) for col in zip(*rows))
+        ws.save_arrays(path, meta, score=result.score,
+                       mean_sensitivity=result.mean_sensitivity, rank=result.rank,
+                       image_ids=result.image_ids,
+                       layers=np.array(json.dumps([li.to_dict() for li in
+                                                   result.layers])),
+                       rev_layer=layer.astype(np.int64), rev_set=sets.astype(str),
+                       rev_split=splits.astype(str),
+                       rev_top1=top1.astype(np.float64),
+                       rev_top5=top5.astype(np.float64))
+
+    def alone(x):
+        return [x]
+
+    with progress_bar(n_img, f"importance {run} {t}->{t2}", "img") as bar:
+        for start in range(0, whole, w):
+            c, train_ids, held_ids, _, _ = todo[start + ctx.rank]
+            out = one_class(c, train_ids, held_ids, alone, alone, bar)
+            for item, (result, rows) in zip(todo[start:start + w],
+                                            ctx.gather(out) or [(None, None)] * w):
+                save(item, result, rows)
+        for item in todo[whole:]:
+            c, train_ids, held_ids, _, _ = item
+            save(item, *one_class(c, my_ids(train_ids), my_ids(held_ids),
+                                  ctx.all_gather, ctx.gather, bar))
+    return stored
 
 
 def _set_label(name: str) -> str:

@@ -11,11 +11,12 @@ API (all GET):
 ==========================================  =============================================
 ``/api/study``                              runs, epochs, layers, classes, base, importance
 ``/api/base``                               2-D map of the base neurons
-``/api/points/{run}/{epoch}``               2-D map of one checkpoint's neurons
-``/api/neuron/{run}/{epoch}/{neuron}``      one neuron: stimuli, trajectory, neighbours
+``/api/points/{run}/{epoch}``               2-D map of one checkpoint's neurons (and labels)
+``/api/neuron/{run}/{epoch}/{neuron}``      one neuron: stimuli, trajectory, neighbours, concept
 ``/api/patches/{run}/{epoch}/{neuron}.webp`` its example patches (a WebP strip)
 ``/api/metrics``                            accuracy, loss (and diagnosis) per run and epoch
 ``/api/importance/{run}/{class}/{t}/{t2}``  top evolutions per layer and reversion results
+``/api/evaluation``                         ``conceptevo evaluate``'s results (404 before)
 ``/api/version``                            a token that changes when the workspace does
 ==========================================  =============================================
 """
@@ -35,6 +36,8 @@ from .data import BadRequest, StudyData
 log = logging.getLogger("conceptevo")
 STATIC = Path(str(resources.files("conceptevo") / "serve" / "static"))
 MAX_BODY = 64 * 1024  # the API only reads; any large body is refused
+MAX_URL = 2048        # the longest API path is well under 200 characters
+MAX_HEADERS = 16 * 1024  # request headers, all together
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -52,11 +55,19 @@ def create_app(workspace: str | Path) -> FastAPI:
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
+        target = (request.scope.get("raw_path") or request.url.path.encode()) + \
+            (request.scope.get("query_string") or b"")
+        if len(target) > MAX_URL:
+            return JSONResponse({"error": f"request URL longer than {MAX_URL} bytes"},
+                                status_code=414)
+        if sum(len(k) + len(v) for k, v in request.scope.get("headers", ())) > MAX_HEADERS:
+            return JSONResponse({"error": f"request headers larger than {MAX_HEADERS} bytes"},
+                                status_code=431)
         length = request.headers.get("content-length")
-        if (length is not None and (not length.isdigit() or int(length) > MAX_BODY)) or \
-                request.method not in ("GET", "HEAD"):
+        too_large = length is not None and (not length.isdigit() or int(length) > MAX_BODY)
+        if too_large or request.method not in ("GET", "HEAD"):
             return JSONResponse({"error": "this server only answers small GET requests"},
-                                status_code=413 if length else 405)
+                                status_code=413 if too_large else 405)
         response = await call_next(request)
         for key, value in SECURITY_HEADERS.items():
             response.headers.setdefault(key, value)
@@ -106,6 +117,10 @@ def create_app(workspace: str | Path) -> FastAPI:
         data.check_run(run)
         return data.importance(run, class_index, t, t2)
 
+    @app.get("/api/evaluation")
+    def evaluation():
+        return data.evaluation()
+
     @app.get("/api/version")
     def version():
         return {"version": data.version()}
@@ -122,5 +137,7 @@ def serve(workspace: str | Path, host: str = "127.0.0.1", port: int = 8765,
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: anyone who can reach this address can read the "
                     "workspace's results", host)
-    uvicorn.run(app, host=host, port=port, log_level=log_level,
+    # h11 always (not httptools when installed): its limit refuses request lines and headers
+    # over 16 KB before they reach the app
+    uvicorn.run(app, host=host, port=port, log_level=log_level, http="h11",
                 h11_max_incomplete_event_size=16 * 1024)

@@ -8,6 +8,8 @@ report`` (embedded in the HTML file), so the page code is the same in both.
 from __future__ import annotations
 
 import json
+import logging
+import math
 import threading
 from pathlib import Path
 
@@ -16,12 +18,22 @@ import numpy as np
 from ..errors import WorkspaceError
 from ..export import run_order
 from ..models.adapter import LayerInfo
-from ..patches import ReceptiveField, crop_patches, image_bytes, patch_strip, receptive_fields
+from ..patches import (
+    ReceptiveField,
+    cached_receptive_fields,
+    crop_patches,
+    image_bytes,
+    patch_strip,
+)
 from ..workspace import Workspace, atomic
+from ..workspace.store import epoch_name
+
+log = logging.getLogger("conceptevo")
 
 N_PATCHES = 6          # patches shown per neuron
 N_NEIGHBOURS = 8       # nearest neighbours listed for a pinned neuron
 TOP_EVOLUTIONS = 5     # evolutions listed per layer in the class view
+TOP_CONCEPTS = 3       # concepts (with their IoU) listed for a neuron
 
 
 class BadRequest(ValueError):
@@ -32,8 +44,24 @@ class BadRequest(ValueError):
         self.status = status
 
 
+class NotServable(BadRequest, WorkspaceError):
+    """The workspace lacks something that a reader will not compute (it would run code the
+    workspace names): a 404 for the server, a clear error for ``conceptevo report``."""
+
+
 def _round(values: np.ndarray, digits: int = 4) -> list:
     return [None if not np.isfinite(v) else round(float(v), digits) for v in values]
+
+
+def _finite(value):
+    """A JSON value with every NaN or infinity replaced by None (strict JSON has neither)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 class StudyData:
@@ -113,13 +141,23 @@ class StudyData:
     def _layer_index(self, run: str, epoch: int) -> np.ndarray:
         return self._stimuli(run, epoch).layer_of()
 
+    def _concepts(self, run: str, epoch: int) -> dict | None:
+        """The concept labels of a checkpoint written by ``conceptevo evaluate``, or None when
+        it has none: {"names": [n_concepts], "label": int64 [n_neurons] (-1: none), "iou":
+        float32 [n_neurons, n_concepts], "best": float32 [n_neurons] (the largest IoU)}."""
+        path = self.ws.path("evaluation", "labels", run, epoch_name(epoch) + ".npz")
+        if not path.is_file():
+            return None
+        return self._cached(path, lambda: _load_concepts(path, self._n_neurons(run, epoch)))
+
     def version(self) -> str:
         """Changes whenever an artifact the page shows is added or rewritten (atomic writes
         rename into their directory, which updates the directory's modification time)."""
         root = self.ws.root
-        dirs = [root / "runs", root / "stimuli", root / "space" / "projection",
-                root / "importance", root]
-        for d in list(dirs[:4]):
+        trees = [root / "runs", root / "stimuli", root / "space" / "projection",
+                 root / "importance", root / "evaluation"]
+        dirs = [*trees, root]
+        for d in trees:
             if d.is_dir():
                 dirs.extend(p for p in d.rglob("*") if p.is_dir())
         stamps = [d.stat().st_mtime_ns for d in dirs if d.is_dir()]
@@ -146,7 +184,8 @@ class StudyData:
                        "to": t2} for r, c, t, t2 in stored_importance(self.ws)]
         return {"name": self.ws.root.name, "runs": runs, "classes": list(self.probe.classes),
                 "base": fidelity.get("base"), "fidelity": fidelity.get("fidelity"),
-                "importance": importance, "has_metrics": bool(self.ws.metric_runs())}
+                "importance": importance, "has_metrics": bool(self.ws.metric_runs()),
+                "has_evaluation": self._evaluation_path().is_file()}
 
     def base(self) -> dict:
         _, arrays = self.ws.load_arrays(self.ws.space_path("map.npz"))
@@ -154,12 +193,19 @@ class StudyData:
         return {"x": _round(coords[:, 0]), "y": _round(coords[:, 1])}
 
     def points(self, run: str, epoch: int) -> dict:
+        """Every neuron of a checkpoint on the map; with concept labels (an index into
+        ``concepts``, -1: none, and the best IoU) when the checkpoint has them."""
         self.check_epoch(run, epoch)
         proj = self._projection(run, epoch)
-        return {"run": run, "epoch": epoch, "x": _round(proj["coords"][:, 0]),
-                "y": _round(proj["coords"][:, 1]),
-                "dead": proj["dead"].astype(int).tolist(),
-                "layer": self._layer_index(run, epoch).tolist()}
+        payload = {"run": run, "epoch": epoch, "x": _round(proj["coords"][:, 0]),
+                   "y": _round(proj["coords"][:, 1]),
+                   "dead": proj["dead"].astype(int).tolist(),
+                   "layer": self._layer_index(run, epoch).tolist()}
+        concepts = self._concepts(run, epoch)
+        if concepts is not None:
+            payload.update(concepts=concepts["names"], label=concepts["label"].tolist(),
+                           label_iou=_round(concepts["best"], 2))
+        return payload
 
     def neuron(self, run: str, epoch: int, neuron: int) -> dict:
         self.check_epoch(run, epoch)
@@ -185,7 +231,22 @@ class StudyData:
                                   self.probe.labels[s.stimuli[neuron]]],
                 "trajectory": trajectory,
                 "neighbours": self.neighbours(run, epoch, neuron),
+                "concept": self.concept(run, epoch, neuron),
                 "patches": patch_url(run, epoch, neuron)}
+
+    def concept(self, run: str, epoch: int, neuron: int) -> dict | None:
+        """A neuron's concept label, the IoU of its best concept and its top concepts, or None
+        when its checkpoint has no labels."""
+        concepts = self._concepts(run, epoch)
+        if concepts is None:
+            return None
+        iou = concepts["iou"][neuron]
+        top = [i for i in np.argsort(-iou, kind="stable")[:TOP_CONCEPTS] if iou[i] > 0]
+        label = int(concepts["label"][neuron])
+        best = float(concepts["best"][neuron])
+        return {"label": concepts["names"][label] if label >= 0 else None,
+                "iou": round(best, 4) if np.isfinite(best) else None,
+                "top": [[concepts["names"][i], round(float(iou[i]), 4)] for i in top]}
 
     def _all_embeddings(self):
         """Every projected neuron: (keys [(run, epoch, offset, n)], unit vectors [N, d])."""
@@ -275,6 +336,30 @@ class StudyData:
                 "from": t, "to": t2, "n_images": int(len(result.image_ids)), "layers": layers,
                 "reversion": reversion}
 
+    def _evaluation_path(self) -> Path:
+        return self.ws.path("evaluation", "evaluation.json")
+
+    def evaluation(self) -> dict:
+        """The results of ``conceptevo evaluate`` (``evaluation/evaluation.json``) as stored,
+        with non-finite numbers as null."""
+        path = self._evaluation_path()
+        if not path.is_file():
+            raise BadRequest(f"workspace {self.ws.root.name!r} has no evaluation yet; run "
+                             f"`conceptevo evaluate {self.ws.root}` to compute it", 404)
+
+        def load() -> dict:
+            try:
+                value = atomic.read_json(path)
+            except (OSError, ValueError) as e:
+                raise BadRequest(f"cannot read {path}: {e}; run `conceptevo evaluate` "
+                                 "again", 500) from None
+            if not isinstance(value, dict):
+                raise BadRequest(f"{path} does not hold a JSON object; run `conceptevo "
+                                 "evaluate` again", 500)
+            return _finite(value)
+
+        return self._cached(path, load)
+
     # ----------------------------------------------------------------- patches
     def fields(self, run: str) -> list[ReceptiveField]:
         """Receptive fields of the run's layers (cached in ``patches/receptive_fields.json``)."""
@@ -286,22 +371,12 @@ class StudyData:
         arch = spec.get("arch") or model_cfg.get("arch")
         kwargs = spec.get("kwargs") if spec.get("kwargs") is not None else \
             model_cfg.get("kwargs", {})
-        size = tuple(self.probe.image_size)
-        key = json.dumps([arch, kwargs, model_cfg.get("layers"), size], sort_keys=True)
-        path = self.ws.path("patches", "receptive_fields.json")
-        cache = atomic.read_json(path) if path.is_file() else {}
-        if key not in cache:
-            import torch
-
-            from ..models.adapter import ModelAdapter
-            from ..models.registry import build_model
-
-            torch.manual_seed(0)
-            model = build_model(arch, kwargs)
-            adapter = ModelAdapter(model, model_cfg.get("layers"), "max")
-            cache[key] = [f.to_dict() for f in receptive_fields(adapter, size)]
-            atomic.write_json(path, cache)
-        self._rf[run] = [ReceptiveField.from_dict(d) for d in cache[key]]
+        try:  # never imports code a workspace names (see cached_receptive_fields)
+            self._rf[run] = cached_receptive_fields(self.ws, arch, kwargs,
+                                                    model_cfg.get("layers"),
+                                                    tuple(self.probe.image_size))
+        except WorkspaceError as e:
+            raise NotServable(str(e), 404) from None
         return self._rf[run]
 
     def patch_image(self, run: str, epoch: int, neuron: int, count: int = N_PATCHES,
@@ -332,6 +407,27 @@ class StudyData:
         return [Image.fromarray(c) for c in
                 crop_patches(self.probe.images, s.stimuli[neuron][:N_PATCHES],
                              s.stimuli_loc[neuron][:N_PATCHES], self.fields(run)[li])]
+
+
+def _load_concepts(path: Path, n_neurons: int) -> dict | None:
+    """The parts of a concept-label file the dashboard shows (not its activations, the
+    largest array); None, with a warning, when it does not match its checkpoint."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            names = [str(n) for n in json.loads(str(z["concept_names"]))]
+            label = z["label"].astype(np.int64)
+            iou = z["iou"].astype(np.float32)
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        log.warning("ignoring %s: %s; run `conceptevo evaluate` again", path, e)
+        return None
+    if label.shape != (n_neurons,) or iou.shape != (n_neurons, len(names)) or \
+            label.max(initial=-1) >= len(names):
+        log.warning("ignoring %s: labels %s and an IoU table %s for %d neurons and %d "
+                    "concepts; run `conceptevo evaluate` again", path, label.shape, iou.shape,
+                    n_neurons, len(names))
+        return None
+    best = iou.max(1) if len(names) else np.full(n_neurons, np.nan, np.float32)
+    return {"names": names, "label": label, "iou": iou, "best": best}
 
 
 def patch_url(run: str, epoch: int, neuron: int) -> str:

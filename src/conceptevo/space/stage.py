@@ -198,7 +198,8 @@ def ensure_projections(cfg: StudyConfig, ws: Workspace, space: BaseSpace, space_
         todo = []
         for epoch in ws.stimuli_epochs(run):
             meta = ws.stimuli_meta(run, epoch) or {}
-            key = _hash({"space": space_key, "map": state.key, "stimuli": meta.get("key")})
+            key = _hash({"space": space_key, "map": state.key, "stimuli": meta.get("key"),
+                         "placement": "per-checkpoint"})
             if ws.arrays_key(ws.projection_path(run, epoch)) != key:
                 todo.append((epoch, key))
         if not todo:
@@ -206,18 +207,19 @@ def ensure_projections(cfg: StudyConfig, ws: Workspace, space: BaseSpace, space_
         if state.model is None:
             log.info("2-D map: refitting UMAP (deterministic) to place new neurons")
             state.model = _fit_map(cfg, space)
-        results = [ws.load_stimuli(run, epoch) for epoch, _ in todo]
-        projected = [project(r.stimuli, e).astype(np.float32) for r in results]
-        with progress_bar(None, f"2-D map {run} ({len(todo)} epochs)", "run") as bar:
-            coords = state.model.transform(np.concatenate(projected))
-            bar.update(1)
-        offsets = np.cumsum([0] + [len(p) for p in projected])
-        for i, ((epoch, key), r) in enumerate(zip(todo, results)):
-            ws.save_arrays(ws.projection_path(run, epoch), {"key": key, "run": run,
-                                                            "epoch": epoch},
-                           embedding=projected[i], coords=coords[offsets[i]:offsets[i + 1]],
-                           dead=r.dead)
-            done.append((run, epoch))
+        # one checkpoint at a time: UMAP's transform of a point depends on the other points of
+        # the same call, so placing the checkpoints together would make a checkpoint's map
+        # depend on which others were (re)computed with it, and a resumed build would differ
+        with progress_bar(len(todo), f"2-D map {run}", "epoch") as bar:
+            for epoch, key in todo:
+                r = ws.load_stimuli(run, epoch)
+                projected = project(r.stimuli, e).astype(np.float32)
+                coords = state.model.transform(projected)
+                ws.save_arrays(ws.projection_path(run, epoch), {"key": key, "run": run,
+                                                                "epoch": epoch},
+                               embedding=projected, coords=coords, dead=r.dead)
+                done.append((run, epoch))
+                bar.update(1)
     return done
 
 

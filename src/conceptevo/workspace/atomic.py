@@ -4,10 +4,14 @@ Each writer fills a temporary file in the destination directory, flushes it to d
 renames it over the destination with ``os.replace`` (atomic on POSIX and Windows). If
 anything fails (an exception, a full disk, a kill) the temporary file is removed or, after a
 SIGKILL, left with a ``.tmp-`` name that readers ignore and :func:`clean_temporaries` sweeps.
+A write that the system refuses (a full disk, a read-only or unwritable directory) raises a
+:class:`~conceptevo.errors.WorkspaceError` naming the file; the previous version of the file,
+if any, is left intact.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -18,7 +22,36 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import WorkspaceError
+
 TMP_MARK = ".tmp-"
+
+# errors of the file system, not of the data: reported as a WorkspaceError saying what to do
+_WRITE_ERRORS = {
+    getattr(errno, "EDQUOT", errno.ENOSPC):
+        "the disk quota is exceeded; free some space (or choose a workspace on another disk) "
+        "and run the command again",
+    errno.ENOSPC: "the disk is full; free some space (or choose a workspace on another disk) "
+                  "and run the command again",
+    errno.EFBIG: "the file is too large for this file system; choose a workspace on another "
+                 "file system",
+    errno.EROFS: "the file system is read-only; choose a writable workspace directory",
+    errno.EACCES: "permission denied; make the workspace writable (chmod/chown) or choose "
+                  "another directory",
+    errno.EPERM: "permission denied; make the workspace writable (chmod/chown) or choose "
+                 "another directory",
+}
+
+
+def write_error(path: Path, error: OSError) -> WorkspaceError | None:
+    """A :class:`WorkspaceError` that says why ``path`` could not be written and what to do,
+    for the errors of the file system in ``_WRITE_ERRORS`` (None for other errors)."""
+    advice = _WRITE_ERRORS.get(error.errno)
+    if advice is None:
+        return None
+    reason = error.strerror or os.strerror(error.errno)
+    return WorkspaceError(f"cannot write {path}: {reason}. The file was not changed (its "
+                          f"previous version, if any, is intact): {advice}")
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -38,8 +71,14 @@ def _fsync_dir(directory: Path) -> None:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed to ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{path.name}{TMP_MARK}{os.getpid()}-", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f"{path.name}{TMP_MARK}{os.getpid()}-",
+                                   dir=path.parent)
+    except OSError as e:
+        if (err := write_error(path, e)) is None:
+            raise
+        raise err from e
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -48,9 +87,27 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and (err := write_error(path, e)) is not None:
+            raise err from e
         raise
+
+
+def reserve(path: str | os.PathLike) -> None:
+    """Allocate the disk blocks of a (sparse) file of its current size now, so that a full disk
+    is an ``OSError`` here rather than a crash (SIGBUS) when a memory map of it is filled."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as e:
+        # EINVAL, EOPNOTSUPP: this file system cannot preallocate; the file stays sparse
+        if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", 0)):
+            raise
+    finally:
+        os.close(fd)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -66,7 +66,11 @@ class Workspace:
                 raise WorkspaceError(
                     f"{self.root} exists, is not empty and is not a ConceptEvo workspace; "
                     "choose an empty or new directory")
-            self.root.mkdir(parents=True, exist_ok=True)
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise atomic.write_error(self.root, e) or WorkspaceError(
+                    f"cannot create the workspace directory {self.root}: {e}") from e
             self.info = {"format": "conceptevo-workspace", "schema_version": SCHEMA_VERSION,
                          "created_by": f"conceptevo {__version__}",
                          "created": datetime.now(UTC).isoformat(timespec="seconds")}

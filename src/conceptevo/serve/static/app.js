@@ -1,5 +1,5 @@
 /* ConceptEvo dashboard: the unified space of neurons across runs and epochs, class evolutions,
- * training curves and a side-by-side comparison of runs.
+ * training curves, a side-by-side comparison of runs and the evaluation's results.
  *
  * One plain script, no dependencies. It runs in two modes:
  *  - server mode: data comes from the JSON API of `conceptevo serve` (same origin);
@@ -14,7 +14,7 @@
   "use strict";
 
   // ------------------------------------------------------------------------------ constants
-  const VIEWS = ["space", "class", "training", "compare"];
+  const VIEWS = ["space", "class", "training", "compare", "evaluation"];
   const MAP_VIEWS = new Set(["space", "compare"]);
   const COLOR_MODES = ["run", "epoch", "layer", "label"];
   const MAX_COMPARE = 3;
@@ -134,16 +134,19 @@
 
   const pointsKey = (run, epoch) => `${run}/${epoch}`;
 
-  /** One checkpoint's neurons in typed arrays; neuron i is index i. */
+  /** One checkpoint's neurons in typed arrays; neuron i is index i. `label` (concept name or
+   * null) and `labelIou` (its best concept's IoU) are null when the checkpoint has no labels. */
   function toPoints(payload, run, epoch) {
-    const label = Array.isArray(payload.label) ? payload.label : null;
-    if (label) store.hasLabels = true;
+    const labelled = Array.isArray(payload.label) && Array.isArray(payload.concepts);
+    if (labelled) store.hasLabels = true;
     return {
       run, epoch, n: payload.x.length,
       x: toFloats(payload.x), y: toFloats(payload.y),
       dead: Uint8Array.from(payload.dead || []),
       layer: Uint16Array.from(payload.layer || []),
-      label,
+      // The payload holds an index into its concepts per neuron (-1: none).
+      label: labelled ? payload.label.map((i) => payload.concepts[i] ?? null) : null,
+      labelIou: labelled ? toFloats(payload.label_iou || []) : null,
     };
   }
 
@@ -188,7 +191,8 @@
       layer: layer ? layer.name : `layer ${layerIndex}`,
       channel: layer ? neuron - layer.offset : neuron,
       dead: points ? points.dead[neuron] === 1 : false,
-      label: points && points.label ? points.label[neuron] : null,
+      concept: points && points.label ? {label: points.label[neuron], iou: points.labelIou[neuron]}
+                                      : null,
     };
   }
 
@@ -241,6 +245,7 @@
   const clamp = (v, lo, hi) => Math.min(hi, Math.max(lo, v));
   const percent = (v) => `${(100 * v).toFixed(1)}%`;
   const last = (array) => array[array.length - 1];
+  const plural = (count, noun) => `${count} ${noun}${count === 1 ? "" : "s"}`;
   const shortLayer = (name) => {
     const parts = name.split(".");
     const tail = parts.pop();
@@ -252,6 +257,29 @@
     if (!Number.isFinite(v)) return String(v);
     if (v !== 0 && Math.abs(v) < 1e-3) return v.toExponential(1);
     return String(Number(v.toFixed(digits)));
+  }
+
+  /** format(v), or a dash when v is missing (null in a partial result) or not finite. */
+  const shown = (v, format = formatNumber) => (Number.isFinite(v) ? format(v) : "–");
+  const fixed = (digits) => (v) => v.toFixed(digits);
+
+  /** "[0.830, 0.890]" for a confidence interval [lo, hi]. */
+  const interval = (ci) => (Array.isArray(ci) && ci.length === 2 && ci.every(Number.isFinite)
+    ? `[${ci[0].toFixed(3)}, ${ci[1].toFixed(3)}]` : "–");
+
+  /** "red (IoU 0.31)" for a neuron's concept {label, iou}; "none (best IoU 0.02)" unlabelled. */
+  const conceptText = (c) => (c.label ? `${c.label} (IoU ${shown(c.iou, fixed(2))})`
+                                      : `none (best IoU ${shown(c.iou, fixed(2))})`);
+
+  /** A small horizontal bar filled to a fraction. */
+  const scoreBar = (fraction) =>
+    el("span", {class: "score-bar"}, el("span", {style: {width: percent(clamp(fraction, 0, 1))}}));
+
+  /** A table of rows of cells (text, numbers or nodes); rowProps(i) gives row i's attributes. */
+  function dataTable(headers, rows, {cls = "data-table", testid, rowProps = () => ({})} = {}) {
+    return el("table", {class: cls, "data-testid": testid},
+      el("thead", {}, el("tr", {}, headers.map((h) => el("th", {text: h})))),
+      el("tbody", {}, rows.map((cells, i) => el("tr", rowProps(i), cells.map((c) => el("td", {}, c))))));
   }
 
   const idle = window.requestIdleCallback
@@ -456,6 +484,8 @@
     for (const section of document.querySelectorAll("main > .view")) {
       section.hidden = section.dataset.view !== state.view;
     }
+    // Until a map view mounts them, the map controls sit outside every view.
+    $("#map-controls").hidden = !MAP_VIEWS.has(state.view);
     VIEW_RENDERERS[state.view]();
     writeUrl();   // after the view, which may have settled its selection
   }
@@ -1054,7 +1084,8 @@
            ` · epoch ${hit.epoch}`),
         el("div", {class: "tt-meta"}, `${info.layer} · channel ${info.channel} · neuron ${hit.neuron}`,
            info.dead ? el("span", {class: "badge dead", text: "dead"}) : null),
-        info.label ? el("div", {class: "tt-label", text: `concept: ${info.label}`}) : null,
+        info.concept && info.concept.label
+          ? el("div", {class: "tt-label", text: `concept: ${conceptText(info.concept)}`}) : null,
         el("div", {class: "patch-frame"},
            patchImage(patchUrl(hit.run, hit.epoch, hit.neuron),
                       {alt: `top patches of ${hit.run} neuron ${hit.neuron} at epoch ${hit.epoch}`,
@@ -1353,7 +1384,13 @@
     facts(info, detail) {
       const rows = [["pinned at", `epoch ${info.epoch}`], ["layer", info.layer],
                     ["channel", info.channel]];
-      if (info.label) rows.push(["concept", info.label]);
+      const concept = detail ? detail.concept : info.concept;   // null: no labels here
+      if (concept) {
+        rows.push(["concept", conceptText(concept)]);
+        if (concept.top && concept.top.length) {
+          rows.push(["top concepts", concept.top.map(([name, iou]) => `${name} ${iou.toFixed(2)}`).join(", ")]);
+        }
+      }
       if (detail) {
         rows.push(["max activation", formatNumber(detail.act_max)],
                   ["active on", percent(detail.frac_positive) + " of probe images"]);
@@ -1525,7 +1562,7 @@
         el("div", {class: "evo-meta"},
            el("strong", {text: `channel ${ev.channel}`}),
            el("span", {class: "score", title: "importance: fraction of class images helped"},
-              el("span", {class: "score-bar"}, el("span", {style: {width: percent(ev.score)}})),
+              scoreBar(ev.score),
               ev.score.toFixed(2)),
            el("button", {type: "button", class: "link-button", text: "show in space",
                          onclick: () => showInSpace(payload.run, payload.to, ev.neuron)})),
@@ -1703,6 +1740,73 @@
     return node;
   }
 
+  // ---------------------------------------------------------------------- canvas charts
+  // The colours of the SVG charts' style (style.css, .chart), for charts drawn on a canvas.
+  const CANVAS_CHART = {ink: "#1d2330", muted: "#5f6877", faint: "#8a929e", grid: "#eceef1",
+                        axis: "#c5cad1", font: "11px system-ui, sans-serif"};
+
+  /** chartFrame's axes, grid and labels on a canvas (for figures of many lines or points):
+   * same margins, ticks and look. Returns the canvas, its context (in CSS pixels) and scales. */
+  function canvasFrame({title, xTicks, yTicks, xLabel, yLabel, testid, width = CHART.width,
+                        height = CHART.height, xTickText = (v) => tickLabel(v, xTicks.step)}) {
+    const {left, right, top, bottom} = CHART;
+    const x = linearScale(xTicks.domain, [left, width - right]);
+    const y = linearScale(yTicks.domain, [height - bottom, top]);
+    const dpr = window.devicePixelRatio || 1;
+    const node = el("canvas", {class: "chart", width: Math.round(width * dpr),
+                               height: Math.round(height * dpr), role: "img", "aria-label": title,
+                               "data-testid": testid, style: {width: `${width}px`, height: `${height}px`}});
+    const ctx = node.getContext("2d");
+    ctx.scale(dpr, dpr);
+    const line = (x1, y1, x2, y2, color) => {
+      ctx.strokeStyle = color;
+      ctx.beginPath();
+      ctx.moveTo(x1, y1);
+      ctx.lineTo(x2, y2);
+      ctx.stroke();
+    };
+    const text = (value, tx, ty, {color = CANVAS_CHART.muted, align = "center", baseline = "alphabetic"} = {}) => {
+      ctx.fillStyle = color;
+      ctx.textAlign = align;
+      ctx.textBaseline = baseline;
+      ctx.fillText(value, tx, ty);
+    };
+    ctx.font = CANVAS_CHART.font;
+    ctx.lineWidth = 1;
+    for (const v of yTicks.ticks) {
+      line(left, y(v), width - right, y(v), CANVAS_CHART.grid);
+      text(tickLabel(v, yTicks.step), left - 6, y(v), {align: "right", baseline: "middle"});
+    }
+    for (const v of xTicks.ticks) text(xTickText(v), x(v), height - bottom + 16);
+    line(left, height - bottom, width - right, height - bottom, CANVAS_CHART.axis);
+    line(left, top, left, height - bottom, CANVAS_CHART.axis);
+    if (xLabel) text(xLabel, (left + width - right) / 2, height - 6, {color: CANVAS_CHART.faint});
+    if (yLabel) {
+      ctx.save();
+      ctx.translate(14, height / 2);
+      ctx.rotate(-Math.PI / 2);
+      text(yLabel, 0, 0, {color: CANVAS_CHART.faint});
+      ctx.restore();
+    }
+    ctx.font = "600 13px system-ui, sans-serif";
+    text(title, left, 16, {color: CANVAS_CHART.ink, align: "left"});
+    ctx.font = CANVAS_CHART.font;
+    return {node, ctx, x, y};
+  }
+
+  /** A dashed reference line between two data points (chance level, the ROC diagonal). */
+  function dashedLine(ctx, [x1, y1], [x2, y2]) {
+    ctx.save();
+    ctx.setLineDash([4, 4]);
+    ctx.strokeStyle = CANVAS_CHART.faint;
+    ctx.lineWidth = 1;
+    ctx.beginPath();
+    ctx.moveTo(x1, y1);
+    ctx.lineTo(x2, y2);
+    ctx.stroke();
+    ctx.restore();
+  }
+
   // ---------------------------------------------------------------------- Training view
   const TRAINING_FIELDS = new Set(["epoch", "train_acc", "val_acc", "train_loss", "val_loss", "lr",
                                    "finite", "n_train"]);
@@ -1787,16 +1891,12 @@
       series: runs.map(([run, d]) => ({name: run, color: runColor(run),
                                        points: (d.metrics || []).map((row) => ({x: row.epoch, y: row[name]}))}))}));
     const rows = runs.flatMap(([run, d]) => (d.flags || []).map((f) =>
-      el("tr", {}, el("td", {}, swatch(runColor(run)), run), el("td", {text: f.epoch}),
-         el("td", {text: f.rule}), el("td", {text: f.message}))));
+      [[swatch(runColor(run)), run], f.epoch, f.rule, f.message]));
     return [
       el("h2", {class: "section-title", text: "Diagnosis"}),
       el("div", {class: "charts"}, charts),
-      rows.length
-        ? el("table", {class: "flags"},
-             el("thead", {}, el("tr", {}, ["run", "epoch", "rule", "message"].map((h) => el("th", {text: h})))),
-             el("tbody", {}, rows))
-        : note("No run was flagged."),
+      rows.length ? dataTable(["run", "epoch", "rule", "message"], rows, {cls: "flags"})
+                  : note("No run was flagged."),
     ];
   }
 
@@ -1873,11 +1973,249 @@
     return total ? `${total - dead} live / ${total} neurons` : "no checkpoint at this epoch";
   }
 
+  // -------------------------------------------------------------------- Evaluation view
+  const OUR_METHOD = "unified";   // the alignment method of the unified space; others: baselines
+
+  const evaluationView = {
+    renderedKey: null,
+
+    render() {
+      const key = String(store.generation);
+      if (key === this.renderedKey) return;
+      this.renderedKey = key;
+      const body = $("#evaluation-body");
+      if (store.study.has_evaluation === false) {   // no request that would only get a 404
+        fill(body, this.howTo());
+        markRendered();
+        return;
+      }
+      fill(body, note("loading…"));
+      cachedJSON("/api/evaluation").then((evaluation) => {
+        if (key === this.renderedKey) fill(body, ...this.content(evaluation));
+      }, (err) => {
+        if (key !== this.renderedKey) return;
+        fill(body, err.missing || err.status === 404 ? this.howTo() : note(err.message, "note error"));
+      }).finally(markRendered);
+    },
+
+    howTo() {
+      return el("div", {class: "empty", "data-testid": "evaluation-hint"},
+        el("h2", {text: "No evaluation yet"}),
+        el("p", {text: "The evaluation labels every neuron with a concept, from images with " +
+                       "pixel-level concept masks, and measures whether neurons near each other in " +
+                       "the unified space share their concept, against baselines. Compute it with " +
+                       "(the argument is the workspace directory):"}),
+        el("pre", {text: `conceptevo evaluate ${store.study.name}`}),
+        el("p", {text: REPORT_MODE ? "Then build the report again."
+                                   : "This page shows the result as soon as it is written."}));
+    },
+
+    content(evaluation) {
+      return [this.head(evaluation), this.alignment(evaluation.alignment),
+              this.labels(evaluation.labels), this.faithfulness(evaluation.faithfulness)];
+    },
+
+    section(title, ...children) {
+      return el("section", {class: "eval-section"}, el("h2", {class: "section-title", text: title}),
+                ...children);
+    },
+
+    head({headline, created, annotations, settings}) {
+      const a = annotations || {};
+      const s = settings || {};
+      const facts = [
+        created && `computed ${created.slice(0, 16).replace("T", " ")}`,
+        Number.isFinite(a.n_images) && `${a.n_images} annotated images`,
+        Array.isArray(a.concepts) && `${a.concepts.length} concepts`,
+        Array.isArray(s.checkpoints) && plural(s.checkpoints.length, "labelled checkpoint"),
+        Number.isFinite(s.queries_per_layer) && `${s.queries_per_layer} queries per layer`,
+        Number.isFinite(s.neighbours) && `${s.neighbours} neighbours per query`,
+        Number.isFinite(s.bootstrap) && `${s.bootstrap} bootstrap resamples`,
+      ].filter(Boolean);
+      return el("header", {class: "class-head"},
+        el("h2", {text: "Evaluation"}),
+        headline ? el("p", {class: "eval-headline", "data-testid": "evaluation-headline", text: headline}) : null,
+        facts.length ? el("p", {class: "muted", text: facts.join(" · ")}) : null);
+    },
+
+    /** The alignment methods in their stored order, with a colour each. */
+    methods(alignment) {
+      const table = (alignment && alignment.methods) || {};
+      const keys = [...new Set([...(alignment && alignment.order) || [], ...Object.keys(table)])];
+      return keys.filter((key) => table[key]).map((key, i) => ({
+        ...table[key], key, title: table[key].title || key, ours: key === OUR_METHOD,
+        color: key === "random" ? RANDOM_COLOR : RUN_PALETTE[i % RUN_PALETTE.length]}));
+    },
+
+    alignment(alignment) {
+      const title = "Do neighbours in the space share a concept?";
+      const methods = this.methods(alignment);
+      if (!methods.length) return this.section(title, note("This evaluation has no alignment results."));
+      const beats = alignment.beats_all_baselines;
+      return this.section(title,
+        el("p", {class: "muted", text:
+          "Query neurons are paired with candidate neurons of other runs and epochs; a candidate " +
+          "is positive when it has the query's concept label. Each method scores the pairs by " +
+          "similarity; its ROC AUC says how well the score finds the positives (0.5: chance). " +
+          "Intervals: 95% bootstrap."}),
+        typeof beats === "boolean"
+          ? el("p", {class: beats ? "verdict good" : "verdict bad",
+                     text: beats ? "The unified space beats every baseline."
+                                 : "The unified space does not beat every baseline."}) : null,
+        dataTable(["method", "AUC", "95% CI", "queries", "candidates", "positive rate"],
+          methods.map((m) => [[swatch(m.color), m.title], shown(m.auc, fixed(3)), interval(m.ci95),
+                              shown(m.n_queries), shown(m.n_candidates), shown(m.positive_rate, percent)]),
+          {cls: "data-table numeric", testid: "evaluation-methods",
+           rowProps: (i) => ({class: methods[i].ours ? "ours" : null})}),
+        el("div", {class: "legend"}, methods.map((m) =>
+          el("span", {class: "legend-item"}, swatch(m.color), `${m.title}: AUC ${shown(m.auc, fixed(2))}`))),
+        el("div", {class: "charts"}, this.rocChart(methods),
+           this.depthChart(methods, alignment.depth_names || {})));
+    },
+
+    /** Every method's ROC curve, the chance diagonal underneath, ours drawn last (on top). */
+    rocChart(methods) {
+      const ticks = niceTicks(0, 1, 5);
+      const {node, ctx, x, y} = canvasFrame({
+        title: "ROC curves", xTicks: ticks, yTicks: ticks, xLabel: "false positive rate",
+        yLabel: "true positive rate", width: 380, height: 360, testid: "roc-canvas"});
+      dashedLine(ctx, [x(0), y(0)], [x(1), y(1)]);
+      ctx.lineJoin = "round";
+      for (const m of [...methods].sort((a, b) => a.ours - b.ours)) {
+        const fpr = (m.roc && m.roc.fpr) || [];
+        const tpr = (m.roc && m.roc.tpr) || [];
+        const curve = fpr.map((f, i) => [f, tpr[i]]).filter(([f, t]) => Number.isFinite(f) && Number.isFinite(t));
+        if (curve.length < 2) continue;
+        ctx.strokeStyle = m.color;
+        ctx.lineWidth = m.ours ? 2.6 : 1.6;
+        ctx.beginPath();
+        curve.forEach(([f, t], i) => (i ? ctx.lineTo(x(f), y(t)) : ctx.moveTo(x(f), y(t))));
+        ctx.stroke();
+      }
+      return node;
+    },
+
+    /** Each method's AUC per layer depth with its 95% interval, side by side per depth. */
+    depthChart(methods, depthNames) {
+      const depths = [...new Set(methods.flatMap((m) => Object.keys(m.by_depth || {})))]
+        .sort((a, b) => Number(a) - Number(b));
+      const cell = (m, d) => (m.by_depth || {})[d] || {};
+      const values = methods.flatMap((m) => depths.flatMap((d) => [cell(m, d).auc, ...(cell(m, d).ci95 || [])]))
+        .filter(Number.isFinite);
+      if (!values.length) return null;
+      const slot = 14;                                  // pixels between methods of one depth
+      const group = methods.length * slot + 28;
+      const width = Math.max(CHART.width, CHART.left + CHART.right + depths.length * group);
+      const {node, ctx, x, y} = canvasFrame({
+        title: "AUC by layer depth", yLabel: "AUC", xLabel: "layer depth", width,
+        testid: "auc-depth-canvas", yTicks: niceTicks(Math.min(0.5, ...values), Math.max(0.5, ...values), 5),
+        xTicks: {ticks: depths.map((_, i) => i), domain: [-0.5, depths.length - 0.5], step: 1},
+        xTickText: (i) => (depthNames[depths[i]] ? shortLayer(depthNames[depths[i]]) : `depth ${depths[i]}`)});
+      dashedLine(ctx, [x(-0.5), y(0.5)], [x(depths.length - 0.5), y(0.5)]);
+      methods.forEach((m, k) => {
+        const offset = (k - (methods.length - 1) / 2) * slot;
+        depths.forEach((d, i) => {
+          const {auc, ci95} = cell(m, d);
+          if (!Number.isFinite(auc)) return;   // a depth with one kind of candidate has no AUC
+          const cx = x(i) + offset;
+          if (Array.isArray(ci95) && ci95.every(Number.isFinite)) {
+            const [lo, hi] = ci95.map(y);
+            ctx.strokeStyle = m.color;
+            ctx.lineWidth = 1.2;
+            ctx.beginPath();
+            for (const [x1, y1, x2, y2] of [[cx, lo, cx, hi], [cx - 3, lo, cx + 3, lo], [cx - 3, hi, cx + 3, hi]]) {
+              ctx.moveTo(x1, y1);
+              ctx.lineTo(x2, y2);
+            }
+            ctx.stroke();
+          }
+          ctx.fillStyle = m.color;
+          ctx.strokeStyle = "#fff";
+          ctx.beginPath();
+          ctx.arc(cx, y(auc), m.ours ? 4.5 : 3.5, 0, TAU);
+          ctx.fill();
+          ctx.stroke();
+        });
+      });
+      return node;
+    },
+
+    labels(labels) {
+      const title = "Concept labels";
+      if (!labels) return this.section(title, note("This evaluation has no concept labels."));
+      const byConcept = Object.entries(labels.by_concept || {}).sort((a, b) => b[1] - a[1]);
+      const most = Math.max(1, ...byConcept.map(([, n]) => n));
+      const byDepth = labels.by_depth || [];
+      const share = (part, whole) => (whole > 0 ? ` (${percent(part / whole)})` : "");
+      return this.section(title,
+        el("p", {class: "muted", text:
+          `${shown(labels.n_labelled)} of ${shown(labels.n_neurons)} neurons of the labelled ` +
+          `checkpoints have a concept${share(labels.n_labelled, labels.n_neurons)}: the concept ` +
+          "whose masks their strongest activations overlap most (IoU). Hover or pin a neuron in " +
+          "the Space view to see its label."}),
+        el("div", {class: "eval-tables"},
+          byConcept.length
+            ? dataTable(["concept", "neurons", ""], byConcept.map(([c, n]) => [c, n, scoreBar(n / most)]),
+                        {cls: "data-table numeric", testid: "evaluation-concepts"}) : null,
+          byDepth.length
+            ? dataTable(["depth", "layer", "neurons", "labelled", "mean best IoU"], byDepth.map((r) =>
+                [shown(r.depth), r.layer, shown(r.n), `${shown(r.labelled)}${share(r.labelled, r.n)}`,
+                 shown(r.mean_best_iou, fixed(3))]), {cls: "data-table numeric"}) : null));
+    },
+
+    faithfulness(faithfulness) {
+      const fidelity = (faithfulness && faithfulness.fidelity) || {};
+      const seeds = fidelity.seeds || [];
+      const spread = fidelity.spread || {};
+      const reversion = (faithfulness && faithfulness.reversion) || [];
+      const range = (pair, format) => (Array.isArray(pair) && pair.length === 2
+        ? `${shown(pair[0], format)} – ${shown(pair[1], format)}` : "–");
+      const columns = [["rmse", "RMSE", fixed(4)], ["top1", "top-1", percent], ["top10", "top-10", percent],
+                       ["mean_cosine", "mean cosine", fixed(4)]];
+      const seedRows = seeds.map((s) => [shown(s.seed), ...columns.map(([k, , f]) => shown(s[k], f))]);
+      if (seeds.length && Object.keys(spread).length) {
+        seedRows.push(["range", ...columns.map(([k, , f]) => range(spread[k], f))]);
+      }
+      return this.section("Faithfulness",
+        el("h3", {text: "Fidelity of the unified space, per seed"}),
+        el("p", {class: "muted", text:
+          "How well the projection reproduces the base model's own embedding, for the space " +
+          "built with several seeds."}),
+        seedRows.length
+          ? dataTable(["seed", ...columns.map(([, h]) => h)], seedRows,
+                      {cls: "data-table numeric", rowProps: (i) => ({class: i === seeds.length ? "summary" : null})})
+          : note("No fidelity results."),
+        el("h3", {text: "Reverting important vs random evolutions"}),
+        el("p", {class: "muted", text:
+          "Drop of the classes' top-1 accuracy when the most important bin of evolutions is " +
+          "reverted, against random neurons of the same number; ratio = top-bin drop / random drop."}),
+        reversion.length
+          ? dataTable(["run", "epochs", "classes", "split", "top-bin drop", "random drop", "ratio",
+                       "ratio per class (mean ± std, min – max)", "held-out ratio"],
+                      reversion.map((r) => this.reversionRow(r)),
+                      {cls: "data-table numeric", testid: "evaluation-reversion"})
+          : note("No importance was computed, so nothing was reverted " +
+                 "(`conceptevo importance`, then evaluate again)."));
+    },
+
+    reversionRow(r) {
+      const drop = (v) => shown(v, (d) => `${(100 * d).toFixed(1)} pts`);
+      const ratio = (v) => shown(v, (q) => `${formatNumber(q, 1)}×`);
+      const c = r.ratio_per_class;
+      const h = r.heldout;
+      return [r.run, `${r.from} → ${r.to}`, shown(r.n_classes), r.split || "–",
+              drop(r.top_bin_drop), drop(r.random_drop), ratio(r.ratio),
+              c ? `${ratio(c.mean)} ± ${shown(c.std, fixed(1))} (${ratio(c.min)} – ${ratio(c.max)})` : "–",
+              h ? `${ratio(h.ratio)} (${drop(h.top_bin_drop)} vs ${drop(h.random_drop)})` : "–"];
+    },
+  };
+
   const VIEW_RENDERERS = {
     space: () => spaceView.render(),
     class: () => classView.render(),
     training: () => trainingView.render(),
     compare: () => compareView.render(),
+    evaluation: () => evaluationView.render(),
   };
 
   // ----------------------------------------------------------------------- header
@@ -1937,6 +2275,7 @@
     store.failed.clear();
     store.requests.clear();
     store.metrics = undefined;
+    store.hasLabels = false;
     const runs = runNames();
     state.runs = hadAllRuns ? runs.slice() : state.runs.filter((r) => runs.includes(r));
     state.compareRuns = state.compareRuns.filter((r) => runs.includes(r));
