@@ -30,12 +30,15 @@ class DemoSize:
     heldout_per_class: int
     importance_images: int
     evaluation_images: int = 25
+    importance_classes: int | None = None   # None: every class
+    overfit_repeat: int | None = None       # None: the overfit regime's own (30)
 
 
 FULL = DemoSize(n_train=4000, n_val=1000, epochs=8, probe_per_class=150, heldout_per_class=50,
                 importance_images=100)
 QUICK = DemoSize(n_train=1200, n_val=360, epochs=3, probe_per_class=40, heldout_per_class=20,
-                 importance_images=40)
+                 importance_images=20, evaluation_images=10, importance_classes=4,
+                 overfit_repeat=15)
 RUNS = (("healthy", "healthy", ""), ("lr-too-high", "lr-too-high", ""),
         ("overfit", "overfit", "dropout = 0.0, "))
 
@@ -50,6 +53,12 @@ def evaluation_epochs(epochs: int) -> list[int]:
     return sorted(set(range(0, epochs + 1, 2)) | {epochs})
 
 
+def _more(regime: str, size: DemoSize) -> str:
+    if regime == "overfit" and size.overfit_repeat is not None:
+        return f", repeat = {size.overfit_repeat}"
+    return ""
+
+
 def study_toml(size: DemoSize, n_classes: int, seed: int = 0) -> str:
     """The demo's study configuration, written next to its data (``seed``: the training seed
     of the three runs)."""
@@ -58,7 +67,7 @@ def study_toml(size: DemoSize, n_classes: int, seed: int = 0) -> str:
 name = "{name}"
 checkpoints = "runs/{name}/checkpoints/epoch_{{epoch}}.pt"
 kwargs = {{ {extra}num_classes = {n_classes} }}
-train = {{ regime = "{regime}", epochs = {size.epochs}, seed = {seed} }}"""
+train = {{ regime = "{regime}", epochs = {size.epochs}, seed = {seed}{_more(regime, size)} }}"""
                      for name, regime, extra in RUNS)
     return f"""# The ConceptEvo demo study, written by `conceptevo demo`. Copy it for your study.
 # Paths are relative to this file. Reference: the README's configuration section.
@@ -188,8 +197,8 @@ def run_demo(directory: str | Path, quick: bool = False, size: DemoSize | None =
     t = time.perf_counter()
     heldout = ws.load_probe("heldout")
     pairs = importance_pairs(size.epochs)
-    summaries = ensure_importance(cfg, ws, probe, heldout, "healthy",
-                                  list(range(len(probe.classes))), pairs)
+    ranked = list(range(len(probe.classes)))[:size.importance_classes]
+    summaries = ensure_importance(cfg, ws, probe, heldout, "healthy", ranked, pairs)
     timings["importance"] = time.perf_counter() - t
 
     from .evolution.stage import run_diagnosis
@@ -220,8 +229,10 @@ def run_demo(directory: str | Path, quick: bool = False, size: DemoSize | None =
     print(space_report["text"])
     print()
     verification, figures_rev = verification_table(summaries, "train")
+    which = "every class" if size.importance_classes is None else \
+        f"the first {len(ranked)} classes"
     print(verification.replace("reversion check", "importance of the healthy run's concept "
-                               "evolutions, every class; reversion check"))
+                               f"evolutions, {which}; reversion check"))
     held_text, _ = verification_table(summaries, "heldout")
     print(held_text.splitlines()[0].replace("reversion check", "  same on held-out images"))
     for line in held_text.splitlines()[2:]:
