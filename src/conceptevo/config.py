@@ -42,6 +42,13 @@ IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
+def _at_least_one(section, where: str, *keys: str) -> None:
+    """Every setting of ``keys`` of ``section`` must be >= 1."""
+    for key in keys:
+        if getattr(section, key) < 1:
+            raise ConfigError(f"[{where}] {key} must be >= 1, not {getattr(section, key)}")
+
+
 @dataclass
 class ProbeConfig:
     """A probe set (or held-out set): a sample of an ImageFolder directory.
@@ -145,9 +152,7 @@ class StimuliConfig:
     on_nonfinite: str = "raise"
 
     def validate(self, where: str) -> None:
-        for key in ("k_stimuli", "k_responsive", "batch_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"[{where}] {key} must be >= 1, not {getattr(self, key)}")
+        _at_least_one(self, where, "k_stimuli", "k_responsive", "batch_size")
         if self.on_nonfinite not in ("raise", "record"):
             raise ConfigError(f"[{where}] on_nonfinite must be \"raise\" or \"record\"")
 
@@ -190,9 +195,7 @@ class SpaceConfig:
             close = difflib.get_close_matches(self.base_run, names, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f"; runs: {', '.join(names)}"
             raise ConfigError(f"[{where}] base_run {self.base_run!r} is not a run{hint}")
-        for key in ("dim", "epochs", "negatives", "batch_size", "umap_neighbors"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"[{where}] {key} must be >= 1, not {getattr(self, key)}")
+        _at_least_one(self, where, "dim", "epochs", "negatives", "batch_size", "umap_neighbors")
         if self.lr <= 0:
             raise ConfigError(f"[{where}] lr must be > 0")
         if self.image_method not in ("normal", "lsqr"):
@@ -217,9 +220,7 @@ class ImportanceConfig:
     batch_size: int = 64
 
     def validate(self, where: str) -> None:
-        for key in ("images", "bins", "batch_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"[{where}] {key} must be >= 1, not {getattr(self, key)}")
+        _at_least_one(self, where, "images", "bins", "batch_size")
         if self.random_draws < 0:
             raise ConfigError(f"[{where}] random_draws must be >= 0")
 
@@ -247,10 +248,8 @@ class EvaluationConfig:
     fidelity_seeds: int = 3
 
     def validate(self, where: str) -> None:
-        for key in ("images_per_class", "queries_per_layer", "neighbours", "bootstrap",
-                    "fidelity_seeds"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"[{where}] {key} must be >= 1, not {getattr(self, key)}")
+        _at_least_one(self, where, "images_per_class", "queries_per_layer", "neighbours",
+                      "bootstrap", "fidelity_seeds")
         if self.mask_size is not None and self.mask_size < 4:
             raise ConfigError(f"[{where}] mask_size must be >= 4, not {self.mask_size}")
         if not 0.5 <= self.quantile < 1:

@@ -45,10 +45,63 @@ def plot_run_map(base_coords: np.ndarray, epochs: list[int], coords: list[np.nda
     ax.set_yticks([])
     ax.legend(loc="lower right", fontsize=8, frameon=False)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_png(fig, path)
+
+
+def save_png(fig, path: str | Path) -> Path:
+    """Write ``fig`` to ``path`` atomically (a reader never sees half a PNG)."""
     from .workspace.atomic import atomic_path
 
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     return path
+
+
+#: Colours of the alignment study's methods, ours first (see evaluate.stage.METHODS).
+METHOD_COLOURS = ("#c2410c", "#2563eb", "#059669", "#7c3aed", "#6b7280")
+
+
+def plot_roc(alignment: dict, path: str | Path) -> Path:
+    """ROC curves of every method of an alignment study (``evaluation.json``'s
+    ``alignment``), AUC and 95% interval in the legend."""
+    methods, order = alignment["methods"], alignment["order"]
+    fig = _figure(5.2, 4.6)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="#d1d5db", lw=1, ls="--")
+    for m, colour in zip(order, METHOD_COLOURS):
+        r = methods[m]
+        ax.plot(r["roc"]["fpr"], r["roc"]["tpr"], color=colour, lw=2.2 if m == order[0] else 1.4,
+                label=f"{r['title']}: {r['auc']:.2f} [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1),
+           ylim=(0, 1.01), title="Alignment study: do neighbours share the concept?")
+    ax.legend(loc="lower right", fontsize=6.5, title="AUC [95% CI]", title_fontsize=7)
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
+def plot_auc_by_depth(alignment: dict, path: str | Path) -> Path:
+    """AUC of every method per layer depth, with 95% interval whiskers."""
+    methods, order = alignment["methods"], alignment["order"]
+    depths = sorted({int(d) for m in order for d in methods[m]["by_depth"]})
+    fig = _figure(max(5.2, 0.9 * len(depths) + 2), 3.8)
+    ax = fig.add_subplot()
+    width = 0.8 / len(order)
+    for j, (m, colour) in enumerate(zip(order, METHOD_COLOURS)):
+        points = [(d, methods[m]["by_depth"].get(str(d))) for d in depths]
+        points = [(d, v) for d, v in points if v and v["auc"] == v["auc"]]
+        xs = [d + (j - (len(order) - 1) / 2) * width for d, _ in points]
+        ys = [v["auc"] for _, v in points]
+        err = [[v["auc"] - v["ci95"][0] for _, v in points],
+               [v["ci95"][1] - v["auc"] for _, v in points]]
+        ax.errorbar(xs, ys, yerr=err, fmt="o", ms=4, color=colour, capsize=2,
+                    label=methods[m]["title"])
+    ax.axhline(0.5, color="#d1d5db", lw=1, ls="--")
+    names = alignment.get("depth_names", {})
+    ax.set_xticks(depths, [names.get(str(d), str(d)) for d in depths], rotation=30,
+                  ha="right", fontsize=7)
+    ax.set(ylabel="ROC AUC (95% CI)", ylim=(0, 1.02), title="AUC by layer depth")
+    ax.legend(fontsize=6, loc="lower left")
+    fig.tight_layout()
+    return save_png(fig, path)

@@ -160,16 +160,23 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def resize_crop_geometry(w: int, h: int, size: int) -> tuple[int, int, int, int]:
+    """(resized width, resized height, left, top): the shorter side of a w x h image resized
+    to ``size``, then the centred ``size`` x ``size`` crop (the probe's geometry, which
+    concept masks follow too)."""
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    return nw, nh, (nw - size) // 2, (nh - size) // 2
+
+
 def to_model_size(img: Image.Image, size: int) -> np.ndarray:
     """RGB uint8 [size, size, 3]: shorter side resized to ``size``, then centre-cropped."""
     if img.mode != "RGB":
         img = _to_rgb(img)
     w, h = img.size
     if (w, h) != (size, size):
-        scale = size / min(w, h)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        nw, nh, left, top = resize_crop_geometry(w, h, size)
         img = img.resize((nw, nh), Image.BILINEAR, reducing_gap=None)
-        left, top = (nw - size) // 2, (nh - size) // 2
         img = img.crop((left, top, left + size, top + size))
     return np.asarray(img, dtype=np.uint8)
 

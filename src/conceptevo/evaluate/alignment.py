@@ -22,22 +22,9 @@ import numpy as np
 
 
 def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Area under the ROC curve (probability that a random positive scores above a random
-    negative, ties counting half), from average ranks."""
-    scores = np.asarray(scores, dtype=np.float64)
-    positive = np.asarray(positive, dtype=bool)
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores))
-    sorted_scores = scores[order]
-    # average ranks of ties
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1]
-    ends = np.r_[starts[1:], len(scores)]
-    avg = (starts + ends - 1) / 2.0 + 1
-    ranks[order] = np.repeat(avg, ends - starts)
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    """Area under the ROC curve: the probability that a random positive scores above a random
+    negative, ties counting half (NaN without positives or negatives)."""
+    return float(weighted_auc(scores, positive, np.ones((1, len(scores))))[0])
 
 
 def roc_curve(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.probe import resize_crop_geometry
 from ..errors import ProbeSetError
 
 ANNOTATION_FILE = "annotations.npz"
@@ -120,9 +121,7 @@ def resize_bits(bits: np.ndarray, size: int) -> np.ndarray:
     """Nearest-neighbour version of the probe's geometry: shorter side to ``size``, centre
     crop ``size`` x ``size``. bits [n, H, W] -> [n, size, size]."""
     _, h, w = bits.shape
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    top, left = (nh - size) // 2, (nw - size) // 2
+    nw, nh, left, top = resize_crop_geometry(w, h, size)
     rows = np.minimum(((np.arange(size) + top + 0.5) * h / nh).astype(np.int64), h - 1)
     cols = np.minimum(((np.arange(size) + left + 0.5) * w / nw).astype(np.int64), w - 1)
     return bits[:, rows][:, :, cols]

@@ -111,7 +111,9 @@ def labels_path(ws: Workspace, run: str, epoch: int) -> Path:
 
 
 def load_labels(ws: Workspace, run: str, epoch: int) -> tuple[ConceptLabels, list[str]]:
-    """The stored labels of one checkpoint and the concept names."""
+    """The stored labels of one checkpoint and the concept names. The stored activation
+    vectors are those on the matching images (meta ``match_ids``), not on the labelling
+    images."""
     _, a = ws.load_arrays(labels_path(ws, run, epoch))
     return (ConceptLabels(a["iou"], a["label"], a["threshold"], a["activations"]),
             json.loads(str(a["concept_names"])))
@@ -145,9 +147,9 @@ def ensure_labels(cfg: StudyConfig, ws: Workspace, probe: ProbeSet, masks: Conce
 
     ec = cfg.evaluation
     device = resolve_device(cfg.device)
+    stat = masks.source.stat()
     masks_key = stable_hash({"annotations": str(masks.source.resolve()),
-                             "size": masks.source.stat().st_size,
-                             "mtime_ns": masks.source.stat().st_mtime_ns,
+                             "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
                              "ids": masks.probe_ids.tolist(), "mask": masks.bits.shape[1:],
                              "match": match_ids.tolist()})
     todo: dict[str, list[tuple[int, str]]] = {}
@@ -194,8 +196,8 @@ def ensure_labels(cfg: StudyConfig, ws: Workspace, probe: ProbeSet, masks: Conce
 
 
 def _tensors(probe: ProbeSet, ids: np.ndarray, batch: int, device):
-    for start in range(0, len(ids), batch):
-        x = probe.tensor(ids[start:start + batch], device)
+    """The probe images ``ids`` in batches, channels-last like the models (run_model)."""
+    for x, _ in probe.batches(batch, device, ids):
         yield x.contiguous(memory_format=torch.channels_last)
 
 
@@ -380,61 +382,16 @@ def reversion_summary(ws: Workspace) -> list[dict]:
 # ----------------------------------------------------------------------------- plots
 def write_plots(ws: Workspace, alignment: dict) -> dict[str, str]:
     """ROC curves of every method, and AUC by layer depth with 95% intervals."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from ..viz import plot_auc_by_depth, plot_roc
 
-    methods = alignment["methods"]
-    order = alignment["order"]
-    colours = dict(zip(order, ("#c2410c", "#2563eb", "#059669", "#7c3aed", "#6b7280")))
-    fig = Figure(figsize=(5.2, 4.6), dpi=120)
-    ax = fig.add_subplot()
-    ax.plot([0, 1], [0, 1], color="#d1d5db", lw=1, ls="--")
-    for m in order:
-        r = methods[m]
-        ax.plot(r["roc"]["fpr"], r["roc"]["tpr"], color=colours[m],
-                lw=2.2 if m == "unified" else 1.4,
-                label=f"{r['title']}: {r['auc']:.2f} [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]")
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1),
-           ylim=(0, 1.01), title="Alignment study: do neighbours share the concept?")
-    ax.legend(loc="lower right", fontsize=6.5, title="AUC [95% CI]", title_fontsize=7)
-    fig.tight_layout()
     paths = {"roc": "evaluation/roc.png", "by_depth": "evaluation/auc_by_depth.png"}
-    _save(fig, ws.path(paths["roc"]), FigureCanvasAgg)
-
-    depths = sorted({int(d) for m in order for d in methods[m]["by_depth"]})
-    fig = Figure(figsize=(max(5.2, 0.9 * len(depths) + 2), 3.8), dpi=120)
-    ax = fig.add_subplot()
-    width = 0.8 / len(order)
-    for j, m in enumerate(order):
-        xs, ys, lo, hi = [], [], [], []
-        for d in depths:
-            v = methods[m]["by_depth"].get(str(d))
-            if v and v["auc"] == v["auc"]:
-                xs.append(d + (j - (len(order) - 1) / 2) * width)
-                ys.append(v["auc"])
-                lo.append(v["auc"] - v["ci95"][0])
-                hi.append(v["ci95"][1] - v["auc"])
-        ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o", ms=4, color=colours[m], capsize=2,
-                    label=methods[m]["title"])
-    ax.axhline(0.5, color="#d1d5db", lw=1, ls="--")
-    names = alignment.get("depth_names", {})
-    ax.set_xticks(depths, [names.get(str(d), str(d)) for d in depths], rotation=30,
-                  ha="right", fontsize=7)
-    ax.set(ylabel="ROC AUC (95% CI)", ylim=(0, 1.02), title="AUC by layer depth")
-    ax.legend(fontsize=6, loc="lower left")
-    fig.tight_layout()
-    _save(fig, ws.path(paths["by_depth"]), FigureCanvasAgg)
+    plot_roc(alignment, ws.path(paths["roc"]))
+    plot_auc_by_depth(alignment, ws.path(paths["by_depth"]))
     return paths
 
 
-def _save(fig, path: Path, canvas_cls) -> None:
-    canvas_cls(fig)
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-
-
 # ------------------------------------------------------------------------------ stage
-def label_summary(neurons: StudyNeurons, concept_names: list[str], n_total: int) -> dict:
+def label_summary(neurons: StudyNeurons, concept_names: list[str]) -> dict:
     idx = neurons.index
     by_concept = {concept_names[c]: int((idx.label == c).sum())
                   for c in np.unique(idx.label) if c >= 0}
@@ -444,7 +401,7 @@ def label_summary(neurons: StudyNeurons, concept_names: list[str], n_total: int)
         by_depth.append({"depth": d, "layer": name, "n": int(sel.sum()),
                          "labelled": int((idx.label[sel] >= 0).sum()),
                          "mean_best_iou": float(neurons.iou[sel].mean()) if sel.any() else 0.0})
-    return {"n_neurons": n_total, "n_pool": int(len(idx.label)),
+    return {"n_neurons": int(len(neurons.rows)), "n_pool": int(len(idx.label)),
             "n_labelled": int((idx.label >= 0).sum()),
             "by_concept": dict(sorted(by_concept.items(), key=lambda kv: -kv[1])),
             "by_depth": by_depth}
@@ -487,7 +444,6 @@ def run_evaluation(cfg: StudyConfig, ws: Workspace | None = None) -> dict:
     alignment = run_alignment(neurons, ec.queries_per_layer, ec.neighbours, ec.bootstrap,
                               cfg.seed)
     alignment["plots"] = write_plots(ws, alignment)
-    n_total = sum(ws.load_stimuli(r, e).n_neurons for r, e in checkpoints)
     report = {
         "schema": SCHEMA,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -498,7 +454,7 @@ def run_evaluation(cfg: StudyConfig, ws: Workspace | None = None) -> dict:
                      "queries_per_layer": ec.queries_per_layer, "neighbours": ec.neighbours,
                      "bootstrap": ec.bootstrap, "images_per_class": ec.images_per_class,
                      "seed": cfg.seed, "checkpoints": [list(c) for c in checkpoints]},
-        "labels": label_summary(neurons, list(annotations.concept_names), n_total),
+        "labels": label_summary(neurons, list(annotations.concept_names)),
         "alignment": alignment,
         "faithfulness": {"fidelity": fidelity_over_seeds(cfg, ws, probe, ec.fidelity_seeds),
                          "reversion": reversion_summary(ws)},
