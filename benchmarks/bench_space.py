@@ -18,7 +18,11 @@ Measured, in one process:
   matrices;
 * indirect embedding of the other probe images, projection of ``--checkpoints`` checkpoints
   and the 2-D map (UMAP fit on the base, transform of every projected neuron). umap-learn's
-  one-off JIT compilation is reported separately.
+  one-off JIT compilation is reported separately;
+* the activation-weighted projection (ConceptEvo's default, docs/space.md) on synthetic
+  activations of the same size (each neuron responds more to its stimuli): its image
+  embedding (weights of the base over every probe image, Gram matrix, Cholesky) and the
+  projection of one checkpoint (timed on ``--weighted-checkpoints`` of them).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import torch
 
 from conceptevo.space.coactivation import CoActivation
 from conceptevo.space.image_embedding import (
+    ActivationWeights,
     embed_other_images,
     project,
     rmse,
@@ -65,6 +70,14 @@ def synthetic_base(n_neurons: int, n_images: int, k: int, k_i: int, seed: int = 
                            if members[g].size else rng.integers(0, n_neurons, k_i)
                            for g in image_group])
     return stimuli, responsive, group_of
+
+
+def synthetic_activations(stimuli: np.ndarray, n_images: int, seed: int = 0) -> np.ndarray:
+    """float32 [n_neurons, n_images]: noise, plus a response to each neuron's stimuli."""
+    rng = np.random.default_rng(seed)
+    acts = rng.standard_normal((stimuli.shape[0], n_images), dtype=np.float32)
+    np.put_along_axis(acts, stimuli, 3.0 + rng.random(stimuli.shape, dtype=np.float32), axis=1)
+    return acts
 
 
 def reference_neuron_embedding(co: CoActivation, init: np.ndarray, epochs: int, lr: float,
@@ -140,7 +153,7 @@ def _log(text: str) -> None:
 
 
 def measure(neurons: int = 4224, images: int = 45_000, checkpoints: int = 50,
-            reference_epochs: int = 20, seeds: int = 3) -> dict:
+            reference_epochs: int = 20, seeds: int = 3, weighted_checkpoints: int = 2) -> dict:
     """Every figure of this benchmark (see the module docstring)."""
     args = argparse.Namespace(neurons=neurons, images=images, checkpoints=checkpoints,
                               reference_epochs=reference_epochs, seeds=seeds)
@@ -241,6 +254,26 @@ def measure(neurons: int = 4224, images: int = 45_000, checkpoints: int = 50,
                        "umap_jit_compile_once": round(t_compile, 1)}
     out["whole_space_s"] = round(total, 1)
     out["whole_space_with_compile_s"] = round(total + t_compile, 1)
+
+    # --- the activation-weighted projection
+    _log(f"activation-weighted projection: image embedding, {weighted_checkpoints} "
+         "checkpoint(s)")
+    acts = synthetic_activations(stimuli, args.images)
+    t = time.perf_counter()
+    e_w = ActivationWeights(acts, 1.0).solve(v, 1e-4)
+    t_solve = time.perf_counter() - t
+    times = []
+    for c in range(weighted_checkpoints):
+        other = synthetic_activations(checkpoints[c], args.images, seed=c + 1)
+        t = time.perf_counter()
+        ActivationWeights(other, 1.0).project(e_w)
+        times.append(time.perf_counter() - t)
+    out["activation_weighted"] = {
+        "image_embedding_s": round(t_solve, 2),
+        "projection_per_checkpoint_s": round(float(np.mean(times)), 2),
+        f"projection_{args.checkpoints}_s": round(float(np.mean(times)) * args.checkpoints, 1),
+        "checkpoints_timed": weighted_checkpoints,
+        "stored_mb_per_checkpoint": round(args.neurons * args.images * 2 / 1e6, 1)}
     return out
 
 

@@ -31,6 +31,7 @@ stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -401,7 +402,12 @@ def e2e_stage(stage: str, root: str, size_name: str, importance_classes: int | N
         elif stage == "evaluation":
             from conceptevo.evaluate.stage import run_evaluation
 
-            run_evaluation(cfg, ws)
+            alignment = run_evaluation(cfg, ws)["alignment"]
+            info["alignment"] = {m: {"auc": round(r["auc"], 3),
+                                     "ci95": [round(x, 3) for x in r["ci95"]],
+                                     "n_queries": r["n_queries"]}
+                                 for m, r in alignment["methods"].items()}
+            info["beats_all_baselines"] = alignment["beats_all_baselines"]
         elif stage == "report":
             from conceptevo.report import write_report
 
@@ -561,6 +567,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--skip", help="comma-separated sections to leave out")
     ap.add_argument("--workdir", help="where the end-to-end study is written (default: a "
                                       "temporary directory, removed at the end)")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the end-to-end study (in --workdir/demo): a demo workspace")
     args = ap.parse_args(argv)
     mode_name = "quick" if args.quick else "smoke" if args.smoke else "full"
     sizes = MODES[mode_name]
@@ -601,7 +609,13 @@ def main(argv: list[str] | None = None) -> dict:
     log(f"{mode_name} benchmark suite: {', '.join(chosen)} -> {out_path}")
     diagnosis_report = None
     failed: list[str] = []
-    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+    if args.keep and not args.workdir:
+        ap.error("--keep needs --workdir")
+    if args.keep and (Path(args.workdir) / "demo").exists():
+        ap.error(f"{Path(args.workdir) / 'demo'} exists; the end-to-end study starts empty")
+    keep = contextlib.nullcontext(args.workdir) if args.keep else \
+        tempfile.TemporaryDirectory(dir=args.workdir)
+    with keep as tmp:
         for name in chosen:
             t = time.perf_counter()
             log(f"== {name}")

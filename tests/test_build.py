@@ -11,8 +11,15 @@ from conceptevo import export as ex
 from conceptevo.cli import main
 from conceptevo.config import load_config
 from conceptevo.data.concept_world import ConceptWorld
+from conceptevo.errors import WorkspaceError
 from conceptevo.pipeline import ensure_training, open_workspace, run_build
-from conceptevo.space.image_embedding import fidelity, project
+from conceptevo.space.image_embedding import (
+    ActivationWeights,
+    activation_weights,
+    fidelity,
+    project,
+    project_weighted,
+)
 from conceptevo.workspace import Workspace, atomic
 
 MODEL = "kwargs = { num_classes = 12, widths = [4, 8, 8], depth = 1, hidden = 8 }"
@@ -84,23 +91,68 @@ def test_build_writes_every_artifact_and_skips_them_next_time(study):
 
 
 def test_stored_fidelity_is_the_projection_of_the_base_onto_itself(study):
+    """The default projection: every neuron is the activation-weighted mean of the image
+    embeddings; the image embedding reproduces the base neurons that way."""
     root, _, _ = study
     ws = Workspace(root / "ws")
     report = atomic.read_json(ws.space_path("fidelity.json"))
+    assert report["projection"] == "activations"
     _, base = ws.load_arrays(ws.space_path("base.npz"))
     _, images = ws.load_arrays(ws.space_path("images.npz"))
-    stimuli = ws.load_stimuli("a", 2).stimuli
+    result = ws.load_stimuli("a", 2, activations=True)
+    assert result.activations.dtype == np.float16
     valid = base["valid"]
+    e = images["image_embedding"].astype(np.float64)
+    projected = ActivationWeights(result.activation_matrix()[valid], 1.0).project(e)
+    again = fidelity(projected, base["neuron_embedding"][valid])
+    for key in ("mean_cosine", "top1", "top10"):
+        assert again[key] == pytest.approx(report["fidelity"][key], abs=1e-6)
+    # ... which is the weighted mean (dense weights, float64 product) up to float32 rounding
+    weights = activation_weights(result.activation_matrix(), 1.0)
+    np.testing.assert_allclose(project_weighted(weights[valid], e), projected, rtol=1e-4,
+                               atol=1e-5)
+    # the stored projection of every checkpoint is that same projection
+    for run, epoch in (("a", 2), ("b", 0)):
+        _, proj = ws.load_arrays(ws.projection_path(run, epoch))
+        w = activation_weights(ws.load_stimuli(run, epoch, activations=True)
+                               .activation_matrix(), 1.0)
+        np.testing.assert_allclose(proj["embedding"], w @ e, rtol=1e-4, atol=1e-6)
+    # the base neurons sit where their own projection is placed on the map, roughly
+    assert report["rmse"] < 0.1 and report["fidelity"]["mean_cosine"] > 0.98
+    # the paper's image embedding is kept (the evaluation's baselines), with its own fidelity
+    stim = fidelity(project(result.stimuli[valid], images["stimulus_embedding"]
+                            .astype(np.float64)), base["neuron_embedding"][valid])
+    assert stim["top1"] == pytest.approx(report["info"]["stimuli_fidelity"]["top1"], abs=1e-6)
+
+
+def test_projection_by_stimuli(study, tmp_path):
+    """``projection = "stimuli"``: the paper's projection, no activations stored."""
+    root, _, _ = study
+    copy = tmp_path / "stim"
+    shutil.copytree(root / "data", copy / "data")
+    shutil.copytree(root / "ckpt", copy / "ckpt")
+    path = write_config(copy, 'projection = "stimuli"', runs=("a",))
+    path.write_text(path.read_text().replace('train = { regime = "healthy", epochs = 2, '
+                                             'batch_size = 32, seed = 0 }', ""))
+    run_build(load_config(path))
+    ws = Workspace(copy / "ws")
+    report = atomic.read_json(ws.space_path("fidelity.json"))
+    assert report["projection"] == "stimuli"
+    _, base = ws.load_arrays(ws.space_path("base.npz"))
+    _, images = ws.load_arrays(ws.space_path("images.npz"))
+    np.testing.assert_array_equal(images["image_embedding"], images["stimulus_embedding"])
+    valid = base["valid"]
+    stimuli = ws.load_stimuli("a", 2).stimuli
     again = fidelity(project(stimuli[valid], images["image_embedding"].astype(np.float64)),
                      base["neuron_embedding"][valid])
     for key in ("mean_cosine", "top1", "top10"):
         assert again[key] == pytest.approx(report["fidelity"][key], abs=1e-6)
-    # and the stored projection of the base checkpoint is that same projection
     _, proj = ws.load_arrays(ws.projection_path("a", 2))
     np.testing.assert_allclose(proj["embedding"][valid],
                                project(stimuli[valid], images["image_embedding"]), rtol=1e-5)
-    # the base neurons sit where their own projection is placed on the map, roughly
     assert report["rmse"] < 0.05 and report["fidelity"]["mean_cosine"] > 0.99
+    with pytest.raises(WorkspaceError, match="holds no activations"):
+        ws.load_stimuli("a", 2, activations=True)
 
 
 def test_map_coordinates_are_identical_when_recomputed(study, tmp_path):

@@ -18,7 +18,7 @@ def test_tiny_demo_runs_every_stage(tiny_demo, capsys):
     assert (root / "figures" / "concept_world.png").stat().st_size > 10_000
     assert set(out["checks"]) == {"healthy_val_acc", "overfit_gap_points",
                                   "lr_too_high_val_acc", "reversion", "flags", "alignment"}
-    assert set(out["checks"]["alignment"]) == {"unified", "no-indirect", "correlation",
+    assert set(out["checks"]["alignment"]) == {"unified", "stimuli", "no-indirect", "correlation",
                                                "separate", "random"}
     assert set(out["checks"]["flags"]) == {"healthy", "lr-too-high", "overfit"}
     assert (root / "diagnosis.json").is_file()

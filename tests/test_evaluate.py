@@ -225,7 +225,8 @@ def test_demo_evaluation(tiny_demo):
     root, out, _ = tiny_demo
     report = json.loads((root / "evaluation" / "evaluation.json").read_text())
     methods = report["alignment"]["methods"]
-    assert list(methods) == ["unified", "no-indirect", "correlation", "separate", "random"]
+    assert list(methods) == ["unified", "stimuli", "no-indirect", "correlation", "separate",
+                            "random"]
     for r in methods.values():
         assert 0 <= r["ci95"][0] <= r["auc"] <= r["ci95"][1] <= 1
         assert r["roc"]["fpr"][0] == 0 and r["roc"]["tpr"][-1] == pytest.approx(1)

@@ -14,6 +14,7 @@ from torch import nn
 
 from conceptevo import Monitor, TrainingIssueWarning
 from conceptevo.data.probe import ProbeSet
+from conceptevo.errors import ConfigError
 from conceptevo.evolution.diagnosis import (
     DiagnosisThresholds,
     apply_rules,
@@ -186,3 +187,40 @@ def test_lightning_callback(tmp_path):
     assert [m["epoch"] for m in ws.load_metrics("pl")] == [1, 2]
     assert "train_loss" in ws.load_metrics("pl")[0]
     assert ws.load_stimuli("pl", 1).layers[0].name == "model.features.0"
+
+
+def test_snapshots_record_activations_and_space_metrics_use_the_stimuli(tmp_path):
+    """Snapshots keep every activation (the activation-weighted projection needs them) unless
+    told not to; with a unified space, speed and diversity place neurons at the mean of
+    their stimuli's image embedding (the paper's projection)."""
+    ws = Workspace(tmp_path / "ws", create=True)
+    probe = probe_set()
+    rng = np.random.default_rng(0)
+    e_stim = rng.normal(size=(len(probe), 4))
+    base = rng.normal(size=(10, 4)).astype(np.float32)
+    ws.save_arrays(ws.space_path("base.npz"), {}, neuron_embedding=base,
+                   valid=np.ones(10, bool))
+    ws.save_arrays(ws.space_path("images.npz"), {"params": {"projection": "activations"}},
+                   image_embedding=rng.normal(size=(len(probe), 4)).astype(np.float32),
+                   stimulus_embedding=e_stim.astype(np.float32),
+                   vocab=np.ones(len(probe), bool))
+    monitor = Monitor(ws.root, probe, run="r", verbose=False)
+    train(monitor, epochs=1)
+    result = ws.load_stimuli("r", 1, activations=True)
+    assert result.activations.shape == (result.n_neurons, len(probe))
+    row = next(r for r in monitor.rows if r["epoch"] == 1)
+    positions = [e_stim.astype(np.float32)[ws.load_stimuli("r", ep).stimuli].mean(1)
+                 for ep in (0, 1)]
+    centred = positions[1] - positions[1].mean(0)
+    base_spread = np.sqrt(((base - base.mean(0)) ** 2).sum(1).mean())
+    assert row["diversity"] == pytest.approx(np.sqrt((centred ** 2).sum(1).mean())
+                                             / base_spread, rel=1e-4)
+    assert row["speed"] == pytest.approx(np.linalg.norm(positions[1] - positions[0], axis=1)
+                                         .mean() / base_spread, rel=1e-4)
+    # a space that projects by activations needs them: not recording them is refused
+    with pytest.raises(ConfigError, match="record_activations=True"):
+        Monitor(ws.root, probe, run="q", verbose=False, record_activations=False)
+    # without a space, snapshots may leave them out
+    bare = Monitor(tmp_path / "bare", probe, run="r", verbose=False, record_activations=False)
+    train(bare, epochs=1)
+    assert Workspace(tmp_path / "bare").load_stimuli("r", 1).activations is None

@@ -8,9 +8,12 @@ import torch
 
 from conceptevo.space.coactivation import CoActivation
 from conceptevo.space.image_embedding import (
+    ActivationWeights,
+    activation_weights,
     embed_other_images,
     fidelity,
     project,
+    project_weighted,
     rmse,
     solve_image_embedding,
     stimulus_matrix,
@@ -156,6 +159,69 @@ def test_projection_and_fidelity_by_hand():
     assert fid["top1"] == pytest.approx(1.0) and fid["top10"] == 1.0
     swapped = fidelity(proj[[1, 0]], base, targets=np.array([0, 1]))
     assert swapped["top1"] == 0.0
+
+
+def brute_force_weights(acts, temperature):
+    """The activation weights one neuron and one image at a time."""
+    out = np.zeros(acts.shape)
+    for n, row in enumerate(acts):
+        finite = [a for a in row if np.isfinite(a)]
+        mean = sum(finite) / len(finite)
+        sigma = (sum((a - mean) ** 2 for a in finite) / len(finite)) ** 0.5
+        top = max(finite)
+        for x, a in enumerate(row):
+            if not np.isfinite(a):
+                continue
+            out[n, x] = 1.0 if sigma == 0 else np.exp((a - top) / (temperature * sigma))
+        out[n] /= out[n].sum()
+    return out
+
+
+def test_activation_weights_against_brute_force():
+    rng = np.random.default_rng(5)
+    acts = rng.normal(size=(12, 30)) * rng.uniform(0.1, 50, (12, 1)) + rng.normal(size=(12, 1))
+    acts[3] = 2.5                       # the same on every image: uniform weights
+    acts[4, [1, 7]] = -np.inf           # non-finite activations weigh 0
+    acts[5, 2] = np.nan
+    for t in (0.5, 1.0, 3.0):
+        w = activation_weights(acts, t)
+        np.testing.assert_allclose(w, brute_force_weights(acts, t), rtol=1e-5, atol=1e-9)
+        np.testing.assert_allclose(w.sum(1), 1.0, rtol=1e-6)
+    w = activation_weights(acts, 1.0)
+    np.testing.assert_allclose(w[3], 1 / 30, rtol=1e-6)
+    assert w[4, 1] == w[4, 7] == w[5, 2] == 0
+    # the scale and offset of a neuron's activations do not matter, the ranking of images does
+    np.testing.assert_allclose(activation_weights(7 * acts[:3] - 4, 1.0), w[:3], rtol=1e-4)
+    # a lower temperature concentrates the weight on the strongest images
+    top = acts[0].argmax()
+    assert activation_weights(acts, 0.2)[0, top] > w[0, top] > activation_weights(acts, 5)[0, top]
+
+
+def test_weighted_image_embedding_reproduces_the_base_and_projects_by_hand():
+    rng = np.random.default_rng(6)
+    acts = rng.normal(size=(20, 90))
+    acts[2, 5] = -np.inf
+    v = rng.normal(size=(20, 4))
+    w = brute_force_weights(acts, 1.0)
+    # in blocks of 3 neurons (block_size 270 values) as in one
+    blocked = ActivationWeights(acts, 1.0, block_size=270)
+    np.testing.assert_allclose(blocked.dense(), w, rtol=1e-5, atol=1e-9)
+    e = blocked.solve(v, ridge=1e-9)
+    # minimum-norm solution of W E = V: it reproduces every base neuron, and equals the
+    # pseudo-inverse solution (up to float32 weights)
+    np.testing.assert_allclose(blocked.project(e), v, atol=1e-3)
+    np.testing.assert_allclose(e, np.linalg.pinv(w) @ v, rtol=1e-3, atol=1e-3)
+    # a ridge trades exactness for smaller image embeddings
+    e_ridge = ActivationWeights(acts, 1.0).solve(v, ridge=1e-2)
+    assert np.linalg.norm(e_ridge) < np.linalg.norm(e)
+    # projection of other neurons: the weighted mean, one neuron and one image at a time
+    other = rng.normal(size=(3, 90))
+    wo = brute_force_weights(other, 1.0)
+    projected = ActivationWeights(other, 1.0, block_size=90).project(e)
+    for n in range(3):
+        np.testing.assert_allclose(projected[n], sum(wo[n, x] * e[x] for x in range(90)),
+                                   rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(project_weighted(wo, e), projected, rtol=1e-4, atol=1e-4)
 
 
 def test_closed_form_indirect_embeddings_by_hand():

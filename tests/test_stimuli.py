@@ -46,7 +46,7 @@ def brute_force(model: nn.Module, x: torch.Tensor, k_s: int, k_i: int):
     return acts, stimuli, responsive, argmax, widths
 
 
-def run_engine(model, x, k_s, k_i, batch_size, order=None):
+def run_engine(model, x, k_s, k_i, batch_size, order=None, record_activations=True):
     adapter = ModelAdapter(model)
     ids = torch.arange(len(x)) if order is None else torch.as_tensor(order)
 
@@ -55,7 +55,8 @@ def run_engine(model, x, k_s, k_i, batch_size, order=None):
             sel = ids[s:s + batch_size]
             yield x[sel], sel
 
-    return compute_stimuli(adapter, batches(), len(x), k_stimuli=k_s, k_responsive=k_i).result()
+    return compute_stimuli(adapter, batches(), len(x), k_stimuli=k_s, k_responsive=k_i,
+                           record_activations=record_activations).result()
 
 
 @pytest.mark.parametrize("make", [TinyVGG, TinyResNet], ids=["vgg", "residual"])
@@ -82,6 +83,12 @@ def test_engine_matches_brute_force_for_any_batch_size(make):
         np.testing.assert_allclose(r.act_max, acts.max(0), rtol=1e-5)
         np.testing.assert_allclose(r.act_mean, acts.mean(0), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(r.frac_positive, (acts > 0).mean(0))
+        # every activation, stored as float16 relative to the neuron's largest |a|
+        scale = np.abs(acts).max(0)
+        scale = np.where(scale > 0, scale, 1)
+        np.testing.assert_allclose(r.activation_scale, scale, rtol=1e-5)
+        assert np.abs(r.activation_matrix() - acts.T).max(1) / scale == pytest.approx(
+            0, abs=1e-3)
     # identical rankings whatever the batch size (activation values may differ in the last
     # bits because convolution kernels depend on the batch size)
     for r in results[1:]:
@@ -122,13 +129,13 @@ def test_merging_shards_is_exact():
     adapter.describe(x[:1])
     parts = []
     for shard in (torch.arange(0, 30, 2), torch.arange(1, 30, 2)):
-        acc = StimulusAccumulator(adapter.layers_, 30, 4, 4)
+        acc = StimulusAccumulator(adapter.layers_, 30, 4, 4, record_activations=True)
         compute_stimuli(adapter, [(x[shard], shard)], 30, k_stimuli=4, k_responsive=4,
                         accumulator=acc)
         parts.append(acc)
     parts[0].merge(parts[1])
     merged = parts[0].result()
-    for name in whole.ARRAYS:
+    for name in (*whole.ARRAYS, "activations", "activation_scale"):
         np.testing.assert_allclose(getattr(merged, name), getattr(whole, name), rtol=1e-5,
                                    atol=1e-6)
 

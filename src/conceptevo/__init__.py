@@ -19,18 +19,24 @@ from .models.checkpoints import find_checkpoints, load_checkpoint
 from .models.registry import build_model
 from .monitor import Monitor, TrainingIssueWarning
 from .space.coactivation import CoActivation
-from .space.image_embedding import fidelity, project, solve_image_embedding
+from .space.image_embedding import (
+    activation_weights,
+    fidelity,
+    project,
+    project_weighted,
+    solve_image_embedding,
+)
 from .space.map2d import ConceptMap
 from .space.neuron_embedding import NeuronEmbedding
-from .space.unified import BaseSpace, SpaceParams, build_base_space
+from .space.unified import BaseSpace, SpaceParams, build_base_space, project_result
 from .stimuli import StimuliResult, compute_stimuli
 from .workspace import Workspace
 
 __all__ = [
     "BaseSpace", "CoActivation", "ConceptEvoError", "ConceptMap", "ConceptWorld", "LayerInfo",
     "ModelAdapter", "Monitor", "NeuronEmbedding", "ProbeSet", "SpaceParams", "StimuliResult",
-    "StudyConfig", "TrainingIssueWarning", "Workspace", "__version__", "build_base_space",
-    "build_model", "compute_stimuli", "fidelity", "find_checkpoints", "from_dataset",
-    "load_checkpoint", "load_config", "load_image_folder", "project", "select_layers",
-    "solve_image_embedding",
+    "StudyConfig", "TrainingIssueWarning", "Workspace", "__version__", "activation_weights",
+    "build_base_space", "build_model", "compute_stimuli", "fidelity", "find_checkpoints",
+    "from_dataset", "load_checkpoint", "load_config", "load_image_folder", "project",
+    "project_result", "project_weighted", "select_layers", "solve_image_embedding",
 ]

@@ -179,6 +179,9 @@ class SpaceConfig:
     image_method: str = "normal"
     indirect: str = "neuron-mean"
     exclude_dead: bool = True
+    projection: str = "activations"
+    temperature: float = 1.0
+    ridge: float = 1e-4
     umap_neighbors: int = 15
     umap_min_dist: float = 0.1
     umap_metric: str = "cosine"
@@ -203,6 +206,13 @@ class SpaceConfig:
         from .space.image_embedding import INDIRECT_METHODS
         if self.indirect not in INDIRECT_METHODS:
             raise ConfigError(f"[{where}] indirect must be one of {', '.join(INDIRECT_METHODS)}")
+        from .space.image_embedding import PROJECTIONS
+        if self.projection not in PROJECTIONS:
+            raise ConfigError(f"[{where}] projection must be one of {', '.join(PROJECTIONS)}")
+        if not self.temperature > 0:
+            raise ConfigError(f"[{where}] temperature must be > 0 (got {self.temperature})")
+        if not self.ridge > 0:
+            raise ConfigError(f"[{where}] ridge must be > 0 (got {self.ridge})")
 
 
 @dataclass
@@ -242,7 +252,7 @@ class EvaluationConfig:
     mask_size: int | None = None
     quantile: float = 0.995
     min_iou: float = 0.04
-    queries_per_layer: int = 60
+    queries_per_layer: int = 200
     neighbours: int = 5
     bootstrap: int = 1000
     fidelity_seeds: int = 3

@@ -30,6 +30,7 @@ class DemoSize:
     heldout_per_class: int
     importance_images: int
     evaluation_images: int = 25
+    evaluation_queries: int = 200           # alignment study queries per layer
     importance_classes: int | None = None   # None: every class
     overfit_repeat: int | None = None       # None: the overfit regime's own (30)
 
@@ -37,8 +38,8 @@ class DemoSize:
 FULL = DemoSize(n_train=4000, n_val=1000, epochs=8, probe_per_class=150, heldout_per_class=50,
                 importance_images=100)
 QUICK = DemoSize(n_train=1200, n_val=360, epochs=3, probe_per_class=40, heldout_per_class=20,
-                 importance_images=20, evaluation_images=10, importance_classes=4,
-                 overfit_repeat=15)
+                 importance_images=20, evaluation_images=10, evaluation_queries=60,
+                 importance_classes=4, overfit_repeat=15)
 RUNS = (("healthy", "healthy", ""), ("lr-too-high", "lr-too-high", ""),
         ("overfit", "overfit", "dropout = 0.0, "))
 
@@ -102,6 +103,7 @@ random_draws = 5
 
 [evaluation]                 # `conceptevo evaluate`: concept labels and the alignment study
 images_per_class = {size.evaluation_images}
+queries_per_layer = {size.evaluation_queries}
 epochs = {evaluation_epochs(size.epochs)}
 mask_size = 32               # IoU on 32x32 masks (the images are 64x64): 4x faster
 
@@ -292,15 +294,24 @@ def space_summary(ws: Workspace) -> dict:
     report = atomic.read_json(ws.space_path("fidelity.json"))
     fid, info = report["fidelity"], report["info"]
     comparison = report["indirect_comparison"]["methods"]
+    weighted = report.get("projection", "stimuli") == "activations"
+    how = ("by its activations over every probe image" if weighted else
+           "at the mean of its stimuli (the paper's projection)")
     lines = [
         f"unified space: base run {report['base'].get('run')!r} epoch "
         f"{report['base'].get('epoch')}, {info['n_valid']} of {info['n_neurons']} neurons, "
         f"{info['n_vocab']} vocabulary images",
-        f"  image embedding RMSE {report['rmse']:.4f} (exact least squares)",
+        f"  each neuron placed {how}",
+        f"  image embedding RMSE {report['rmse']:.4f} (minimum-norm least squares)",
         f"  fidelity of the base projected onto itself: mean cosine {fid['mean_cosine']:.3f}, "
         f"retrieval top-1 {fid['top1']:.1%}, top-10 {fid['top10']:.1%}",
-        "  embedding of non-vocabulary images (held-out neurons, top-1 / top-10 / cosine): "
-        + ", ".join(f"{m} {r['top1']:.0%}/{r['top10']:.0%}/{r['mean_cosine']:.2f}"
-                    for m, r in comparison.items()),
     ]
+    if weighted and "stimuli_fidelity" in info:
+        sf = info["stimuli_fidelity"]
+        lines.append(f"  (the paper's projection by stimuli: mean cosine {sf['mean_cosine']:.3f}, "
+                     f"top-1 {sf['top1']:.1%}, top-10 {sf['top10']:.1%})")
+    lines.append("  paper's projection, embedding of non-vocabulary images (held-out neurons, "
+                 "top-1 / top-10 / cosine): "
+                 + ", ".join(f"{m} {r['top1']:.0%}/{r['top10']:.0%}/{r['mean_cosine']:.2f}"
+                             for m, r in comparison.items()))
     return {"text": "\n".join(lines), "fidelity": fid}

@@ -34,6 +34,7 @@ from .data.probe import ProbeSet, load_image_folder
 from .errors import ConfigError
 from .evolution.diagnosis import DiagnosisThresholds, Flag, apply_rules, snapshot_metrics, spread
 from .models.adapter import LayerSelection, ModelAdapter
+from .space.image_embedding import project
 from .stimuli import StimuliResult, compute_stimuli
 from .workspace import Workspace, atomic
 
@@ -73,6 +74,10 @@ class Monitor:
     on_flag : called with each new :class:`Flag`; without it a
         :class:`TrainingIssueWarning` is raised.
     thresholds : the diagnosis rules' thresholds.
+    record_activations : keep every activation of each snapshot in the workspace (2 bytes per
+        neuron and probe image), which the activation-weighted projection into a unified
+        space needs (the default projection, see docs/space.md); False saves the disk space
+        when the space projects by stimuli or when no space will be built.
     verbose : print one line per snapshot with its cost.
     """
 
@@ -83,7 +88,8 @@ class Monitor:
                  image_size: int = 224, mean: Sequence[float] = (0.485, 0.456, 0.406),
                  std: Sequence[float] = (0.229, 0.224, 0.225), save_checkpoints: bool = True,
                  on_flag: Callable[[Flag], None] | None = None,
-                 thresholds: DiagnosisThresholds | None = None, verbose: bool = True):
+                 thresholds: DiagnosisThresholds | None = None,
+                 record_activations: bool = True, verbose: bool = True):
         if every < 1 or (every_steps is not None and every_steps < 1):
             raise ConfigError("every and every_steps must be >= 1")
         if any(c in run for c in "/\\:*?\"<>|") or run.startswith("."):
@@ -94,6 +100,7 @@ class Monitor:
         self.every, self.every_steps = every, every_steps
         self.k_stimuli, self.k_responsive, self.batch_size = k_stimuli, k_responsive, batch_size
         self.save_checkpoints, self.on_flag, self.verbose = save_checkpoints, on_flag, verbose
+        self.record_activations = record_activations
         self.thresholds = thresholds or DiagnosisThresholds()
         self.metrics = self.ws.load_metrics(run)
         self.flags: list[Flag] = []
@@ -119,16 +126,25 @@ class Monitor:
                               "ProbeSet or an ImageFolder directory)")
         return self.ws.load_probe()
 
-    def _load_space(self):
-        """(image embedding, spread of the base) when the workspace has a unified space whose
-        probe set is ours; else None (stimulus-only diagnosis)."""
+    def _load_space(self) -> tuple[np.ndarray, float] | None:
+        """(the paper's image embedding, the spread of the base) when the workspace has a
+        unified space whose probe set is ours; else None (stimulus-only diagnosis). The
+        diagnosis places neurons by their stimuli (see ``run_diagnosis``)."""
+        from .evolution.stage import stimulus_embedding
+
         if not self.ws.has_space():
             return None
-        _, images = self.ws.load_arrays(self.ws.space_path("images.npz"))
-        _, base = self.ws.load_arrays(self.ws.space_path("base.npz"))
-        if len(images["image_embedding"]) != len(self.probe):
+        e_stim = stimulus_embedding(self.ws)
+        if len(e_stim) != len(self.probe):
             return None
-        return images["image_embedding"].astype(np.float64), spread(base["neuron_embedding"])
+        meta, _ = self.ws.load_arrays(self.ws.space_path("images.npz"))
+        if meta.get("params", {}).get("projection") == "activations" and \
+                not self.record_activations:
+            raise ConfigError(f"the unified space of {self.ws.root} places neurons by their "
+                              "activations, which a snapshot must then record: keep "
+                              "Monitor(record_activations=True)")
+        _, base = self.ws.load_arrays(self.ws.space_path("base.npz"))
+        return e_stim, spread(base["neuron_embedding"])
 
     # ------------------------------------------------------------------ hooks
     def on_epoch_end(self, model: nn.Module, epoch: int, metrics: dict | None = None) -> None:
@@ -170,6 +186,7 @@ class Monitor:
                                   len(self.probe), k_stimuli=self.k_stimuli,
                                   k_responsive=self.k_responsive, device=device,
                                   on_nonfinite="record",
+                                  record_activations=self.record_activations,
                                   context=f"run {self.run!r} epoch {epoch}")
             result = acc.result({"run": self.run, "epoch": int(epoch), "source": "monitor",
                                  "key": f"monitor-{time.time_ns()}"})
@@ -191,8 +208,7 @@ class Monitor:
     def _diagnose(self, result: StimuliResult, epoch: int) -> None:
         embedding = None
         if self._space is not None:
-            e, base_spread = self._space
-            embedding = e[result.stimuli].mean(1)
+            embedding = project(result.stimuli, self._space[0])
         prev_result, prev_emb = self._previous or (None, None)
         row = {"epoch": int(epoch),
                **snapshot_metrics(result, prev_result, embedding, prev_emb,

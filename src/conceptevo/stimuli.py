@@ -6,6 +6,10 @@
   x, ranked over all probed layers at once on raw activations (as the reference does).
 * Per neuron summary statistics for diagnosis: maximum and mean activation, fraction of images
   with a positive activation, and the count of non-finite activations.
+* Optionally (``record_activations``), every activation a_n(x): the input of the
+  activation-weighted projection into the unified space (docs/space.md). It is stored as
+  float16 relative to each neuron's largest absolute activation (``activation_scale``), so a
+  checkpoint costs 2 bytes per neuron and probe image.
 
 The pass keeps a running top-k buffer per neuron and merges each batch into it with
 ``torch.topk``, so memory is ``n_neurons x k`` plus one batch of activations. Ties are broken
@@ -91,6 +95,10 @@ class StimuliResult:
     responsive_act : float32 [n_images, k_responsive] their activations.
     act_max, act_mean, frac_positive : float32 [n_neurons] over the probe set.
     n_nonfinite : int64 [n_neurons] count of NaN/inf activations (0 unless recorded).
+    activations : float16 [n_neurons, n_images] a_n(x) / activation_scale[n] (non-finite
+        activations as -inf), or None when the pass did not record them.
+    activation_scale : float32 [n_neurons] each neuron's largest absolute finite activation
+        (1 where it is 0), or None.
     """
 
     layers: list[LayerInfo]
@@ -104,6 +112,8 @@ class StimuliResult:
     frac_positive: np.ndarray
     n_nonfinite: np.ndarray
     meta: dict = field(default_factory=dict)
+    activations: np.ndarray | None = None
+    activation_scale: np.ndarray | None = None
 
     ARRAYS = ("stimuli", "stimuli_act", "stimuli_loc", "responsive", "responsive_act",
               "act_max", "act_mean", "frac_positive", "n_nonfinite")
@@ -120,6 +130,12 @@ class StimuliResult:
     def dead(self) -> np.ndarray:
         """bool [n_neurons]: neurons with no positive activation on any probe image."""
         return self.act_max <= 0
+
+    def activation_matrix(self) -> np.ndarray:
+        """float32 [n_neurons, n_images]: every recorded activation a_n(x)."""
+        if self.activations is None:
+            raise ValueError("this stimulus pass did not record the activations")
+        return self.activations.astype(np.float32) * self.activation_scale[:, None]
 
     def layer_of(self) -> np.ndarray:
         """int64 [n_neurons]: the layer index of each neuron."""
@@ -144,11 +160,13 @@ class StimulusAccumulator:
     record_batches : also keep each batch's activation sums (float64 [n_neurons] per batch,
         keyed by the batch's first image id), so that :func:`merge_shards` can add them in the
         order of a single pass. For a shard of a distributed pass.
+    record_activations : also keep every activation (float32, image by image: [n_images,
+        n_neurons] on the CPU), for the activation-weighted projection.
     """
 
     def __init__(self, layers: list[LayerInfo], n_images: int, k_stimuli: int,
                  k_responsive: int, device: torch.device | str = "cpu",
-                 record_batches: bool = False):
+                 record_batches: bool = False, record_activations: bool = False):
         n = sum(li.channels for li in layers)
         if k_stimuli > n_images:
             raise ValueError(f"k_stimuli={k_stimuli} exceeds the {n_images} probe images")
@@ -168,6 +186,9 @@ class StimulusAccumulator:
         self.n_nonfinite = torch.zeros(n, dtype=torch.long, device=dev)
         self.n_seen = 0
         self.batch_sums: list[tuple[int, torch.Tensor]] | None = [] if record_batches else None
+        self.activations = torch.full((n_images, n), -torch.inf) if record_activations \
+            else None
+        self.seen = torch.zeros(n_images, dtype=torch.bool)
         self._neuron_ids = torch.arange(n, device=dev)
 
     def update(self, acts: torch.Tensor, where: torch.Tensor, image_ids: torch.Tensor) -> None:
@@ -198,6 +219,13 @@ class StimulusAccumulator:
             self.batch_sums.append((int(image_ids[0]), batch_sum))
         self.n_positive += (acts > 0).sum(dim=0)
         self.n_seen += b
+        self.seen[rows] = True
+        if self.activations is not None:
+            first = int(rows[0])
+            if b and int(rows[-1]) - first == b - 1 and bool((rows.diff() == 1).all()):
+                self.activations[first:first + b] = acts.float().cpu()  # contiguous ids
+            else:
+                self.activations[rows] = acts.float().cpu()
 
     def count_nonfinite(self, acts: torch.Tensor) -> torch.Tensor:
         """Count NaN/inf per neuron and replace them by -inf in place; returns the mask."""
@@ -221,6 +249,9 @@ class StimulusAccumulator:
         self.n_positive += other.n_positive.to(self.n_positive.device)
         self.n_nonfinite += other.n_nonfinite.to(self.n_nonfinite.device)
         self.n_seen += other.n_seen
+        if self.activations is not None:
+            self.activations[other.seen] = other.activations[other.seen]
+        self.seen |= other.seen
 
     def to(self, device: torch.device | str) -> StimulusAccumulator:
         """Move the buffers to ``device`` (in place; returns self). Partial results travel
@@ -253,7 +284,20 @@ class StimulusAccumulator:
             frac_positive=(self.n_positive.double() / n).float().cpu().numpy(),
             n_nonfinite=self.n_nonfinite.cpu().numpy(),
             meta=dict(meta or {}),
+            **self._scaled_activations(),
         )
+
+    def _scaled_activations(self) -> dict:
+        if self.activations is None:
+            return {}
+        a = self.activations
+        magnitude = a.abs()
+        if not bool(torch.isfinite(magnitude).all()):
+            magnitude = torch.where(torch.isfinite(magnitude), magnitude, 0.0)
+        scale = magnitude.amax(dim=0)
+        scale = torch.where(scale > 0, scale, 1.0)
+        return {"activations": (a / scale).t().contiguous().half().numpy(),
+                "activation_scale": scale.numpy().astype(np.float32)}
 
 
 def merge_shards(shards: list[StimulusAccumulator | None]) -> StimulusAccumulator:
@@ -299,6 +343,7 @@ def compute_stimuli(adapter: ModelAdapter,
                     device: torch.device | str = "cpu", on_nonfinite: str = "raise",
                     context: str = "", accumulator: StimulusAccumulator | None = None,
                     channels_last: bool = False, record_batches: bool = False,
+                    record_activations: bool = False,
                     progress: Callable[[int], None] | None = None) -> StimulusAccumulator:
     """Stream ``batches`` of (images [B, C, H, W], image ids [B]) through the model.
 
@@ -312,6 +357,7 @@ def compute_stimuli(adapter: ModelAdapter,
     accumulator : continue an existing accumulator.
     record_batches : keep each batch's sums in the new accumulator, for :func:`merge_shards`
         (a shard of a distributed pass: ``batches`` are then whole batches of the full pass).
+    record_activations : keep every activation (see :class:`StimulusAccumulator`).
     channels_last : feed the images in channels-last layout (about 2x faster convolutions on
         CPUs when the model's weights are channels-last too; results are the same).
     progress : called with the number of images of each finished batch.
@@ -335,7 +381,8 @@ def compute_stimuli(adapter: ModelAdapter,
                     adapter.describe(images[:1])
                 if acc is None:
                     acc = StimulusAccumulator(adapter.layers_, n_images, k_stimuli,
-                                              k_responsive, device, record_batches)
+                                              k_responsive, device, record_batches,
+                                              record_activations)
                 # locations are needed only where an image can enter a neuron's top-k
                 acts, where, _ = adapter.activations(images, acc.top_act[:, -1].float())
                 if not torch.isfinite(acts).all():

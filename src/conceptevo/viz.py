@@ -60,7 +60,7 @@ def save_png(fig, path: str | Path) -> Path:
 
 
 #: Colours of the alignment study's methods, ours first (see evaluate.stage.METHODS).
-METHOD_COLOURS = ("#c2410c", "#2563eb", "#059669", "#7c3aed", "#6b7280")
+METHOD_COLOURS = ("#c2410c", "#db2777", "#2563eb", "#059669", "#7c3aed", "#6b7280")
 
 
 def plot_roc(alignment: dict, path: str | Path) -> Path:

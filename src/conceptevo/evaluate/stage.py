@@ -30,6 +30,7 @@ from ..data.probe import ProbeSet
 from ..errors import ConfigError, WorkspaceError
 from ..progress import progress_bar
 from ..space.coactivation import CoActivation
+from ..space.image_embedding import project
 from ..space.neuron_embedding import NeuronEmbedding
 from ..space.unified import build_base_space, project_known
 from ..workspace import Workspace, atomic
@@ -49,9 +50,11 @@ from .labels import ConceptLabels, activation_vectors, label_neurons
 log = logging.getLogger("conceptevo")
 SCHEMA = 1
 
-#: The methods of the alignment study, ours first, in the order of the report.
+#: The methods of the alignment study, ours first, in the order of the report. "stimuli" (the
+#: paper's projection) is scored when the space projects by activations (else it is "unified").
 METHODS: dict[str, str] = {
     "unified": "Unified space (ours)",
+    "stimuli": "Projection by top-k stimuli (the paper's)",
     "no-indirect": "Projection without indirect image embeddings",
     "correlation": "Activation correlation (Pearson)",
     "separate": "Per-model embeddings (no unification)",
@@ -244,11 +247,12 @@ def collect_neurons(cfg: StudyConfig, ws: Workspace, checkpoints: list[tuple[str
                     ) -> StudyNeurons:
     """Every method's vector for the neurons of ``checkpoints``, restricted to the common
     pool (alive, finite in every method)."""
-    _, images = ws.load_arrays(ws.space_path("images.npz"))
-    e = images["image_embedding"].astype(np.float64)
+    imeta, images = ws.load_arrays(ws.space_path("images.npz"))
+    e = images.get("stimulus_embedding", images["image_embedding"]).astype(np.float64)
     vocab = images["vocab"].astype(bool)
+    weighted = imeta.get("params", {}).get("projection", "stimuli") == "activations"
     rng = np.random.default_rng(cfg.seed)
-    parts: dict[str, list] = {m: [] for m in METHODS}
+    parts: dict[str, list] = {m: [] for m in METHODS if weighted or m != "stimuli"}
     ckpt_ids, depth, label, iou, alive_parts = [], [], [], [], []
     depth_names: list[str] = []
     with progress_bar(len(checkpoints), "alignment study: neurons", "ckpt") as bar:
@@ -262,6 +266,8 @@ def collect_neurons(cfg: StudyConfig, ws: Workspace, checkpoints: list[tuple[str
             if not depth_names:
                 depth_names = [li.name for li in stim.layers]
             parts["unified"].append(proj["embedding"].astype(np.float64))
+            if weighted:
+                parts["stimuli"].append(project(stim.stimuli, e))
             parts["no-indirect"].append(project_known(stim.stimuli, e, vocab))
             parts["correlation"].append(labels.activations.astype(np.float64))
             parts["separate"].append(separate_embedding(stim.stimuli, alive, cfg,
@@ -292,11 +298,12 @@ def run_alignment(neurons: StudyNeurons, per_layer: int, k: int, n_boot: int, se
         raise WorkspaceError("no neuron has a concept label (every best IoU is below "
                              "[evaluation] min_iou): the alignment study needs labelled "
                              "neurons; check the annotations or lower min_iou")
-    out: dict = {"order": list(METHODS), "methods": {},
+    methods = [m for m in METHODS if m in neurons.vectors]
+    out: dict = {"order": methods, "methods": {},
                  "depth_names": {str(d): n for d, n in enumerate(neurons.depth_names)}}
     results: dict[str, StudyResult] = {}
-    with progress_bar(len(METHODS), "alignment study", "method") as bar:
-        for method in METHODS:
+    with progress_bar(len(methods), "alignment study", "method") as bar:
+        for method in methods:
             vectors = neurons.vectors[method]
             sim = correlation_similarity_fn(vectors) if method == "correlation" else \
                 cosine_similarity_fn(vectors)
@@ -309,7 +316,7 @@ def run_alignment(neurons: StudyNeurons, per_layer: int, k: int, n_boot: int, se
                                           roc={"fpr": _round(fpr), "tpr": _round(tpr)})
             bar.update(1)
     ours = out["methods"]["unified"]
-    baselines = [m for m in METHODS if m != "unified"]
+    baselines = [m for m in methods if m != "unified"]
     out["beats_all_baselines"] = bool(all(
         ours["ci95"][0] > out["methods"][m]["ci95"][1] for m in baselines))
     out["n_pool"] = int(len(neurons.index.label))

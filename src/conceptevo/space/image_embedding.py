@@ -15,6 +15,16 @@
 3. Any neuron of any model is then projected as the mean embedding of its stimuli
    (:func:`project`), and :func:`fidelity` measures how well the base neurons survive the
    round trip.
+
+The activation-weighted projection (ConceptEvo's default, ``[space] projection =
+"activations"``) replaces "the mean over the top-k stimuli" by a weighted mean over every probe
+image, with weights that fall off exponentially below the neuron's strongest activation
+(:func:`activation_weights`): w_n(x) proportional to exp((a_n(x) - max a_n) / (T sigma_n)). The
+image embedding is then the minimum-norm (ridge) solution of W E = V for the base neurons
+(:func:`solve_image_embedding` with the dense W), so every probe image gets an embedding from
+the base neurons directly and no indirect step is needed. A neuron is described by how it
+ranks the whole probe set rather than by its 20 best images alone, which places neurons of
+the same concept closer together (docs/space.md has the measurements).
 """
 
 from __future__ import annotations
@@ -28,6 +38,8 @@ import torch
 import torch.nn.functional as F
 
 INDIRECT_METHODS = ("neuron-mean", "image-mean", "skipgram")
+#: How a neuron is projected: activation-weighted over the probe set, or its top-k stimuli.
+PROJECTIONS = ("activations", "stimuli")
 
 
 def stimulus_matrix(stimuli: np.ndarray, rows: np.ndarray, n_images: int,
@@ -189,6 +201,94 @@ def _indirect_skipgram(targets, responsive, e, known, seed, lr, epochs, negative
 def project(stimuli: np.ndarray, e: np.ndarray) -> np.ndarray:
     """v~ [n, d]: each neuron as the mean embedding of its stimuli (stimuli int64 [n, k])."""
     return e[np.asarray(stimuli)].mean(1)
+
+
+class ActivationWeights:
+    """The weights of the activation-weighted projection.
+
+    w_n(x) = exp((a_n(x) - max_x a_n(x)) / (temperature * sigma_n)) / Z_n, with sigma_n the
+    standard deviation of neuron n's activations over the probe set and Z_n the sum over the
+    probe set: the image a neuron responds to most weighs most, an image one standard
+    deviation lower exp(-1 / temperature) times that. Non-finite activations weigh 0; a
+    neuron whose activation is the same on every image (sigma 0) weighs every image equally.
+
+    ``activations`` [n, n_images] is read in blocks of whole rows (about ``block_size``
+    values each), in torch on ``device`` (float32 weights, float64 statistics): a projection
+    is one pass and never holds more than one block of weights.
+    """
+
+    def __init__(self, activations: np.ndarray, temperature: float = 1.0,
+                 block_size: int = 1 << 23, device: str | torch.device = "cpu"):
+        self.a = np.asarray(activations)
+        self.temperature = float(temperature)
+        self.rows_per_block = max(1, int(block_size) // max(1, self.a.shape[1]))
+        self.device = torch.device(device)
+
+    def _weights(self, a: torch.Tensor) -> torch.Tensor:
+        """Normalised weights float32 [r, n_images] of a block of whole rows (``a`` is
+        overwritten)."""
+        finite = torch.isfinite(a)
+        clean = bool(finite.all())
+        if clean:
+            var, _ = torch.var_mean(a, dim=1, correction=0, keepdim=True)
+            top = a.amax(1, keepdim=True)
+        else:  # statistics over the finite values only
+            count = finite.sum(1, keepdim=True).clamp(min=1)
+            mean = torch.where(finite, a, 0.0).sum(1, keepdim=True) / count
+            var = torch.where(finite, a - mean, 0.0).square().sum(1, keepdim=True) / count
+            top = torch.where(finite, a, -torch.inf).amax(1, keepdim=True)
+        sigma = var.double().sqrt()
+        flat = ~(sigma > 1e-6 * top.double().abs().clamp(min=1e-30))
+        inv = torch.where(flat, 0.0, 1.0 / (self.temperature * sigma)).float()
+        # w = exp((a - top) / (T sigma)), in place; flat rows get exp(0) = 1 everywhere
+        w = a.sub_(torch.where(flat, 0.0, top)).mul_(inv).clamp_(max=0).exp_()
+        if not clean:
+            w.masked_fill_(~finite, 0.0)
+        norm = w.sum(1, keepdim=True, dtype=torch.float64).clamp(min=np.finfo(np.float64).tiny)
+        return w.div_(norm.float())
+
+    def blocks(self):
+        """(row slice, normalised weights float32 [r, n_images]), block by block."""
+        n = self.a.shape[0]
+        for start in range(0, n, self.rows_per_block):
+            rows = slice(start, min(start + self.rows_per_block, n))
+            a = torch.tensor(np.asarray(self.a[rows], dtype=np.float32), device=self.device)
+            yield rows, self._weights(a)
+
+    def dense(self) -> np.ndarray:
+        """The whole weight matrix [n, n_images], float32."""
+        return torch.cat([w for _, w in self.blocks()]).cpu().numpy()
+
+    def project(self, e: np.ndarray) -> np.ndarray:
+        """v~ [n, d] = W E, one block of neurons at a time."""
+        e_t = torch.as_tensor(np.asarray(e, dtype=np.float32), device=self.device)
+        out = np.zeros((self.a.shape[0], e_t.shape[1]))
+        for rows, w in self.blocks():
+            out[rows] = (w @ e_t).cpu().numpy()
+        return out
+
+    def solve(self, v: np.ndarray, ridge: float = 1e-4) -> np.ndarray:
+        """The minimum-norm ridge solution E [n_images, d] of W E = V (these neurons are the
+        base): E = W^T (W W^T + lambda I)^-1 V with lambda = ridge x mean diag(W W^T),
+        factorised by Cholesky in float64. Holds W (float32) in memory once."""
+        w = torch.cat([w for _, w in self.blocks()])
+        gram = (w @ w.T).double()
+        gram.diagonal().add_(ridge * float(gram.diagonal().mean()))
+        y = torch.cholesky_solve(torch.as_tensor(np.asarray(v, dtype=np.float64),
+                                                 device=self.device),
+                                 torch.linalg.cholesky(gram))
+        return (w.T @ y.float()).double().cpu().numpy()
+
+
+def activation_weights(activations: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Weights [n, n_images] of the activation-weighted projection, rows summing to 1 (see
+    :class:`ActivationWeights`, which computes the same block by block). float64."""
+    return ActivationWeights(activations, temperature).dense()
+
+
+def project_weighted(weights: np.ndarray, e: np.ndarray) -> np.ndarray:
+    """v~ [n, d] = W E: each neuron as the weighted mean embedding of the probe images."""
+    return np.asarray(weights) @ np.asarray(e, dtype=np.float64)
 
 
 def fidelity(projected: np.ndarray, base: np.ndarray, targets: np.ndarray | None = None,

@@ -31,9 +31,14 @@ from ..models.registry import build_model
 from ..progress import progress_bar
 from ..stimuli import StimuliResult, compute_stimuli
 from ..workspace import Workspace, atomic
-from .image_embedding import project
 from .map2d import ConceptMap
-from .unified import BaseSpace, SpaceParams, build_base_space, compare_indirect_methods
+from .unified import (
+    BaseSpace,
+    SpaceParams,
+    build_base_space,
+    compare_indirect_methods,
+    project_result,
+)
 
 log = logging.getLogger("conceptevo")
 
@@ -65,8 +70,9 @@ def ensure_base_stimuli(cfg: StudyConfig, ws: Workspace, probe: ProbeSet,
                         desc: dict) -> StimuliResult:
     """The base model's stimuli: from ``stimuli/`` for a study checkpoint, computed into
     ``space/base_stimuli.npz`` for an external model."""
+    activations = cfg.space.projection == "activations"
     if desc["kind"] == "run":
-        return ws.load_stimuli(desc["run"], desc["epoch"])
+        return ws.load_stimuli(desc["run"], desc["epoch"], activations=activations)
     from ..pipeline import resolve_device
 
     path = ws.space_path("base_stimuli.npz")
@@ -75,7 +81,7 @@ def ensure_base_stimuli(cfg: StudyConfig, ws: Workspace, probe: ProbeSet,
     key = _hash({"probe": probe.info.get("fingerprint"), "desc": desc, "size": stat.st_size,
                  "mtime_ns": stat.st_mtime_ns, "layers": cfg.model.layers,
                  "reduction": cfg.model.reduction, "k_s": cfg.stimuli.k_stimuli,
-                 "k_i": cfg.stimuli.k_responsive})
+                 "k_i": cfg.stimuli.k_responsive, "activations": activations})
     if ws.arrays_key(path) == key:
         meta, arrays = ws.load_arrays(path)
         layers = [LayerInfo.from_dict(d) for d in json.loads(str(arrays.pop("layers")))]
@@ -89,8 +95,11 @@ def ensure_base_stimuli(cfg: StudyConfig, ws: Workspace, probe: ProbeSet,
         result = compute_stimuli(adapter, probe.batches(cfg.stimuli.batch_size, device),
                                  len(probe), k_stimuli=cfg.stimuli.k_stimuli,
                                  k_responsive=cfg.stimuli.k_responsive, device=device,
-                                 context=f"base model {ckpt}", progress=bar.update).result()
+                                 context=f"base model {ckpt}", record_activations=activations,
+                                 progress=bar.update).result()
     arrays = {name: getattr(result, name) for name in StimuliResult.ARRAYS}
+    if activations:
+        arrays.update(activations=result.activations, activation_scale=result.activation_scale)
     arrays["layers"] = np.array(json.dumps([li.to_dict() for li in result.layers]))
     result.meta = {"key": key, "base": desc}
     ws.save_arrays(path, result.meta, **arrays)
@@ -103,7 +112,9 @@ def space_params(cfg: StudyConfig) -> SpaceParams:
     sc = cfg.space
     return SpaceParams(dim=sc.dim, epochs=sc.epochs, lr=sc.lr, negatives=sc.negatives,
                        batch_size=sc.batch_size, image_method=sc.image_method,
-                       indirect=sc.indirect, exclude_dead=sc.exclude_dead, seed=cfg.seed,
+                       indirect=sc.indirect, exclude_dead=sc.exclude_dead,
+                       projection=sc.projection, temperature=sc.temperature, ridge=sc.ridge,
+                       seed=cfg.seed,
                        device=str(resolve_device(cfg.device)))
 
 
@@ -128,9 +139,10 @@ def ensure_base_space(cfg: StudyConfig, ws: Workspace, base: StimuliResult, desc
     atomic.write_json(ws.space_path("fidelity.json"), {
         "base": desc, "rmse": space.rmse, "fidelity": space.fidelity,
         "indirect_default": params.indirect, "indirect_comparison": comparison,
-        "info": space.info, "loss": space.loss})
+        "projection": params.projection, "info": space.info, "loss": space.loss})
     ws.save_arrays(ws.space_path("images.npz"), dict(meta, rmse=space.rmse),
-                   image_embedding=space.image_embedding, vocab=space.vocab)
+                   image_embedding=space.image_embedding, vocab=space.vocab,
+                   stimulus_embedding=space.stimulus_embedding)
     return space, key
 
 
@@ -152,9 +164,12 @@ def load_base_space(ws: Workspace) -> BaseSpace:
     meta, base = ws.load_arrays(ws.space_path("base.npz"))
     imeta, images = ws.load_arrays(ws.space_path("images.npz"))
     report = atomic.read_json(ws.space_path("fidelity.json"))
+    params = meta.get("params", {})
     return BaseSpace(base["neuron_embedding"], base["valid"], list(base["loss"]),
                      images["image_embedding"], images["vocab"], float(imeta.get("rmse", 0.0)),
-                     report.get("fidelity", {}), meta.get("info", {}))
+                     report.get("fidelity", {}), meta.get("info", {}),
+                     images.get("stimulus_embedding", images["image_embedding"]),
+                     params.get("projection", "stimuli"), params.get("temperature", 1.0))
 
 
 # ------------------------------------------------------------------------ map and projections
@@ -190,7 +205,10 @@ def _fit_map(cfg: StudyConfig, space: BaseSpace) -> ConceptMap:
 def ensure_projections(cfg: StudyConfig, ws: Workspace, space: BaseSpace, space_key: str,
                        state: MapState, runs: list[str] | None = None) -> list[tuple[str, int]]:
     """v~ and 2-D coordinates of every neuron of every checkpoint with stimuli."""
-    e = space.image_embedding.astype(np.float64)
+    from ..pipeline import resolve_device
+
+    activations = space.projection == "activations"
+    device = str(resolve_device(cfg.device))
     done = []
     for run in ws.stimuli_runs():
         if runs is not None and run not in runs:
@@ -212,8 +230,8 @@ def ensure_projections(cfg: StudyConfig, ws: Workspace, space: BaseSpace, space_
         # depend on which others were (re)computed with it, and a resumed build would differ
         with progress_bar(len(todo), f"2-D map {run}", "epoch") as bar:
             for epoch, key in todo:
-                r = ws.load_stimuli(run, epoch)
-                projected = project(r.stimuli, e).astype(np.float32)
+                r = ws.load_stimuli(run, epoch, activations=activations)
+                projected = project_result(r, space, device).astype(np.float32)
                 coords = state.model.transform(projected)
                 ws.save_arrays(ws.projection_path(run, epoch), {"key": key, "run": run,
                                                                 "epoch": epoch},

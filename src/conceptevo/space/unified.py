@@ -3,8 +3,11 @@ every probe image, ready to project any neuron of any model and epoch.
 
 :func:`build_base_space` chains the steps of ``../../docs/space.md``:
 co-activation -> neuron embedding -> image embedding of the vocabulary -> embedding of the
-other probe images. :func:`compare_indirect_methods` measures, by holding out part of the
-vocabulary, how well each way of embedding non-vocabulary images preserves the space.
+other probe images (the paper's projection by stimuli), and, for the activation-weighted
+projection, the image embedding that reproduces the base neurons from their activations.
+:func:`project_result` projects one checkpoint either way. :func:`compare_indirect_methods`
+measures, by holding out part of the vocabulary, how well each way of embedding
+non-vocabulary images preserves the space.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from ..stimuli import StimuliResult
 from .coactivation import CoActivation
 from .image_embedding import (
     INDIRECT_METHODS,
+    PROJECTIONS,
+    ActivationWeights,
     embed_other_images,
     fidelity,
     project,
@@ -40,6 +45,9 @@ class SpaceParams:
     image_method: str = "normal"
     indirect: str = "neuron-mean"
     exclude_dead: bool = True
+    projection: str = "activations"
+    temperature: float = 1.0
+    ridge: float = 1e-4
     seed: int = 0
     device: str = "cpu"
 
@@ -54,11 +62,18 @@ class BaseSpace:
     valid : bool [n_base], neurons that are in the space: alive (a positive activation on
         the probe set, when dead neurons are excluded) and co-activated with another neuron.
     loss : mean pair loss of each neuron-embedding epoch.
-    image_embedding : float32 [n_images, d], e_x for every probe image.
+    image_embedding : float32 [n_images, d], e_x for every probe image: the embedding that
+        projections use (of the activation-weighted projection, or equal to
+        ``stimulus_embedding``).
     vocab : bool [n_images], images among the stimuli of valid base neurons.
-    rmse : sqrt(mean_n ||mean_{x in X_n} e_x - v_n||^2) over valid base neurons.
+    rmse : how well the images reproduce the valid base neurons by the space's projection,
+        sqrt(mean_n ||v~_n - v_n||^2).
     fidelity : projection of the base model onto itself (see :func:`fidelity`).
     info : counts (pairs per epoch, vocabulary size, ...).
+    stimulus_embedding : float32 [n_images, d], the paper's image embedding: exact least
+        squares on the vocabulary (each base neuron the mean of its stimuli), indirect
+        embeddings for the other images.
+    projection, temperature : how neurons are projected (see :func:`project_result`).
     """
 
     neuron_embedding: np.ndarray
@@ -69,6 +84,9 @@ class BaseSpace:
     rmse: float
     fidelity: dict
     info: dict = field(default_factory=dict)
+    stimulus_embedding: np.ndarray | None = None
+    projection: str = "stimuli"
+    temperature: float = 1.0
 
 
 def base_validity(base: StimuliResult, exclude_dead: bool = True) -> np.ndarray:
@@ -85,18 +103,41 @@ def build_base_space(base: StimuliResult, params: SpaceParams,
     model.fit(coact, progress)
     valid = alive & model.trained_
     v = model.embedding_.astype(np.float64)
-    e, vocab, err = embed_images(base, v, valid, params.image_method, params.indirect,
-                                 params.seed, device=params.device)
-    e = e.astype(np.float32)  # as stored: the fidelity is that of the stored space
+    e_stim, vocab, err = embed_images(base, v, valid, params.image_method, params.indirect,
+                                      params.seed, device=params.device)
+    e_stim = e_stim.astype(np.float32)  # as stored: the fidelity is that of the stored space
     rows = np.flatnonzero(valid)
-    fid = fidelity(project(base.stimuli[rows], e.astype(np.float64)), v[rows])
-    emb = model.embedding_.copy()
-    emb[~valid] = np.nan
+    fid_stim = fidelity(project(base.stimuli[rows], e_stim.astype(np.float64)), v[rows])
     info = {"n_neurons": int(base.n_neurons), "n_valid": int(valid.sum()),
             "n_dead": int((~alive).sum()), "n_isolated": int((alive & ~model.trained_).sum()),
             "pairs_per_epoch": int(coact.n_pairs), "n_vocab": int(vocab.sum()),
-            "n_images": int(base.n_images)}
-    return BaseSpace(emb, valid, list(model.loss_), e, vocab, err, fid, info)
+            "n_images": int(base.n_images), "stimuli_rmse": err, "stimuli_fidelity": fid_stim}
+    e, fid = e_stim, fid_stim
+    if params.projection == "activations":
+        weights = ActivationWeights(base.activation_matrix()[rows], params.temperature,
+                                    device=params.device)
+        e = weights.solve(v[rows], params.ridge).astype(np.float32)
+        projected = weights.project(e)
+        err = float(np.sqrt(((projected - v[rows]) ** 2).sum(1).mean()))
+        fid = fidelity(projected, v[rows])
+    elif params.projection != "stimuli":
+        raise ValueError(f"unknown projection {params.projection!r}; use one of {PROJECTIONS}")
+    emb = model.embedding_.copy()
+    emb[~valid] = np.nan
+    return BaseSpace(emb, valid, list(model.loss_), e, vocab, err, fid, info, e_stim,
+                     params.projection, params.temperature)
+
+
+def project_result(result: StimuliResult, space: BaseSpace, device: str = "cpu"
+                   ) -> np.ndarray:
+    """v~ float64 [n_neurons, d] of every neuron of one checkpoint, by the space's
+    projection: activation-weighted over the probe set (``result`` must hold its
+    activations; computed on ``device``) or the mean embedding of the neuron's stimuli."""
+    e = np.asarray(space.image_embedding, dtype=np.float64)
+    if space.projection == "activations":
+        return ActivationWeights(result.activation_matrix(), space.temperature,
+                                 device=device).project(e)
+    return project(result.stimuli, e)
 
 
 def embed_images(base: StimuliResult, v: np.ndarray, known: np.ndarray, method: str,

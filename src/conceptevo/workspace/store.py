@@ -144,6 +144,9 @@ class Workspace:
 
     def save_stimuli(self, run: str, epoch: int, result: StimuliResult) -> None:
         arrays = {name: getattr(result, name) for name in StimuliResult.ARRAYS}
+        if result.activations is not None:
+            arrays["activations"] = result.activations
+            arrays["activation_scale"] = result.activation_scale
         arrays["layers"] = np.array(json.dumps([li.to_dict() for li in result.layers]))
         arrays["meta"] = np.array(json.dumps(result.meta, default=str))
         atomic.write_npz(self.stimuli_path(run, epoch), **arrays)
@@ -159,7 +162,9 @@ class Workspace:
         except (OSError, ValueError, KeyError, json.JSONDecodeError):
             return None  # unreadable: treated as missing and recomputed
 
-    def load_stimuli(self, run: str, epoch: int) -> StimuliResult:
+    def load_stimuli(self, run: str, epoch: int, activations: bool = False) -> StimuliResult:
+        """A stored stimulus result; with ``activations``, also every recorded activation
+        (an error when the pass did not record them)."""
         p = self.stimuli_path(run, epoch)
         if not p.is_file():
             known = self.stimuli_epochs(run)
@@ -169,6 +174,13 @@ class Workspace:
                    f"; runs with stimuli: {self.stimuli_runs()}"))
         with np.load(p, allow_pickle=False) as z:
             arrays = {name: z[name] for name in StimuliResult.ARRAYS}
+            if activations:
+                if "activations" not in z.files:
+                    raise WorkspaceError(
+                        f"{p} holds no activations (computed with [space] projection = "
+                        "\"stimuli\"); run `conceptevo build` again to record them")
+                arrays["activations"] = z["activations"]
+                arrays["activation_scale"] = z["activation_scale"]
             layers = [LayerInfo.from_dict(d) for d in json.loads(str(z["layers"]))]
             meta = json.loads(str(z["meta"]))
         return StimuliResult(layers=layers, meta=meta, **arrays)
