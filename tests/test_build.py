@@ -13,13 +13,7 @@ from conceptevo.config import load_config
 from conceptevo.data.concept_world import ConceptWorld
 from conceptevo.errors import WorkspaceError
 from conceptevo.pipeline import ensure_training, open_workspace, run_build
-from conceptevo.space.image_embedding import (
-    ActivationWeights,
-    activation_weights,
-    fidelity,
-    project,
-    project_weighted,
-)
+from conceptevo.space.image_embedding import ActivationWeights, fidelity, project
 from conceptevo.workspace import Workspace, atomic
 
 MODEL = "kwargs = { num_classes = 12, widths = [4, 8, 8], depth = 1, hidden = 8 }"
@@ -90,6 +84,14 @@ def test_build_writes_every_artifact_and_skips_them_next_time(study):
     assert [f.stat().st_mtime_ns for f in files] == stamps
 
 
+def exp_weights(acts: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """exp((a - max a) / (T sigma)) per neuron, normalised (every activation finite and no
+    neuron constant, as in this study)."""
+    a = acts.astype(np.float64)
+    w = np.exp((a - a.max(1, keepdims=True)) / (temperature * a.std(1, keepdims=True)))
+    return w / w.sum(1, keepdims=True)
+
+
 def test_stored_fidelity_is_the_projection_of_the_base_onto_itself(study):
     """The default projection: every neuron is the activation-weighted mean of the image
     embeddings; the image embedding reproduces the base neurons that way."""
@@ -103,20 +105,20 @@ def test_stored_fidelity_is_the_projection_of_the_base_onto_itself(study):
     assert result.activations.dtype == np.float16
     valid = base["valid"]
     e = images["image_embedding"].astype(np.float64)
-    projected = ActivationWeights(result.activation_matrix()[valid], 1.0).project(e)
+    projected = ActivationWeights(result.activations[valid], 1.0,
+                                  scale=result.activation_scale[valid]).project(e)
     again = fidelity(projected, base["neuron_embedding"][valid])
     for key in ("mean_cosine", "top1", "top10"):
         assert again[key] == pytest.approx(report["fidelity"][key], abs=1e-6)
-    # ... which is the weighted mean (dense weights, float64 product) up to float32 rounding
-    weights = activation_weights(result.activation_matrix(), 1.0)
-    np.testing.assert_allclose(project_weighted(weights[valid], e), projected, rtol=1e-4,
-                               atol=1e-5)
+    # ... which is the weighted mean of the image embeddings, weights written out in numpy
+    # from the activations themselves (float64), up to float32 rounding
+    np.testing.assert_allclose(exp_weights(result.activation_matrix()[valid]) @ e, projected,
+                               rtol=1e-4, atol=1e-5)
     # the stored projection of every checkpoint is that same projection
     for run, epoch in (("a", 2), ("b", 0)):
         _, proj = ws.load_arrays(ws.projection_path(run, epoch))
-        w = activation_weights(ws.load_stimuli(run, epoch, activations=True)
-                               .activation_matrix(), 1.0)
-        np.testing.assert_allclose(proj["embedding"], w @ e, rtol=1e-4, atol=1e-6)
+        w = exp_weights(ws.load_stimuli(run, epoch, activations=True).activation_matrix())
+        np.testing.assert_allclose(proj["embedding"], w @ e, rtol=1e-4, atol=1e-5)
     # the base neurons sit where their own projection is placed on the map, roughly
     assert report["rmse"] < 0.1 and report["fidelity"]["mean_cosine"] > 0.98
     # the paper's image embedding is kept (the evaluation's baselines), with its own fidelity

@@ -23,7 +23,7 @@ from conceptevo.evolution.diagnosis import (
 )
 from conceptevo.models.adapter import LayerInfo
 from conceptevo.stimuli import StimuliResult
-from conceptevo.workspace import Workspace
+from conceptevo.workspace import Workspace, atomic
 
 
 class DropVGG(TinyVGG):
@@ -198,9 +198,11 @@ def test_snapshots_record_activations_and_space_metrics_use_the_stimuli(tmp_path
     rng = np.random.default_rng(0)
     e_stim = rng.normal(size=(len(probe), 4))
     base = rng.normal(size=(10, 4)).astype(np.float32)
-    ws.save_arrays(ws.space_path("base.npz"), {}, neuron_embedding=base,
-                   valid=np.ones(10, bool))
-    ws.save_arrays(ws.space_path("images.npz"), {"params": {"projection": "activations"}},
+    params = {"params": {"projection": "activations"}}
+    ws.save_arrays(ws.space_path("base.npz"), params, neuron_embedding=base,
+                   valid=np.ones(10, bool), loss=np.zeros(1))
+    atomic.write_json(ws.space_path("fidelity.json"), {"fidelity": {}})
+    ws.save_arrays(ws.space_path("images.npz"), params,
                    image_embedding=rng.normal(size=(len(probe), 4)).astype(np.float32),
                    stimulus_embedding=e_stim.astype(np.float32),
                    vocab=np.ones(len(probe), bool))

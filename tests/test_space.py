@@ -13,7 +13,6 @@ from conceptevo.space.image_embedding import (
     embed_other_images,
     fidelity,
     project,
-    project_weighted,
     rmse,
     solve_image_embedding,
     stimulus_matrix,
@@ -206,6 +205,12 @@ def test_weighted_image_embedding_reproduces_the_base_and_projects_by_hand():
     # in blocks of 3 neurons (block_size 270 values) as in one
     blocked = ActivationWeights(acts, 1.0, block_size=270)
     np.testing.assert_allclose(blocked.dense(), w, rtol=1e-5, atol=1e-9)
+    # values stored relative to a per-neuron scale, rescaled block by block: the same weights
+    scale = np.abs(np.where(np.isfinite(acts), acts, 0)).max(1).astype(np.float32)
+    relative = (acts / scale[:, None]).astype(np.float32)
+    np.testing.assert_array_equal(
+        ActivationWeights(relative, 1.0, block_size=270, scale=scale).dense(),
+        ActivationWeights(relative * scale[:, None], 1.0, block_size=270).dense())
     e = blocked.solve(v, ridge=1e-9)
     # minimum-norm solution of W E = V: it reproduces every base neuron, and equals the
     # pseudo-inverse solution (up to float32 weights)
@@ -221,7 +226,7 @@ def test_weighted_image_embedding_reproduces_the_base_and_projects_by_hand():
     for n in range(3):
         np.testing.assert_allclose(projected[n], sum(wo[n, x] * e[x] for x in range(90)),
                                    rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(project_weighted(wo, e), projected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(wo @ e, projected, rtol=1e-4, atol=1e-4)
 
 
 def test_closed_form_indirect_embeddings_by_hand():

@@ -23,7 +23,6 @@ from .space.image_embedding import (
     activation_weights,
     fidelity,
     project,
-    project_weighted,
     solve_image_embedding,
 )
 from .space.map2d import ConceptMap
@@ -38,5 +37,5 @@ __all__ = [
     "StudyConfig", "TrainingIssueWarning", "Workspace", "__version__", "activation_weights",
     "build_base_space", "build_model", "compute_stimuli", "fidelity", "find_checkpoints",
     "from_dataset", "load_checkpoint", "load_config", "load_image_folder", "project",
-    "project_result", "project_weighted", "select_layers", "solve_image_embedding",
+    "project_result", "select_layers", "solve_image_embedding",
 ]

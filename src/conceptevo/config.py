@@ -186,6 +186,11 @@ class SpaceConfig:
     umap_min_dist: float = 0.1
     umap_metric: str = "cosine"
 
+    @property
+    def records_activations(self) -> bool:
+        """Whether stimulus passes keep every activation (the projection needs them)."""
+        return self.projection == "activations"
+
     def validate(self, where: str, runs: list[RunConfig]) -> None:
         if (self.base_arch is None) != (self.base_checkpoint is None):
             raise ConfigError(f"[{where}] an external base model needs both base_arch and "

@@ -130,21 +130,18 @@ class Monitor:
         """(the paper's image embedding, the spread of the base) when the workspace has a
         unified space whose probe set is ours; else None (stimulus-only diagnosis). The
         diagnosis places neurons by their stimuli (see ``run_diagnosis``)."""
-        from .evolution.stage import stimulus_embedding
+        from .space.stage import load_base_space
 
         if not self.ws.has_space():
             return None
-        e_stim = stimulus_embedding(self.ws)
-        if len(e_stim) != len(self.probe):
+        space = load_base_space(self.ws)
+        if len(space.stimulus_embedding) != len(self.probe):
             return None
-        meta, _ = self.ws.load_arrays(self.ws.space_path("images.npz"))
-        if meta.get("params", {}).get("projection") == "activations" and \
-                not self.record_activations:
+        if space.projection == "activations" and not self.record_activations:
             raise ConfigError(f"the unified space of {self.ws.root} places neurons by their "
                               "activations, which a snapshot must then record: keep "
                               "Monitor(record_activations=True)")
-        _, base = self.ws.load_arrays(self.ws.space_path("base.npz"))
-        return e_stim, spread(base["neuron_embedding"])
+        return space.stimulus_embedding.astype(np.float64), spread(space.neuron_embedding)
 
     # ------------------------------------------------------------------ hooks
     def on_epoch_end(self, model: nn.Module, epoch: int, metrics: dict | None = None) -> None:

@@ -150,7 +150,7 @@ def stimuli_key(cfg: StudyConfig, probe: ProbeSet, rm: RunModel, ckpt: Checkpoin
         "arch": rm.arch, "kwargs": rm.kwargs, "layers": cfg.model.layers,
         "reduction": cfg.model.reduction, "k_stimuli": cfg.stimuli.k_stimuli,
         "k_responsive": cfg.stimuli.k_responsive, "checkpoint": str(ckpt.path.resolve()),
-        "activations": cfg.space.projection == "activations",
+        "activations": cfg.space.records_activations,
         "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
 
 
@@ -214,7 +214,7 @@ def _stimuli_passes(cfg: StudyConfig, ws: Workspace, probe: ProbeSet, rm: RunMod
             k_stimuli=cfg.stimuli.k_stimuli, k_responsive=cfg.stimuli.k_responsive,
             device=device, on_nonfinite=cfg.stimuli.on_nonfinite,
             context=f"run {rm.name!r} epoch {ckpt.epoch} ({ckpt.path})", channels_last=True,
-            record_batches=shard, record_activations=cfg.space.projection == "activations",
+            record_batches=shard, record_activations=cfg.space.records_activations,
             progress=bar.update)
 
     def save(ckpt: Checkpoint, key: str, result) -> None:

@@ -221,11 +221,7 @@ class StimulusAccumulator:
         self.n_seen += b
         self.seen[rows] = True
         if self.activations is not None:
-            first = int(rows[0])
-            if b and int(rows[-1]) - first == b - 1 and bool((rows.diff() == 1).all()):
-                self.activations[first:first + b] = acts.float().cpu()  # contiguous ids
-            else:
-                self.activations[rows] = acts.float().cpu()
+            self.activations[rows] = acts.float().cpu()
 
     def count_nonfinite(self, acts: torch.Tensor) -> torch.Tensor:
         """Count NaN/inf per neuron and replace them by -inf in place; returns the mask."""

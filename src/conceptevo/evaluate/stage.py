@@ -247,10 +247,12 @@ def collect_neurons(cfg: StudyConfig, ws: Workspace, checkpoints: list[tuple[str
                     ) -> StudyNeurons:
     """Every method's vector for the neurons of ``checkpoints``, restricted to the common
     pool (alive, finite in every method)."""
-    imeta, images = ws.load_arrays(ws.space_path("images.npz"))
-    e = images.get("stimulus_embedding", images["image_embedding"]).astype(np.float64)
-    vocab = images["vocab"].astype(bool)
-    weighted = imeta.get("params", {}).get("projection", "stimuli") == "activations"
+    from ..space.stage import load_base_space
+
+    space = load_base_space(ws)
+    e = space.stimulus_embedding.astype(np.float64)
+    vocab = space.vocab.astype(bool)
+    weighted = space.projection == "activations"
     rng = np.random.default_rng(cfg.seed)
     parts: dict[str, list] = {m: [] for m in METHODS if weighted or m != "stimuli"}
     ckpt_ids, depth, label, iou, alive_parts = [], [], [], [], []

@@ -365,40 +365,28 @@ def verification_table(summaries: list[dict], split: str = "train") -> tuple[str
 
 
 # -------------------------------------------------------------------------- diagnosis
-def stimulus_embedding(ws: Workspace) -> np.ndarray:
-    """The paper's image embedding of the workspace's space (``space/images.npz``)."""
-    _, images = ws.load_arrays(ws.space_path("images.npz"))
-    return images.get("stimulus_embedding", images["image_embedding"]).astype(np.float64)
-
-
-def stimulus_positions(result, e_stim: np.ndarray) -> np.ndarray:
-    """Each neuron at the mean embedding of its stimuli: the positions the diagnosis's speed
-    and diversity are measured on."""
-    from ..space.image_embedding import project
-
-    return project(result.stimuli, e_stim)
-
-
 def run_diagnosis(ws: Workspace, thresholds=None, runs: list[str] | None = None) -> dict:
     """Diagnosis metrics and flags of every run with stimuli (``diagnosis.json``).
 
     Space metrics (speed, diversity) are computed when the workspace has a unified space of
     the same probe set; the others need only the stimuli, so a live run is diagnosed from its
     first snapshots on. The space metrics place neurons by the paper's projection (the mean
-    of the stimuli's image embedding, :func:`stimulus_positions`) whatever projection the
-    space shows, so that their thresholds keep one calibration.
+    of the stimuli's image embedding, ``BaseSpace.stimulus_embedding``) whatever projection
+    the space shows, so that their thresholds keep one calibration.
     """
     from dataclasses import asdict
 
+    from ..space.image_embedding import project
+    from ..space.stage import load_base_space
     from ..workspace import atomic
     from .diagnosis import DiagnosisThresholds, apply_rules, snapshot_metrics, spread
 
     th = thresholds or DiagnosisThresholds(**ws.load_study().get("diagnosis", {}))
     base_spread, e_stim = None, None
-    if ws.space_path("base.npz").is_file() and ws.space_path("images.npz").is_file():
-        _, base = ws.load_arrays(ws.space_path("base.npz"))
-        base_spread = spread(base["neuron_embedding"])
-        e_stim = stimulus_embedding(ws)
+    if ws.has_space():
+        space = load_base_space(ws)
+        base_spread = spread(space.neuron_embedding)
+        e_stim = space.stimulus_embedding.astype(np.float64)
     out = {"thresholds": asdict(th), "runs": {}}
     for run in ws.stimuli_runs():
         if runs is not None and run not in runs:
@@ -409,7 +397,7 @@ def run_diagnosis(ws: Workspace, thresholds=None, runs: list[str] | None = None)
             result = ws.load_stimuli(run, epoch)
             emb = None
             if base_spread and e_stim is not None and len(e_stim) == result.n_images:
-                emb = stimulus_positions(result, e_stim)
+                emb = project(result.stimuli, e_stim)
             row = {"epoch": epoch, **snapshot_metrics(result, previous, emb, previous_emb,
                                                       base_spread, th)}
             for key, value in recorded.get(epoch, {}).items():

@@ -212,14 +212,19 @@ class ActivationWeights:
     deviation lower exp(-1 / temperature) times that. Non-finite activations weigh 0; a
     neuron whose activation is the same on every image (sigma 0) weighs every image equally.
 
-    ``activations`` [n, n_images] is read in blocks of whole rows (about ``block_size``
-    values each), in torch on ``device`` (float32 weights, float64 statistics): a projection
-    is one pass and never holds more than one block of weights.
+    ``activations`` [n, n_images] may be stored relative to a per-neuron ``scale`` (the
+    float16 ``StimuliResult.activations`` with their ``activation_scale``): each block is then
+    rescaled on its own, so no float32 copy of the whole matrix is made. They are read in
+    blocks of whole rows (about ``block_size`` values each), in torch on ``device`` (float32
+    weights, float64 statistics): a projection is one pass and never holds more than one
+    block of weights.
     """
 
     def __init__(self, activations: np.ndarray, temperature: float = 1.0,
-                 block_size: int = 1 << 23, device: str | torch.device = "cpu"):
+                 block_size: int = 1 << 23, device: str | torch.device = "cpu",
+                 scale: np.ndarray | None = None):
         self.a = np.asarray(activations)
+        self.scale = None if scale is None else np.asarray(scale, dtype=np.float32)
         self.temperature = float(temperature)
         self.rows_per_block = max(1, int(block_size) // max(1, self.a.shape[1]))
         self.device = torch.device(device)
@@ -252,8 +257,10 @@ class ActivationWeights:
         n = self.a.shape[0]
         for start in range(0, n, self.rows_per_block):
             rows = slice(start, min(start + self.rows_per_block, n))
-            a = torch.tensor(np.asarray(self.a[rows], dtype=np.float32), device=self.device)
-            yield rows, self._weights(a)
+            a = np.asarray(self.a[rows], dtype=np.float32)
+            if self.scale is not None:
+                a = a * self.scale[rows, None]
+            yield rows, self._weights(torch.tensor(a, device=self.device))
 
     def dense(self) -> np.ndarray:
         """The whole weight matrix [n, n_images], float32."""
@@ -284,11 +291,6 @@ def activation_weights(activations: np.ndarray, temperature: float = 1.0) -> np.
     """Weights [n, n_images] of the activation-weighted projection, rows summing to 1 (see
     :class:`ActivationWeights`, which computes the same block by block). float64."""
     return ActivationWeights(activations, temperature).dense()
-
-
-def project_weighted(weights: np.ndarray, e: np.ndarray) -> np.ndarray:
-    """v~ [n, d] = W E: each neuron as the weighted mean embedding of the probe images."""
-    return np.asarray(weights) @ np.asarray(e, dtype=np.float64)
 
 
 def fidelity(projected: np.ndarray, base: np.ndarray, targets: np.ndarray | None = None,

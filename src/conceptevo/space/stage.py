@@ -70,7 +70,7 @@ def ensure_base_stimuli(cfg: StudyConfig, ws: Workspace, probe: ProbeSet,
                         desc: dict) -> StimuliResult:
     """The base model's stimuli: from ``stimuli/`` for a study checkpoint, computed into
     ``space/base_stimuli.npz`` for an external model."""
-    activations = cfg.space.projection == "activations"
+    activations = cfg.space.records_activations
     if desc["kind"] == "run":
         return ws.load_stimuli(desc["run"], desc["epoch"], activations=activations)
     from ..pipeline import resolve_device

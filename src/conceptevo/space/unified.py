@@ -114,8 +114,8 @@ def build_base_space(base: StimuliResult, params: SpaceParams,
             "n_images": int(base.n_images), "stimuli_rmse": err, "stimuli_fidelity": fid_stim}
     e, fid = e_stim, fid_stim
     if params.projection == "activations":
-        weights = ActivationWeights(base.activation_matrix()[rows], params.temperature,
-                                    device=params.device)
+        weights = ActivationWeights(base.activations[rows], params.temperature,
+                                    device=params.device, scale=base.activation_scale[rows])
         e = weights.solve(v[rows], params.ridge).astype(np.float32)
         projected = weights.project(e)
         err = float(np.sqrt(((projected - v[rows]) ** 2).sum(1).mean()))
@@ -135,8 +135,11 @@ def project_result(result: StimuliResult, space: BaseSpace, device: str = "cpu"
     activations; computed on ``device``) or the mean embedding of the neuron's stimuli."""
     e = np.asarray(space.image_embedding, dtype=np.float64)
     if space.projection == "activations":
-        return ActivationWeights(result.activation_matrix(), space.temperature,
-                                 device=device).project(e)
+        if result.activations is None:
+            raise ValueError("the stimulus pass did not record the activations that the "
+                             "activation-weighted projection needs")
+        return ActivationWeights(result.activations, space.temperature, device=device,
+                                 scale=result.activation_scale).project(e)
     return project(result.stimuli, e)
 
 
