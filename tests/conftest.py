@@ -63,6 +63,73 @@ class TinyResNet(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
+class ColourClassifier(nn.Module):
+    """Output k is the mean of colour channel k (R, G, B), read by two units of a 1x1
+    convolution each: it knows red, green and blue images, in that output order, without
+    training."""
+
+    def __init__(self, gain: float = 1.0):
+        super().__init__()
+        self.mix = nn.Conv2d(3, 6, 1)
+        self.head = nn.Linear(6, 3)
+        with torch.no_grad():
+            eye = torch.eye(3)
+            self.mix.weight.copy_(torch.cat([eye, 0.5 * eye]).view(6, 3, 1, 1) * gain)
+            self.mix.bias.zero_()
+            self.head.weight.copy_(torch.cat([eye, eye], dim=1))
+            self.head.bias.zero_()
+
+    def forward(self, x):
+        return self.head(torch.relu(self.mix(x)).mean((2, 3)))
+
+
+class LeNet(nn.Module):
+    """A classifier with a flattening head: it takes 28x28 images (to 31x31) only."""
+
+    def __init__(self, num_classes: int = 3):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2))
+        self.head = nn.Linear(16 * 4 * 4, num_classes)
+
+    def forward(self, x):
+        return self.head(self.features(x).flatten(1))
+
+
+class DictOutputVGG(TinyVGG):
+    """TinyVGG returning a dict, like a Hugging Face model's output."""
+
+    def forward(self, x):
+        hidden = self.pool(self.features(x)).flatten(1)
+        return {"hidden": hidden, "logits": self.head(hidden)}
+
+
+def build_colour_classifier(gain: float = 1.0) -> nn.Module:
+    return ColourClassifier(gain)
+
+
+def build_lenet(num_classes: int = 3) -> nn.Module:
+    return LeNet(num_classes)
+
+
+def build_dict_vgg(num_classes: int = 3) -> nn.Module:
+    return DictOutputVGG(num_classes)
+
+
+def write_colour_folder(root: Path, classes=("one", "two", "three"), per_class: int = 8,
+                        size: int = 16, seed: int = 0) -> Path:
+    """root/<class>/img_<i>.png where the i-th class's images are mostly colour channel i
+    (so ColourClassifier's output i is class i of ``classes``, in this order)."""
+    rng = np.random.default_rng(seed)
+    for k, c in enumerate(classes):
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+            pixels[..., k % 3] = rng.integers(180, 256, (size, size), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / c / f"img_{i:02d}.png")
+    return root
+
+
 def build_tiny_vgg(num_classes: int = 3, width: int = 6) -> nn.Module:
     return TinyVGG(num_classes, width)
 

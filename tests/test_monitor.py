@@ -226,3 +226,27 @@ def test_snapshots_record_activations_and_space_metrics_use_the_stimuli(tmp_path
     bare = Monitor(tmp_path / "bare", probe, run="r", verbose=False, record_activations=False)
     train(bare, epochs=1)
     assert Workspace(tmp_path / "bare").load_stimuli("r", 1).activations is None
+
+
+def test_a_restarted_monitor_keeps_the_whole_diagnosis_history(tmp_path):
+    """Training resumed in a new process: the Monitor of the second process continues the
+    run's diagnosis (every epoch kept, the first new turnover measured against the stored
+    snapshot), exactly as one Monitor over the whole training would."""
+    torch.manual_seed(0)
+    models = [TinyVGG() for _ in range(4)]
+    whole = Monitor(tmp_path / "whole", probe_set(), run="r", verbose=False,
+                    save_checkpoints=False)
+    first = Monitor(tmp_path / "split", probe_set(), run="r", verbose=False,
+                    save_checkpoints=False)
+    for epoch, model in enumerate(models):
+        whole.on_epoch_end(model, epoch, {"train_acc": 0.5, "val_acc": 0.4})
+        if epoch < 2:
+            first.on_epoch_end(model, epoch, {"train_acc": 0.5, "val_acc": 0.4})
+    second = Monitor(tmp_path / "split", run="r", verbose=False, save_checkpoints=False)
+    assert [r["epoch"] for r in second.rows] == [0, 1]
+    for epoch, model in list(enumerate(models))[2:]:
+        second.on_epoch_end(model, epoch, {"train_acc": 0.5, "val_acc": 0.4})
+    split = atomic.read_json(tmp_path / "split" / "diagnosis.json")["runs"]["r"]
+    assert [r["epoch"] for r in split["metrics"]] == [0, 1, 2, 3]
+    assert split["metrics"][2]["turnover"] is not None
+    assert split == atomic.read_json(tmp_path / "whole" / "diagnosis.json")["runs"]["r"]

@@ -36,8 +36,10 @@ def cmd_layers(args) -> int:
     if args.checkpoint:
         load_checkpoint(model, args.checkpoint, args.trust_checkpoints, args.arch)
         print(f"checkpoint {args.checkpoint}: loaded and validated against {args.arch}")
-    adapter = ModelAdapter(model, args.layers, "max")
-    size = args.input_size
+    size = _layers_input_size(model, args.arch, args.input_size)
+    output = int(args.output) if args.output and args.output.lstrip("-").isdigit() \
+        else args.output
+    adapter = ModelAdapter(model, args.layers, "max", output)
     infos = adapter.describe(torch.zeros(1, 3, size, size))
     width = max(len(i.name) for i in infos)
     print(f"{'layer':<{width}}  {'type':<12} {'channels':>8}  {'map':>9}  neurons")
@@ -48,6 +50,26 @@ def cmd_layers(args) -> int:
     print(f"{len(infos)} layers, {sum(i.channels for i in infos)} neurons "
           f"(input {size}x{size})")
     return 0
+
+
+def _layers_input_size(model, arch: str, given: int | None) -> int:
+    """``--input-size``, checked against the model; without it 224, or the size a model with
+    a fixed-size head needs (said on stdout)."""
+    from .models.input_size import check_input_size
+
+    size = given or 224
+    if size < 8:
+        raise ConfigError(f"--input-size must be >= 8, not {size}")
+    check = check_input_size(model, size)
+    if check.fits:
+        return size
+    fit = f"; pass --input-size {check.suggestion} (a size that fits)" if check.suggestion \
+        else "; pass --input-size with the size it was trained on"
+    if given is not None or check.suggestion is None:
+        raise ConfigError(f"{arch} does not take {size}x{size} images: {check.reason}{fit}")
+    print(f"input size: {check.suggestion} ({arch} does not take 224x224 images: "
+          f"{check.reason}; pass --input-size to choose)")
+    return check.suggestion
 
 
 def cmd_stimuli(args) -> int:
@@ -88,9 +110,17 @@ def cmd_build(args) -> int:
           f"in the space; image embedding RMSE {report['rmse']:.4f}; fidelity: mean cosine "
           f"{fid['mean_cosine']:.3f}, top-1 {fid['top1']:.1%}, top-10 {fid['top10']:.1%}")
     print(f"projections: {len(out['space']['projected'])} checkpoint(s) placed on the map")
+    for check in out["classes"]:
+        print(f"probe accuracy: run {check['run']!r} epoch {check['epoch']}: "
+              f"{check['accuracy']:.1%} (chance {check['chance']:.1%})"
+              + ("  <- see the warning above" if check["message"] else ""))
+    for run, data in out["diagnosis"]["runs"].items():
+        flags = "; ".join(f"epoch {f['epoch']}: {f['rule']}" for f in data["flags"])
+        print(f"diagnosis: run {run!r}: {flags or 'no flag'}")
     for path in out["figures"]:
         print(f"figure: {path}")
-    print(f"workspace: {ws.root}")
+    print(f"workspace: {ws.root} (`conceptevo diagnose {ws.root}` for the diagnosis table, "
+          f"`conceptevo serve {ws.root}` for the dashboard)")
     return 0
 
 
@@ -115,7 +145,12 @@ def cmd_export(args) -> int:
 def cmd_importance(args) -> int:
     from . import distributed
     from .config import load_config
-    from .evolution.stage import ensure_importance, resolve_class, verification_table
+    from .evolution.stage import (
+        check_class_order_for,
+        ensure_importance,
+        resolve_class,
+        verification_table,
+    )
     from .pipeline import ensure_probe_sets, open_workspace
 
     cfg = load_config(args.config)
@@ -129,6 +164,8 @@ def cmd_importance(args) -> int:
         probe, heldout = ensure_probe_sets(cfg, ws)
         classes = list(range(len(probe.classes))) if args.all_classes else \
             [resolve_class(probe, c) for c in args.classes]
+        if ctx.is_main:
+            check_class_order_for(cfg, ws, probe, args.run, args.to_epoch)
         summaries = ensure_importance(cfg, ws, probe, heldout, args.run, classes,
                                       [(args.from_epoch, args.to_epoch)])
     if not ctx.is_main:
@@ -250,7 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="load and validate this checkpoint file")
     p.add_argument("--layers", help="selection: names, globs (layer*.conv2), comma-separated; "
                                     "default every Conv2d")
-    p.add_argument("--input-size", type=int, default=224, help="probe image size (default 224)")
+    p.add_argument("--input-size", type=int,
+                   help="probe image size (default 224, or the size a model with a fixed-size "
+                        "head takes)")
+    p.add_argument("--output", help="key or index of the logits when the model returns a "
+                                    "tuple or a dict")
     p.add_argument("--trust-checkpoints", action="store_true",
                    help="allow checkpoints that contain arbitrary pickled objects")
     p.set_defaults(func=cmd_layers)

@@ -55,14 +55,19 @@ class ProbeConfig:
 
     ``per_class`` images of each class, or a ``fraction`` of each class (neither: all).
     Images are resized (shorter side) and centre-cropped to ``image_size`` and normalised
-    with ``mean`` / ``std`` before the model sees them. A ``[heldout]`` set always uses the
-    probe set's image_size, mean and std.
+    with ``mean`` / ``std`` before the model sees them; without ``image_size``, 224 or, for a
+    model that takes one size only, that size (:mod:`conceptevo.models.input_size`).
+    ``classes``: the class folder names in the model's output order (a list, or a text file
+    with one name per line); default the names in ``classes.txt`` of the root when there is
+    one, else the sorted folder names. A ``[heldout]`` set always uses the probe set's
+    image_size, mean, std and classes.
     """
 
     root: str = ""
     per_class: int | None = None
     fraction: float | None = None
-    image_size: int = 224
+    image_size: int | None = None
+    classes: list[str] | str | None = None
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     seed: int = 0
@@ -78,8 +83,14 @@ class ProbeConfig:
             raise ConfigError(f"[{where}] per_class must be >= 1, not {self.per_class}")
         if self.fraction is not None and not 0 < self.fraction <= 1:
             raise ConfigError(f"[{where}] fraction must be in (0, 1], not {self.fraction}")
-        if self.image_size < 8:
+        if self.image_size is not None and self.image_size < 8:
             raise ConfigError(f"[{where}] image_size must be >= 8, not {self.image_size}")
+        if isinstance(self.classes, list):
+            from .data.classes import check_class_names
+            check_class_names(self.classes, f"[{where}] classes")
+        elif isinstance(self.classes, str) and not self.classes.strip():
+            raise ConfigError(f"[{where}] classes must be a list of class names or the path "
+                              "of a text file with one name per line")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ConfigError(f"[{where}] mean and std need 3 values each (std > 0)")
 
@@ -91,13 +102,17 @@ class ModelConfig:
     ``arch``: ``torchvision:NAME`` (built with ``weights=None``: nothing is downloaded),
     ``conceptevo:NAME`` (a model that ships with ConceptEvo) or ``package.module:function``
     (your factory), called with ``kwargs``. ``layers``: module names, globs
-    (``"layer*.conv2"``) or a comma-separated string; default every ``Conv2d``.
+    (``"layer*.conv2"``) or a comma-separated string; default every ``Conv2d``. ``output``:
+    where the logits are when the model returns a tuple, a dict or a Hugging Face
+    ``ModelOutput`` (a key or an index; default: the tensor itself, a tuple's first element,
+    a dict's ``"logits"``).
     """
 
     arch: str = ""
     kwargs: dict = field(default_factory=dict)
     layers: str | list[str] | None = None
     reduction: str = "max"
+    output: str | int | None = None
 
     def validate(self, where: str) -> None:
         if not self.arch:
@@ -115,8 +130,11 @@ class ModelConfig:
 class RunConfig:
     """One training run: a name and its per-epoch checkpoints.
 
-    ``checkpoints`` is a directory, a glob (``ckpt/*.pt``) or a pattern with ``{epoch}``
-    (``ckpt/epoch_{epoch}.pt``). ``arch`` / ``kwargs`` override ``[model]`` for this run.
+    ``checkpoints`` is a directory, a glob (``ckpt/*.pt``) or a pattern with ``{epoch}``, which
+    may contain globs too (``ckpt/epoch={epoch}-step=*.ckpt``). ``arch`` / ``kwargs`` override
+    ``[model]`` for this run. ``metrics``: the run's training log (a CSV with an ``epoch``
+    column, Lightning's CSVLogger directory or ``metrics.csv``, or TensorBoard event files),
+    read into the workspace (:mod:`conceptevo.data.metrics`).
     """
 
     name: str = ""
@@ -124,6 +142,7 @@ class RunConfig:
     arch: str | None = None
     kwargs: dict | None = None
     train: TrainConfig | None = None
+    metrics: str | None = None
 
     def validate(self, where: str) -> None:
         if not self.name:
@@ -134,6 +153,12 @@ class RunConfig:
         if not self.checkpoints:
             raise ConfigError(f"[{where}] (run {self.name!r}) needs `checkpoints`: a directory, "
                               "a glob or a pattern with {epoch}")
+        if self.train is not None and self.metrics is not None:
+            raise ConfigError(f"[{where}] run {self.name!r} is trained by ConceptEvo, which "
+                              "records its metrics; remove `metrics`")
+        if self.metrics is not None and not self.metrics.strip():
+            raise ConfigError(f"[{where}] run {self.name!r}: metrics must name a file or a "
+                              "directory")
         if self.train is not None:
             self.train.validate(f"{where}.train")
             if any(c in self.checkpoints for c in "*?[") and "{epoch}" not in self.checkpoints:
@@ -313,6 +338,7 @@ class StudyConfig:
             # held-out images are shown to the same models: same size and normalisation
             self.heldout.image_size = self.probe.image_size
             self.heldout.mean, self.heldout.std = list(self.probe.mean), list(self.probe.std)
+            self.heldout.classes = None  # the probe set's, in its order
             self.heldout.validate("heldout")
         self.model.validate("model")
         self.stimuli.validate("stimuli")
@@ -348,6 +374,12 @@ class StudyConfig:
             if run.name == name:
                 return run
         raise ConfigError(f"no run named {name!r}; runs: {', '.join(r.name for r in self.runs)}")
+
+    def set_image_size(self, size: int) -> None:
+        """Fix the probe (and held-out) image size, e.g. once inferred from the model."""
+        self.probe.image_size = int(size)
+        if self.heldout is not None:
+            self.heldout.image_size = int(size)
 
     def arch_of(self, run: RunConfig) -> tuple[str, dict]:
         return (run.arch or self.model.arch,

@@ -33,3 +33,7 @@ class NonFiniteActivationError(ConceptEvoError):
 
 class WorkspaceError(ConceptEvoError):
     """A workspace is missing, incompatible or cannot be written."""
+
+
+class SpaceError(ConceptEvoError):
+    """The base model cannot define a unified space (too few co-activated neurons)."""

@@ -111,9 +111,10 @@ def _parse_column(values: list[str]) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------ reading
-def run_order(ws: Workspace) -> list[str]:
-    """Runs in the order of the study config (runs without stimuli left out)."""
-    have = ws.stimuli_runs()
+def run_order(ws: Workspace, among: list[str] | None = None) -> list[str]:
+    """Runs in the order of the study config: those with stimuli, or those of ``among``
+    (runs the config does not name, e.g. a live Monitor's, follow in sorted order)."""
+    have = ws.stimuli_runs() if among is None else list(among)
     study = [r["name"] for r in ws.load_study().get("runs", [])]
     return [r for r in study if r in have] + sorted(set(have) - set(study))
 

@@ -78,7 +78,14 @@ class Monitor:
         neuron and probe image), which the activation-weighted projection into a unified
         space needs (the default projection, see docs/space.md); False saves the disk space
         when the space projects by stimuli or when no space will be built.
+    classes : the class folder names of ``probe`` (a directory) in the model's output order
+        (default: ``classes.txt`` in it, else the sorted folder names; see docs).
+    output : where the logits are in the model's output (see :class:`ModelAdapter`).
     verbose : print one line per snapshot with its cost.
+
+    A Monitor started again on the same workspace and run (a resumed training) continues the
+    run's diagnosis history: the epochs snapshotted before are kept, and the next snapshot's
+    turnover is measured against the stored snapshot before it.
     """
 
     def __init__(self, workspace: str | Path, probe: ProbeSet | str | Path | None = None, *,
@@ -89,37 +96,44 @@ class Monitor:
                  std: Sequence[float] = (0.229, 0.224, 0.225), save_checkpoints: bool = True,
                  on_flag: Callable[[Flag], None] | None = None,
                  thresholds: DiagnosisThresholds | None = None,
-                 record_activations: bool = True, verbose: bool = True):
+                 record_activations: bool = True, classes: Sequence[str] | None = None,
+                 output: str | int | None = None, verbose: bool = True):
         if every < 1 or (every_steps is not None and every_steps < 1):
             raise ConfigError("every and every_steps must be >= 1")
         if any(c in run for c in "/\\:*?\"<>|") or run.startswith("."):
             raise ConfigError(f"run name {run!r} must be usable as a folder name")
         self.ws = Workspace(workspace, create=True)
-        self.probe = self._probe(probe, per_class, image_size, mean, std)
-        self.run, self.layers, self.reduction = run, layers, reduction
+        self.probe = self._probe(probe, per_class, image_size, mean, std, classes)
+        self.run, self.layers, self.reduction, self.output = run, layers, reduction, output
         self.every, self.every_steps = every, every_steps
         self.k_stimuli, self.k_responsive, self.batch_size = k_stimuli, k_responsive, batch_size
         self.save_checkpoints, self.on_flag, self.verbose = save_checkpoints, on_flag, verbose
         self.record_activations = record_activations
         self.thresholds = thresholds or DiagnosisThresholds()
         self.metrics = self.ws.load_metrics(run)
-        self.flags: list[Flag] = []
-        self.rows: list[dict] = []
         self.timings: list[dict] = []
         self._adapter: ModelAdapter | None = None
-        self._previous: tuple[StimuliResult, np.ndarray | None] | None = None
+        # (epoch, stimuli, embedding) of the last snapshot, to measure the next one against
+        self._previous: tuple[int, StimuliResult, np.ndarray | None] | None = None
         self._space = self._load_space()
+        self.rows: list[dict] = self._stored_rows()
+        self.flags: list[Flag] = apply_rules(self.rows, self.thresholds)
 
     # ---------------------------------------------------------------- set-up
-    def _probe(self, probe, per_class, image_size, mean, std) -> ProbeSet:
+    def _probe(self, probe, per_class, image_size, mean, std, classes) -> ProbeSet:
         if isinstance(probe, ProbeSet):
             if not self.ws.has_probe():
                 self.ws.save_probe(probe)
             return self.ws.load_probe()
         if probe is not None:
             if not self.ws.has_probe():
+                from .data.classes import CLASS_FILE, read_class_list
+
+                order = list(classes) if classes is not None else None
+                if order is None and (Path(probe) / CLASS_FILE).is_file():
+                    order = read_class_list(Path(probe) / CLASS_FILE)
                 self.ws.save_probe(load_image_folder(probe, image_size, per_class=per_class,
-                                                     mean=mean, std=std))
+                                                     mean=mean, std=std, classes=order))
             return self.ws.load_probe()
         if not self.ws.has_probe():
             raise ConfigError(f"workspace {self.ws.root} has no probe set: pass probe= (a "
@@ -142,6 +156,33 @@ class Monitor:
                               "activations, which a snapshot must then record: keep "
                               "Monitor(record_activations=True)")
         return space.stimulus_embedding.astype(np.float64), spread(space.neuron_embedding)
+
+    def _stored_rows(self) -> list[dict]:
+        """The run's diagnosis rows already in the workspace (a restarted Monitor), for the
+        epochs whose snapshot is stored."""
+        path = self.ws.path("diagnosis.json")
+        if not path.is_file():
+            return []
+        try:
+            stored = atomic.read_json(path).get("runs", {}).get(self.run, {})
+        except (OSError, ValueError, AttributeError):
+            return []
+        have = set(self.ws.stimuli_epochs(self.run))
+        rows = [r for r in stored.get("metrics", []) if isinstance(r, dict)
+                and isinstance(r.get("epoch"), int) and r["epoch"] in have]
+        return sorted(rows, key=lambda r: r["epoch"])
+
+    def _before(self, epoch: int) -> tuple[StimuliResult | None, np.ndarray | None]:
+        """The stored snapshot just before ``epoch`` (stimuli, embedding), or (None, None)."""
+        if self._previous is not None and self._previous[0] < epoch and not any(
+                self._previous[0] < e < epoch for e in self.ws.stimuli_epochs(self.run)):
+            return self._previous[1], self._previous[2]
+        earlier = [e for e in self.ws.stimuli_epochs(self.run) if e < epoch]
+        if not earlier:
+            return None, None
+        result = self.ws.load_stimuli(self.run, earlier[-1])
+        emb = project(result.stimuli, self._space[0]) if self._space is not None else None
+        return result, emb
 
     # ------------------------------------------------------------------ hooks
     def on_epoch_end(self, model: nn.Module, epoch: int, metrics: dict | None = None) -> None:
@@ -176,7 +217,8 @@ class Monitor:
         t0 = time.perf_counter()
         device = next(model.parameters()).device
         if self._adapter is None or self._adapter.model is not model:
-            self._adapter = ModelAdapter(model, self.layers, self.reduction)
+            self._check_input_size(model)
+            self._adapter = ModelAdapter(model, self.layers, self.reduction, self.output)
         with preserved_rng():
             t = time.perf_counter()
             acc = compute_stimuli(self._adapter, self.probe.batches(self.batch_size, device),
@@ -202,19 +244,32 @@ class Monitor:
                   f"({t_pass:.2f} s probing {len(self.probe)} images)", flush=True)
         return result
 
+    def _check_input_size(self, model: nn.Module) -> None:
+        from .models.input_size import check_input_size
+
+        size = self.probe.image_size[0]
+        check = check_input_size(model, size)
+        if not check.fits:
+            fit = f"Monitor(image_size={check.suggestion}) fits" if check.suggestion else \
+                "use the size it is trained on"
+            raise ConfigError(f"the model does not take the probe's {size}x{size} images: "
+                              f"{check.reason}; {fit} (in a new workspace, or after deleting "
+                              f"{self.ws.path('probe')})")
+
     def _diagnose(self, result: StimuliResult, epoch: int) -> None:
         embedding = None
         if self._space is not None:
             embedding = project(result.stimuli, self._space[0])
-        prev_result, prev_emb = self._previous or (None, None)
+        prev_result, prev_emb = self._before(epoch)
         row = {"epoch": int(epoch),
                **snapshot_metrics(result, prev_result, embedding, prev_emb,
-                                  self._space[1] if self._space else None, self.thresholds)}
+                                  self._space[1] if self._space else None, self.thresholds,
+                                  self.probe.labels)}
         recorded = next((m for m in self.metrics if m["epoch"] == epoch), {})
         row.update({k: v for k, v in recorded.items() if k != "epoch"})
         self.rows = [r for r in self.rows if r["epoch"] != epoch] + [row]
         self.rows.sort(key=lambda r: r["epoch"])
-        self._previous = (result, embedding)
+        self._previous = (int(epoch), result, embedding)
         flags = apply_rules(self.rows, self.thresholds)
         known = {(f.rule, f.epoch) for f in self.flags}
         new = [f for f in flags if (f.rule, f.epoch) not in known]

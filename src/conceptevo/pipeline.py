@@ -64,12 +64,19 @@ def probe_key(pcfg: ProbeConfig, root: Path, classes: list[str] | None) -> str:
 
 
 def ensure_probe(ws: Workspace, pcfg: ProbeConfig, root: Path, name: str = "probe",
-                 classes: list[str] | None = None) -> ProbeSet:
-    """Sample and decode a probe (or held-out) set into the workspace, unless already there."""
+                 classes: list[str] | None = None, class_source: str = "") -> ProbeSet:
+    """Sample and decode a probe (or held-out) set into the workspace, unless already there.
+    ``classes``: the class names in the model's output order (None: the sorted folder names);
+    ``class_source`` says where they come from (recorded in the set's info)."""
     key = probe_key(pcfg, root, classes)
     if ws.has_probe(name) and ws.probe_meta(name).get("key") == key:
         return ws.load_probe(name)
     plan = plan_image_folder(root, pcfg.per_class, pcfg.fraction, pcfg.seed, classes)
+    if classes is not None and name == "probe":
+        missing = [c for c in classes if not (root / c).is_dir()]
+        if missing:
+            log.warning("%s set: class(es) %s of the class list have no folder in %s; they "
+                        "get no probe image", name, ", ".join(missing[:5]), root)
     n, size = len(plan.paths), pcfg.image_size
     log.info("%s set: decoding %d images of %d classes from %s at %dx%d", name, n,
              len(plan.classes), root, size, size)
@@ -89,6 +96,7 @@ def ensure_probe(ws: Workspace, pcfg: ProbeConfig, root: Path, name: str = "prob
             probe.images = kept
         else:
             del out
+    probe.info["class_order"] = class_source or ("given" if classes else "sorted folder names")
     if probe.info.get("n_skipped"):
         log.warning("%s set: skipped %d unreadable images (first: %s)", name,
                     probe.info["n_skipped"], ", ".join(probe.info["skipped"][:3]))
@@ -99,14 +107,34 @@ def ensure_probe(ws: Workspace, pcfg: ProbeConfig, root: Path, name: str = "prob
     return ws.load_probe(name)
 
 
+def probe_classes(cfg: StudyConfig) -> tuple[list[str] | None, str]:
+    """The probe's class names in the model's output order, and where they come from:
+    ``[probe] classes`` (a list or a file), else ``classes.txt`` in the probe root, else None
+    (the sorted folder names)."""
+    from .data.classes import CLASS_FILE, read_class_list
+
+    given = cfg.probe.classes
+    if isinstance(given, list):
+        return list(given), "[probe] classes"
+    if isinstance(given, str):
+        path = cfg.resolve(given)
+        return read_class_list(path), str(path)
+    default = cfg.resolve(cfg.probe.root) / CLASS_FILE
+    if default.is_file():
+        return read_class_list(default), str(default)
+    return None, "the sorted folder names"
+
+
 def ensure_probe_sets(cfg: StudyConfig, ws: Workspace) -> tuple[ProbeSet, ProbeSet | None]:
     # under torchrun, rank 0 decodes and writes the sets; the others then load them
+    classes, source = probe_classes(cfg)
     with distributed.current().main_first():
-        probe = ensure_probe(ws, cfg.probe, cfg.resolve(cfg.probe.root), "probe")
+        probe = ensure_probe(ws, cfg.probe, cfg.resolve(cfg.probe.root), "probe", classes,
+                             source)
         heldout = None
         if cfg.heldout is not None:
             heldout = ensure_probe(ws, cfg.heldout, cfg.resolve(cfg.heldout.root), "heldout",
-                                   classes=probe.classes)
+                                   classes=probe.classes, class_source="the probe set's")
     return probe, heldout
 
 
@@ -138,8 +166,73 @@ def run_model(cfg: StudyConfig, run_name: str, device: torch.device | str = "cpu
     # channels-last weights (and inputs, see compute_stimuli) make convolutions about twice as
     # fast on CPUs; checkpoints load into them unchanged
     model = build_model(arch, kwargs).to(device, memory_format=torch.channels_last).eval()
-    adapter = ModelAdapter(model, cfg.model.layers, cfg.model.reduction)
+    adapter = ModelAdapter(model, cfg.model.layers, cfg.model.reduction, cfg.model.output)
     return RunModel(run.name, arch, kwargs, checkpoints, model, adapter)
+
+
+def resolve_input_size(cfg: StudyConfig) -> int:
+    """Check that every run's model takes the probe's image size, or choose one.
+
+    With ``[probe] image_size`` set, a model that cannot take it is a :class:`ConfigError`
+    naming the size that fits. Without it, 224 is used when every model takes it, else the
+    size that the model with a fixed-size head needs (logged). Sets ``cfg.probe.image_size``
+    (and the held-out set's) and returns it."""
+    from .models.input_size import check_input_size
+
+    given = cfg.probe.image_size
+    archs: dict[str, tuple[str, dict, str]] = {}
+    for run in cfg.runs:
+        arch, kwargs = cfg.arch_of(run)
+        archs.setdefault(stable_hash([arch, kwargs]), (arch, kwargs, run.name))
+    models = [(build_model(arch, kwargs), arch, name) for arch, kwargs, name in archs.values()]
+    size = given or 224
+    for model, arch, name in models:
+        check = check_input_size(model, size)
+        if check.fits:
+            continue
+        fit = f"; set [probe] image_size = {check.suggestion} (a size that fits)" \
+            if check.suggestion else "; set [probe] image_size to the size it was trained on"
+        if given is not None or check.suggestion is None:
+            raise ConfigError(f"model {arch} (run {name!r}) does not take {size}x{size} "
+                              f"images: {check.reason}{fit}")
+        log.info("[probe] image_size is not set: using %d, the size that model %s (run %r) "
+                 "takes (at 224: %s)", check.suggestion, arch, name, check.reason)
+        size = check.suggestion
+        break
+    for model, arch, name in models:  # every model must take the chosen size
+        check = check_input_size(model, size)
+        if not check.fits:
+            raise ConfigError(f"model {arch} (run {name!r}) does not take {size}x{size} "
+                              f"images, which another run's model needs: {check.reason}; "
+                              "probe runs that take one image size in one study")
+    cfg.set_image_size(size)
+    return size
+
+
+def check_checkpoints(cfg: StudyConfig) -> dict[str, list[Checkpoint]]:
+    """Every run's checkpoint list, found and its last checkpoint fitted to the run's
+    architecture before any long pass starts (so that a typo in the third run's pattern
+    does not wait for the first two runs' passes)."""
+    found = {}
+    for run in cfg.runs:
+        if run.train is not None and not _has_checkpoints(cfg, run):
+            continue  # ConceptEvo trains it: its checkpoints come later
+        arch, kwargs = cfg.arch_of(run)
+        checkpoints = find_checkpoints(cfg.resolve(run.checkpoints), run.name)
+        load_checkpoint(build_model(arch, kwargs), checkpoints[-1].path,
+                        cfg.trust_checkpoints, arch)
+        found[run.name] = checkpoints
+    return found
+
+
+def _has_checkpoints(cfg: StudyConfig, run: RunConfig) -> bool:
+    from .errors import CheckpointError
+
+    try:
+        find_checkpoints(cfg.resolve(run.checkpoints), run.name)
+    except CheckpointError:
+        return False
+    return True
 
 
 # -------------------------------------------------------------------------- stimuli
@@ -173,6 +266,7 @@ def ensure_stimuli(cfg: StudyConfig, ws: Workspace, probe: ProbeSet,
     device = resolve_device(cfg.device)
     ctx = distributed.current()
     report = StageReport([], [])
+    check_checkpoints(cfg)
     for run in cfg.runs:
         if runs is not None and run.name not in runs:
             continue
@@ -239,9 +333,42 @@ def _stimuli_passes(cfg: StudyConfig, ws: Workspace, probe: ProbeSet, rm: RunMod
             save(ckpt, key, merge_shards(parts).result() if ctx.is_main else None)
 
 
+def class_order_report(cfg: StudyConfig, ws: Workspace, probe: ProbeSet) -> list[dict]:
+    """The probe accuracy of the last checkpoint of every run (from its stimulus pass),
+    logged, with a warning when it is near chance or when the probe's class order probably
+    differs from the model's output order (:func:`conceptevo.data.classes.check_class_order`).
+    Returns one entry per run: {"run", "epoch", **check}."""
+    from .data.classes import check_class_order, class_order_message
+
+    _, source = probe_classes(cfg)
+    out = []
+    for run in cfg.runs:
+        epochs = ws.stimuli_epochs(run.name)
+        if not epochs:
+            continue
+        result = ws.load_stimuli(run.name, epochs[-1])
+        if result.predicted is None or len(result.predicted) != len(probe):
+            continue
+        check = check_class_order(probe.labels, result.predicted, probe.classes)
+        if check is None:
+            continue
+        what = f"run {run.name!r} epoch {epochs[-1]}"
+        log.info("%s: probe accuracy %.1f%% (chance %.1f%%, %d images)", what,
+                 100 * check.accuracy, 100 * check.chance, check.n_images)
+        message = class_order_message(check, what, source)
+        if message:
+            log.warning("warning: %s", message)
+        out.append({"run": run.name, "epoch": epochs[-1], **check.to_dict(),
+                    "message": message})
+    return out
+
+
 def open_workspace(cfg: StudyConfig) -> Workspace:
     """Create or open the study's workspace, remove temporaries of killed processes and
-    record the configuration (under torchrun, rank 0 does that and the others then open it)."""
+    record the configuration (under torchrun, rank 0 does that and the others then open it).
+    The probe image size is checked against the models (or chosen) first, so that the
+    recorded configuration holds it."""
+    resolve_input_size(cfg)
     ctx = distributed.current()
     with ctx.main_first():
         if ctx.is_main:
@@ -254,10 +381,69 @@ def open_workspace(cfg: StudyConfig) -> Workspace:
 
 
 def run_stimuli_stage(cfg: StudyConfig) -> tuple[Workspace, StageReport]:
-    """``conceptevo stimuli``: probe set(s) then stimuli of every checkpoint."""
+    """``conceptevo stimuli``: probe set(s), training logs, then stimuli of every checkpoint."""
     ws = open_workspace(cfg)
     probe, _ = ensure_probe_sets(cfg, ws)
-    return ws, ensure_stimuli(cfg, ws, probe)
+    ensure_metrics(cfg, ws)
+    report = ensure_stimuli(cfg, ws, probe)
+    if distributed.current().is_main:
+        class_order_report(cfg, ws, probe)
+    return ws, report
+
+
+# ---------------------------------------------------------------------- training logs
+def ensure_metrics(cfg: StudyConfig, ws: Workspace) -> list[str]:
+    """Read the training log of every run with ``metrics`` into ``runs/<run>/metrics.csv``
+    (unless it is there from the same file); returns the runs read."""
+    from .data.metrics import read_metrics
+
+    done = []
+    if not distributed.current().is_main:
+        return done
+    for run in cfg.runs:
+        if run.metrics is None:
+            continue
+        source = cfg.resolve(run.metrics)
+        if not source.exists():
+            raise ConfigError(f"run {run.name!r}: metrics {str(source)!r} does not exist; give "
+                              "a CSV file with an epoch column, a Lightning log directory or "
+                              "TensorBoard event files (relative paths start at the config "
+                              "file's directory)")
+        key = stable_hash({"source": str(source.resolve()), "files": _stamps(source)})
+        meta_path = ws.path("runs", run.name, "metrics_source.json")
+        if meta_path.is_file() and _read_json(meta_path).get("key") == key:
+            continue
+        rows, info = read_metrics(source, run.name)
+        epochs = {c.epoch for c in find_checkpoints(cfg.resolve(run.checkpoints), run.name)}
+        matched = sorted(epochs & {r["epoch"] for r in rows})
+        if not matched:
+            log.warning("run %s: the metrics of %s are for epochs %d..%d, none of which has a "
+                        "checkpoint (%d..%d); check the epoch numbering", run.name, source,
+                        min(r["epoch"] for r in rows), max(r["epoch"] for r in rows),
+                        min(epochs), max(epochs))
+        ws.save_metrics(run.name, rows)
+        from .workspace.atomic import write_json
+
+        write_json(meta_path, {"key": key, "source": str(source), **info})
+        log.info("run %s: %d epochs of training metrics (%s) read from %s", run.name, len(rows),
+                 ", ".join(info["columns"]), source)
+        done.append(run.name)
+    return done
+
+
+def _stamps(path: Path) -> list:
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+
+
+def _read_json(path: Path) -> dict:
+    from .workspace.atomic import read_json
+
+    try:
+        value = read_json(path)
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 # ------------------------------------------------------------------------- training
@@ -293,8 +479,11 @@ def ensure_training(cfg: StudyConfig, ws: Workspace, runs: list[str] | None = No
             report.skipped.append((run.name, state["done"]))
             continue
         if data is None:
+            # the probe's class order: the trained model's output c is the probe's class c
+            classes, _ = probe_classes(cfg)
             data = tuple(load_image_folder(cfg.resolve(root), cfg.probe.image_size,
-                                           mean=cfg.probe.mean, std=cfg.probe.std)
+                                           mean=cfg.probe.mean, std=cfg.probe.std,
+                                           classes=classes)
                          for root in (cfg.training.train_root, cfg.training.val_root))
         _train_run(cfg, ws, run, state, *data, report)
     return report
@@ -304,10 +493,13 @@ def _train_key(cfg: StudyConfig, run: RunConfig) -> str:
     from .train import config_dict
 
     arch, kwargs = cfg.arch_of(run)
-    return stable_hash({"train": config_dict(run.train), "arch": arch, "kwargs": kwargs,
-                        "data": [cfg.training.train_root, cfg.training.val_root],
-                        "size": cfg.probe.image_size, "mean": cfg.probe.mean,
-                        "std": cfg.probe.std})
+    key = {"train": config_dict(run.train), "arch": arch, "kwargs": kwargs,
+           "data": [cfg.training.train_root, cfg.training.val_root],
+           "size": cfg.probe.image_size, "mean": cfg.probe.mean, "std": cfg.probe.std}
+    classes, _ = probe_classes(cfg)
+    if classes is not None:  # (keys of runs trained in sorted folder order stay the same)
+        key["classes"] = classes
+    return stable_hash(key)
 
 
 def _train_state(cfg: StudyConfig, ws: Workspace, run: RunConfig) -> dict:
@@ -403,16 +595,21 @@ def run_build(cfg: StudyConfig) -> dict:
 
     Under torchrun the stimuli are shared out and the space stages run on rank 0 alone (the
     other ranks get ``space`` None and no figures, once rank 0 is done)."""
+    from .evolution.stage import run_diagnosis
     from .space.stage import ensure_space
 
     ctx = distributed.current()
     ws = open_workspace(cfg)
     probe, _ = ensure_probe_sets(cfg, ws)
+    ensure_metrics(cfg, ws)
     stimuli = ensure_stimuli(cfg, ws, probe)
-    space, figures = None, []
+    space, figures, classes, diagnosis = None, [], [], None
     if ctx.is_main:
+        classes = class_order_report(cfg, ws, probe)
         space = ensure_space(cfg, ws, probe)
         figures = write_space_figures(ws)
         store_receptive_fields(cfg, ws)
+        diagnosis = run_diagnosis(ws, cfg.diagnosis)
     ctx.barrier()
-    return {"workspace": ws, "stimuli": stimuli, "space": space, "figures": figures}
+    return {"workspace": ws, "stimuli": stimuli, "space": space, "figures": figures,
+            "classes": classes, "diagnosis": diagnosis}

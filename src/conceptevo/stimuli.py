@@ -6,6 +6,9 @@
   x, ranked over all probed layers at once on raw activations (as the reference does).
 * Per neuron summary statistics for diagnosis: maximum and mean activation, fraction of images
   with a positive activation, and the count of non-finite activations.
+* The model's top-1 prediction for every image (the logits come with the same forward pass):
+  the probe accuracy of the checkpoint, and the check that the probe's class order is the
+  model's output order (:mod:`conceptevo.data.classes`).
 * Optionally (``record_activations``), every activation a_n(x): the input of the
   activation-weighted projection into the unified space (docs/space.md). It is stored as
   float16 relative to each neuron's largest absolute activation (``activation_scale``), so a
@@ -99,6 +102,8 @@ class StimuliResult:
         activations as -inf), or None when the pass did not record them.
     activation_scale : float32 [n_neurons] each neuron's largest absolute finite activation
         (1 where it is 0), or None.
+    predicted : int32 [n_images] the model's top-1 output per image (-1 where the logits were
+        not finite), or None (a result stored before predictions were recorded).
     """
 
     layers: list[LayerInfo]
@@ -114,6 +119,7 @@ class StimuliResult:
     meta: dict = field(default_factory=dict)
     activations: np.ndarray | None = None
     activation_scale: np.ndarray | None = None
+    predicted: np.ndarray | None = None
 
     ARRAYS = ("stimuli", "stimuli_act", "stimuli_loc", "responsive", "responsive_act",
               "act_max", "act_mean", "frac_positive", "n_nonfinite")
@@ -189,10 +195,13 @@ class StimulusAccumulator:
         self.activations = torch.full((n_images, n), -torch.inf) if record_activations \
             else None
         self.seen = torch.zeros(n_images, dtype=torch.bool)
+        self.predicted = torch.full((n_images,), -1, dtype=torch.int32)
         self._neuron_ids = torch.arange(n, device=dev)
 
-    def update(self, acts: torch.Tensor, where: torch.Tensor, image_ids: torch.Tensor) -> None:
-        """Merge one batch: acts float [B, N], where int64 [B, N], image_ids int64 [B].
+    def update(self, acts: torch.Tensor, where: torch.Tensor, image_ids: torch.Tensor,
+               logits: torch.Tensor | None = None) -> None:
+        """Merge one batch: acts float [B, N], where int64 [B, N], image_ids int64 [B], and
+        optionally the model's logits [B, n_outputs] (their top-1 output is recorded).
 
         Non-finite activations must already be replaced by ``-inf`` and counted with
         :meth:`count_nonfinite`.
@@ -220,6 +229,10 @@ class StimulusAccumulator:
         self.n_positive += (acts > 0).sum(dim=0)
         self.n_seen += b
         self.seen[rows] = True
+        if logits is not None:
+            top = logits.detach().argmax(dim=1).to(torch.int32)
+            top[~torch.isfinite(logits.detach()).all(dim=1)] = -1
+            self.predicted[rows] = top.cpu()
         if self.activations is not None:
             self.activations[rows] = acts.float().cpu()
 
@@ -247,6 +260,7 @@ class StimulusAccumulator:
         self.n_seen += other.n_seen
         if self.activations is not None:
             self.activations[other.seen] = other.activations[other.seen]
+        self.predicted[other.seen] = other.predicted[other.seen]
         self.seen |= other.seen
 
     def to(self, device: torch.device | str) -> StimulusAccumulator:
@@ -280,6 +294,7 @@ class StimulusAccumulator:
             frac_positive=(self.n_positive.double() / n).float().cpu().numpy(),
             n_nonfinite=self.n_nonfinite.cpu().numpy(),
             meta=dict(meta or {}),
+            predicted=self.predicted.numpy().copy(),
             **self._scaled_activations(),
         )
 
@@ -380,7 +395,7 @@ def compute_stimuli(adapter: ModelAdapter,
                                               k_responsive, device, record_batches,
                                               record_activations)
                 # locations are needed only where an image can enter a neuron's top-k
-                acts, where, _ = adapter.activations(images, acc.top_act[:, -1].float())
+                acts, where, logits = adapter.activations(images, acc.top_act[:, -1].float())
                 if not torch.isfinite(acts).all():
                     bad = acc.count_nonfinite(acts)
                     if on_nonfinite == "raise":
@@ -389,7 +404,7 @@ def compute_stimuli(adapter: ModelAdapter,
                             f"{context or 'the model'} produces NaN/inf activations in "
                             f"{where_bad}; its weights have probably diverged (check the "
                             "training loss), or set on_nonfinite='record' to keep going")
-                acc.update(acts, where, ids)
+                acc.update(acts, where, ids, logits)
                 if progress is not None:
                     progress(images.shape[0])
     finally:

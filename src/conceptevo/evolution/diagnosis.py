@@ -10,11 +10,14 @@ projection into the unified space:
 * ``dead``: fraction of neurons with no positive activation on the probe set;
 * ``degenerate``: fraction of neurons whose stimuli are (almost) those of another neuron of
   the same layer (Jaccard >= 0.8): many detectors collapsed onto one;
-* ``distinct_stimuli``: distinct images among all stimuli / (neurons x k): how many different
-  things the model's neurons detect (no base space needed);
+* ``distinct_stimuli``: distinct images among all stimuli, as a fraction of the most there can
+  be, min(images, neurons x k): how many different things the model's neurons detect (no base
+  space needed; 1 when every probe image, or every stimulus slot, is a different image);
 * ``diversity``: spread of the model's neurons in the unified space (root mean squared distance
   to their centroid) relative to the base model's;
 * ``nonfinite``: NaN/inf activations seen in the snapshot;
+* ``probe_acc``: top-1 accuracy of the checkpoint on the probe set (when its stimulus pass
+  recorded the predictions);
 * the recorded metrics (train/val accuracy and loss).
 
 Rules (thresholds in :class:`DiagnosisThresholds`, calibrated on the concept world):
@@ -100,17 +103,24 @@ def snapshot_metrics(result: StimuliResult, previous: StimuliResult | None = Non
                      embedding: np.ndarray | None = None,
                      previous_embedding: np.ndarray | None = None,
                      base_spread: float | None = None,
-                     thresholds: DiagnosisThresholds | None = None) -> dict:
-    """The metrics of one snapshot (see the module docstring); ``None`` where not computable."""
+                     thresholds: DiagnosisThresholds | None = None,
+                     labels: np.ndarray | None = None) -> dict:
+    """The metrics of one snapshot (see the module docstring); ``None`` where not computable.
+    ``labels``: int64 [n_images] class ids of the probe images, for ``probe_acc``."""
     th = thresholds or DiagnosisThresholds()
     n, k = result.stimuli.shape
     out = {
         "dead": float(result.dead.mean()),
         "degenerate": degenerate_fraction(result, th.degenerate_jaccard),
-        "distinct_stimuli": float(np.unique(result.stimuli).size / (n * k)),
+        "distinct_stimuli": float(np.unique(result.stimuli).size
+                                  / min(result.n_images, n * k)),
         "nonfinite": int(result.n_nonfinite.sum()),
-        "turnover": None, "speed": None, "diversity": None,
+        "turnover": None, "speed": None, "diversity": None, "probe_acc": None,
     }
+    if labels is not None and result.predicted is not None and \
+            len(result.predicted) == len(labels):
+        made = result.predicted >= 0
+        out["probe_acc"] = float(np.mean(result.predicted == labels)) if made.any() else None
     if previous is not None and previous.stimuli.shape == result.stimuli.shape:
         out["turnover"] = float(1 - jaccard_rows(result.stimuli, previous.stimuli).mean())
     if embedding is not None and base_spread:

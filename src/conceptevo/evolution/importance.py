@@ -75,7 +75,7 @@ def batch_sensitivity(adapter_t: ModelAdapter, adapter_t2: ModelAdapter, x: torc
         return out.clone()
 
     with torch.enable_grad(), _frozen(adapter_t.model), adapter_t.hooks(keep_before):
-        logits = adapter_t.model(x)
+        logits = adapter_t.logits(x)
         grads = torch.autograd.grad(logits[:, class_index].sum(),
                                     [before[i] for i in range(n_layers)])
     parts = []
@@ -220,7 +220,7 @@ def capture_outputs(adapter: ModelAdapter, x: torch.Tensor) -> tuple[dict[int, t
         return out.clone()
 
     with torch.no_grad(), adapter.hooks(keep):
-        logits = adapter.model(x)
+        logits = adapter.logits(x)
     return maps, logits
 
 
@@ -255,7 +255,7 @@ def reversion_hits(adapter_t: ModelAdapter, adapter_t2: ModelAdapter, x: torch.T
             _swap_hook(maps_t[layer], todo, g)) for layer, todo in swaps.items()]
         try:
             with torch.no_grad():
-                logits = adapter_t2.model(x.repeat(g, *([1] * (x.dim() - 1))))
+                logits = adapter_t2.logits(x.repeat(g, *([1] * (x.dim() - 1))))
         finally:
             for h in handles:
                 h.remove()

@@ -156,6 +156,49 @@ def class_images(probe: ProbeSet, class_index: int, limit: int | None, seed: int
     return ids
 
 
+def check_class_order_for(cfg: StudyConfig, ws: Workspace, probe: ProbeSet, run: str,
+                          epoch: int | None = None, per_class: int = 20) -> dict | None:
+    """The probe accuracy of ``run``'s checkpoint ``epoch`` (default its last), logged, with a
+    warning when it is near chance or the class order probably differs from the model's
+    output order (:func:`conceptevo.data.classes.check_class_order`). The predictions come
+    from the checkpoint's stored stimulus pass when it is up to date, else from a forward pass
+    over up to ``per_class`` probe images of each class."""
+    from ..data.classes import check_class_order, class_order_message
+    from ..pipeline import probe_classes, resolve_device, run_model, stimuli_key
+
+    device = resolve_device(cfg.device)
+    rm = run_model(cfg, run, device)
+    ckpt = rm.checkpoints[-1] if epoch is None else \
+        next((c for c in rm.checkpoints if c.epoch == epoch), rm.checkpoints[-1])
+    meta = ws.stimuli_meta(run, ckpt.epoch)
+    labels, predicted = probe.labels, None
+    if meta is not None and meta.get("key") == stimuli_key(cfg, probe, rm, ckpt):
+        predicted = ws.load_stimuli(run, ckpt.epoch).predicted
+    if predicted is None or len(predicted) != len(probe):
+        rng = np.random.default_rng(cfg.seed)
+        ids = np.sort(np.concatenate([
+            rng.permutation(probe.class_ids(c))[:per_class] for c in range(len(probe.classes))]))
+        rm.load(ckpt.epoch, cfg.trust_checkpoints)
+        parts = []
+        with torch.no_grad():
+            for x, _ in probe.batches(cfg.stimuli.batch_size, device, ids=ids):
+                logits = rm.adapter.logits(x.contiguous(memory_format=torch.channels_last))
+                top = logits.argmax(1)
+                top[~torch.isfinite(logits).all(1)] = -1
+                parts.append(top.cpu().numpy())
+        labels, predicted = probe.labels[ids], np.concatenate(parts)
+    check = check_class_order(labels, predicted, probe.classes)
+    if check is None:
+        return None
+    what = f"run {run!r} epoch {ckpt.epoch}"
+    log.info("%s: probe accuracy %.1f%% (chance %.1f%%, %d images)", what,
+             100 * check.accuracy, 100 * check.chance, check.n_images)
+    message = class_order_message(check, what, probe_classes(cfg)[1])
+    if message:
+        log.warning("warning: %s", message)
+    return {"run": run, "epoch": ckpt.epoch, **check.to_dict(), "message": message}
+
+
 # ------------------------------------------------------------------------------ stage
 def _key(cfg: StudyConfig, ckpts: dict[int, Checkpoint], t: int, t2: int, class_index: int,
          train_ids: np.ndarray, probe: ProbeSet, heldout: ProbeSet | None) -> str:
@@ -207,8 +250,18 @@ def ensure_importance(cfg: StudyConfig, ws: Workspace, probe: ProbeSet,
             m = build_model(arch, kwargs)
             load_checkpoint(m, ckpts[e].path, cfg.trust_checkpoints, arch)
             models[e] = m.to(device, memory_format=torch.channels_last).eval()
-        a_t = ModelAdapter(models[t], cfg.model.layers, cfg.model.reduction)
-        a_t2 = ModelAdapter(models[t2], cfg.model.layers, cfg.model.reduction)
+        a_t = ModelAdapter(models[t], cfg.model.layers, cfg.model.reduction, cfg.model.output)
+        a_t2 = ModelAdapter(models[t2], cfg.model.layers, cfg.model.reduction,
+                            cfg.model.output)
+        example = probe.tensor([0], device).contiguous(memory_format=torch.channels_last)
+        a_t.describe(example)
+        a_t2.describe(example)
+        beyond = ", ".join(probe.classes[c] for c in classes if c >= a_t.n_outputs)
+        if beyond:
+            raise ConfigError(
+                f"the probe set has {len(probe.classes)} classes but {arch} (run {run!r}) has "
+                f"{a_t.n_outputs} outputs: class(es) {beyond} have no logit. Check [model] "
+                "kwargs (num_classes) and [probe] classes")
         items = {}
         for c in classes:
             train_ids = class_images(probe, c, ic.images, cfg.seed, "probe")
@@ -355,11 +408,13 @@ def verification_table(summaries: list[dict], split: str = "train") -> tuple[str
         other = np.nanmean([r["other_bins_drop"] for r in rows])
         rand = np.mean([r["random_drop"] for r in rows])
         spread = np.mean([r["random_drop_std"] for r in rows])
-        ratio = top / rand if rand > 0 else float("inf")
+        # a ratio to a random drop of zero or below (random reverts did not hurt) says nothing
+        ratio = float(top / rand) if rand > 0 else None
         figures[f"{t}->{t2}"] = {"top_bin_drop": float(top), "random_drop": float(rand),
-                                 "ratio": float(ratio), "accuracy": float(acc)}
+                                 "ratio": ratio, "accuracy": float(acc)}
+        ratio_text = f"{ratio:>6.1f}" if ratio is not None else f"{'n/a':>6}"
         lines.append(f"{f'{t}->{t2}':>10} {len(rows):>8} {acc:>9.1%} {top:>8.1%} {other:>11.1%} "
-                     f"{rand:>7.1%} +-{spread:>4.1%} {ratio:>6.1f}")
+                     f"{rand:>7.1%} +-{spread:>4.1%} {ratio_text}")
     return "\n".join(lines), figures
 
 
@@ -372,10 +427,13 @@ def run_diagnosis(ws: Workspace, thresholds=None, runs: list[str] | None = None)
     the same probe set; the others need only the stimuli, so a live run is diagnosed from its
     first snapshots on. The space metrics place neurons by the paper's projection (the mean
     of the stimuli's image embedding, ``BaseSpace.stimulus_embedding``) whatever projection
-    the space shows, so that their thresholds keep one calibration.
+    the space shows, so that their thresholds keep one calibration. ``probe_acc`` is the
+    checkpoint's top-1 accuracy on the probe set (recorded by its stimulus pass). Runs are in
+    the study's order.
     """
     from dataclasses import asdict
 
+    from ..export import run_order
     from ..space.image_embedding import project
     from ..space.stage import load_base_space
     from ..workspace import atomic
@@ -388,7 +446,8 @@ def run_diagnosis(ws: Workspace, thresholds=None, runs: list[str] | None = None)
         base_spread = spread(space.neuron_embedding)
         e_stim = space.stimulus_embedding.astype(np.float64)
     out = {"thresholds": asdict(th), "runs": {}}
-    for run in ws.stimuli_runs():
+    labels = ws.load_probe().labels if ws.has_probe() else None
+    for run in run_order(ws):
         if runs is not None and run not in runs:
             continue
         recorded = {int(m["epoch"]): m for m in ws.load_metrics(run)}
@@ -399,7 +458,7 @@ def run_diagnosis(ws: Workspace, thresholds=None, runs: list[str] | None = None)
             if base_spread and e_stim is not None and len(e_stim) == result.n_images:
                 emb = project(result.stimuli, e_stim)
             row = {"epoch": epoch, **snapshot_metrics(result, previous, emb, previous_emb,
-                                                      base_spread, th)}
+                                                      base_spread, th, labels)}
             for key, value in recorded.get(epoch, {}).items():
                 if key != "epoch" and isinstance(value, (int, float)):
                     row[key] = value

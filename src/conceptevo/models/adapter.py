@@ -17,13 +17,18 @@ reference), because the reduction happens inside the forward hook.
 
 Neurons of all selected layers are numbered globally, layer after layer in the order of
 ``named_modules()``: neuron ``offset(layer) + channel``.
+
+The model's logits are its output when that is a tensor. A model that returns a tuple or
+list (torchvision's GoogLeNet / Inception in training mode, many research models) gives its
+first element; a dict or a Hugging Face ``ModelOutput`` its ``"logits"`` entry. ``output``
+(``[model] output`` in a study) names another key or index.
 """
 
 from __future__ import annotations
 
 import difflib
 import fnmatch
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -35,6 +40,53 @@ from ..errors import LayerSelectionError
 
 LayerSelection = None | str | Sequence[str] | Callable[[str, nn.Module], bool]
 REDUCTIONS = ("max", "mean")
+OutputRule = None | str | int
+
+
+def select_logits(output, rule: OutputRule = None) -> torch.Tensor:
+    """The logits [B, n_outputs] in a model's output (see the module docstring).
+
+    Raises :class:`~conceptevo.errors.ConfigError` naming the output's structure and the
+    setting to use when they cannot be found."""
+    from ..errors import ConfigError
+
+    value = output
+    if rule is not None:
+        try:
+            if isinstance(rule, int):
+                value = output[rule]
+            elif isinstance(output, Mapping):
+                value = output[rule]
+            else:
+                value = getattr(output, rule)
+        except (KeyError, IndexError, AttributeError, TypeError):
+            raise ConfigError(f"[model] output = {rule!r}, but the model returns "
+                              f"{_describe_output(output)}") from None
+    elif isinstance(output, Mapping):
+        if "logits" not in output:
+            raise ConfigError(f"the model returns {_describe_output(output)} without a "
+                              "\"logits\" entry; set [model] output to the key of its logits")
+        value = output["logits"]
+    elif isinstance(output, (tuple, list)) and output:
+        value = output[0]
+    if not isinstance(value, torch.Tensor) or value.dim() != 2:
+        raise ConfigError(f"the model's logits must be a tensor [batch, classes]; it returns "
+                          f"{_describe_output(output)}"
+                          + (f" (output {rule!r})" if rule is not None else "")
+                          + "; set [model] output to the key or index of its logits")
+    return value
+
+
+def _describe_output(output) -> str:
+    if isinstance(output, torch.Tensor):
+        return f"a tensor of shape {tuple(output.shape)}"
+    if isinstance(output, Mapping):
+        return f"{type(output).__name__} with keys {', '.join(map(str, list(output)[:8]))}"
+    if isinstance(output, (tuple, list)):
+        kinds = ", ".join(tuple(v.shape).__repr__() if isinstance(v, torch.Tensor)
+                          else type(v).__name__ for v in list(output)[:6])
+        return f"a {type(output).__name__} of {len(output)} ({kinds})"
+    return f"a {type(output).__name__}"
 
 
 @dataclass(frozen=True)
@@ -169,6 +221,8 @@ class ModelAdapter:
         See :func:`select_layers`. Default: every ``nn.Conv2d``.
     reduction : {"max", "mean"}
         How a channel's feature map becomes one activation (see the module docstring).
+    output : where the logits are in the model's output: None (the rule of the module
+        docstring), a key or an attribute name, or an index.
 
     Attributes
     ----------
@@ -177,11 +231,14 @@ class ModelAdapter:
     layers_ : list of :class:`LayerInfo`, set by :meth:`describe`.
     """
 
-    def __init__(self, model: nn.Module, layers: LayerSelection = None, reduction: str = "max"):
+    def __init__(self, model: nn.Module, layers: LayerSelection = None, reduction: str = "max",
+                 output: OutputRule = None):
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, not {reduction!r}")
         self.model = model
         self.reduction = reduction
+        self.output = output
+        self.n_outputs: int | None = None
         self.layer_names = select_layers(model, layers)
         modules = dict(model.named_modules())
         self.modules = [modules[name] for name in self.layer_names]
@@ -237,9 +294,10 @@ class ModelAdapter:
         self.model.eval()
         try:
             with torch.no_grad(), self.hooks(record):
-                self.model(example)
+                logits = self.logits(example)
         finally:
             self.model.train(was_training)
+        self.n_outputs = int(logits.shape[1])
         infos, offset = [], 0
         for i, (name, module) in enumerate(zip(self.layer_names, self.modules)):
             if i not in shapes:
@@ -257,6 +315,10 @@ class ModelAdapter:
             offset += shape[1]
         self.layers_ = infos
         return infos
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's logits [B, n_outputs] for images ``x`` (hooks that are active run)."""
+        return select_logits(self.model(x), self.output)
 
     @property
     def n_neurons(self) -> int:
@@ -282,7 +344,7 @@ class ModelAdapter:
         -------
         acts : float32 [B, n_neurons]
         where : int64 [B, n_neurons], flat index h * W + w of the arg-max in the layer's map
-        logits : the model's output for the batch
+        logits : the model's logits [B, n_outputs] for the batch
         """
         self._check_described()
         b = x.shape[0]
@@ -299,7 +361,7 @@ class ModelAdapter:
             where[:, sl] = loc
 
         with self.hooks(reduce):
-            logits = self.model(x)
+            logits = self.logits(x)
         return acts, where, logits
 
     def neuron_layer(self) -> torch.Tensor:

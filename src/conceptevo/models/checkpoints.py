@@ -30,6 +30,7 @@ STATE_KEYS = ("state_dict", "model_state_dict", "model")
 WRAPPER_PREFIXES = ("model.", "module.", "_orig_mod.", "model.module.", "model._orig_mod.",
                     "net.", "network.")
 _EPOCH_WORD = re.compile(r"epoch[=_\-]?(\d+)", re.IGNORECASE)
+_NEGATIVE_EPOCH = re.compile(r"epoch(?:[=_]-|--)\d", re.IGNORECASE)
 _DIGITS = re.compile(r"(\d+)")
 
 
@@ -52,11 +53,42 @@ def epoch_from_name(name: str) -> int | None:
         if stem.endswith(suffix):
             stem = stem[: -len(suffix)]
             break
+    if _NEGATIVE_EPOCH.search(stem):
+        raise CheckpointError(f"checkpoint file {name} has a negative epoch number; epochs are "
+                              "0 (the initialisation), 1, 2, ...")
     m = _EPOCH_WORD.search(stem)
     if m:
         return int(m.group(1))
     numbers = _DIGITS.findall(stem)
     return int(numbers[-1]) if numbers else None
+
+
+def _glob_regex(text: str) -> str:
+    """A regular expression for a glob (``*``, ``?``, ``[...]``), none of which crosses a
+    path separator."""
+    out, i = [], 0
+    while i < len(text):
+        c = text[i]
+        if c == "*":
+            out.append(r"[^/\\]*")
+        elif c == "?":
+            out.append(r"[^/\\]")
+        elif c == "[" and (end := text.find("]", i + 2)) != -1:
+            body = text[i + 1:end]
+            negate = body.startswith("!")
+            body = re.escape(body[1:] if negate else body).replace(r"\-", "-")
+            out.append(f"[{'^' if negate else ''}{body}]")
+            i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return "".join(out)
+
+
+def epoch_pattern(pattern: str) -> re.Pattern:
+    """The regular expression of a checkpoint pattern with ``{epoch}`` (and any globs), over
+    the whole path: one group per ``{epoch}``."""
+    return re.compile(r"(\d+)".join(_glob_regex(part) for part in pattern.split("{epoch}")))
 
 
 def find_checkpoints(pattern: str | Path, run: str = "") -> list[Checkpoint]:
@@ -65,7 +97,8 @@ def find_checkpoints(pattern: str | Path, run: str = "") -> list[Checkpoint]:
     Parameters
     ----------
     pattern : a directory (every checkpoint file in it), a glob (``ckpt/*.pt``), or a path
-        with ``{epoch}`` standing for the epoch number (``ckpt/epoch_{epoch}.pt``).
+        with ``{epoch}`` standing for the epoch number, which may hold globs too
+        (``ckpt/epoch_{epoch}.pt``, ``ckpt/epoch={epoch}-step=*.ckpt``).
     run : the run's name, for error messages.
     """
     pattern = str(pattern)
@@ -73,8 +106,7 @@ def find_checkpoints(pattern: str | Path, run: str = "") -> list[Checkpoint]:
     regex = None
     if "{epoch}" in pattern:
         files = glob.glob(pattern.replace("{epoch}", "*"))
-        head, _, tail = Path(pattern).name.partition("{epoch}")
-        regex = re.compile(re.escape(head) + r"(\d+)" + re.escape(tail) + "$")
+        regex = epoch_pattern(pattern)
     elif Path(pattern).is_dir():
         files = [str(p) for p in Path(pattern).iterdir()
                  if p.is_file() and p.name.endswith(CHECKPOINT_SUFFIXES)]
@@ -84,8 +116,10 @@ def find_checkpoints(pattern: str | Path, run: str = "") -> list[Checkpoint]:
     for f in sorted(files):
         name = Path(f).name
         if regex is not None:
-            m = regex.match(name)
-            epoch = int(m.group(1)) if m else None
+            m = regex.fullmatch(f)
+            if m is None or len(set(m.groups())) != 1:
+                continue  # e.g. epoch_7_old.pt for epoch_{epoch}.pt: not one of the run's
+            epoch = int(m.group(1))
         else:
             epoch = epoch_from_name(name)
         if epoch is None:
@@ -97,6 +131,11 @@ def find_checkpoints(pattern: str | Path, run: str = "") -> list[Checkpoint]:
                 f"two checkpoint files for epoch {epoch}{label}: {found[epoch]} and {f}; keep "
                 "one per epoch or narrow the pattern")
         found[epoch] = Path(f)
+    if not found and regex is not None and files:
+        raise CheckpointError(
+            f"checkpoint pattern {pattern!r}{label} matches no file: {len(files)} file(s) "
+            f"look alike (e.g. {Path(sorted(files)[0]).name}) but have no epoch number where "
+            "{epoch} stands; {epoch} matches digits only, and * any other part of a name")
     if not found:
         where = "directory" if Path(pattern).is_dir() else "pattern"
         raise CheckpointError(

@@ -69,6 +69,9 @@ def build_model(arch: str, kwargs: dict | None = None) -> nn.Module:
     except ImportError as e:
         raise ConfigError(f"cannot import {namespace!r} for architecture {arch!r}: {e}. "
                           "Is the package installed, or its directory on PYTHONPATH?") from None
+    except Exception as e:  # SyntaxError or any error raised while the module runs
+        raise ConfigError(f"importing {namespace!r} for architecture {arch!r} failed: "
+                          f"{_one_line(e)}") from None
     factory = getattr(module, name, None)
     if not callable(factory):
         raise ConfigError(f"{namespace!r} has no callable {name!r} (architecture {arch!r})")
@@ -78,8 +81,19 @@ def build_model(arch: str, kwargs: dict | None = None) -> nn.Module:
     return model
 
 
+def _one_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    where = ""
+    if isinstance(error, SyntaxError) and error.filename:
+        where = f" ({error.filename}, line {error.lineno})"
+    return f"{type(error).__name__}: {lines[0] if lines else ''}{where}"
+
+
 def _call(fn, arch: str, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except TypeError as e:
         raise ConfigError(f"cannot build {arch} with arguments {kwargs}: {e}") from None
+    except Exception as e:  # the factory's own error, named with its message
+        raise ConfigError(f"the model factory {arch} raised {_one_line(e)} (arguments "
+                          f"{kwargs})") from None

@@ -288,7 +288,7 @@ class StudyData:
 
     def metrics(self) -> dict:
         runs = {}
-        for run in self.ws.metric_runs():
+        for run in run_order(self.ws, self.ws.metric_runs()):
             runs[run] = [{k: v for k, v in row.items() if isinstance(v, (int, float))}
                          for row in self.ws.load_metrics(run)]
         diagnosis_path = self.ws.path("diagnosis.json")

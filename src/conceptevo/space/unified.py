@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import SpaceError
 from ..stimuli import StimuliResult
 from .coactivation import CoActivation
 from .image_embedding import (
@@ -102,6 +103,12 @@ def build_base_space(base: StimuliResult, params: SpaceParams,
                             params.batch_size, seed=params.seed, device=params.device)
     model.fit(coact, progress)
     valid = alive & model.trained_
+    if valid.sum() < 2:
+        raise SpaceError(
+            f"the base model has {int(valid.sum())} neuron(s) that share a stimulus with another "
+            f"(of {base.n_neurons}; {int((~alive).sum())} dead): a unified space needs at least "
+            "2. Probe more layers, more probe images or a larger [stimuli] k_stimuli, or "
+            "choose another base checkpoint ([space] base_run / base_epoch)")
     v = model.embedding_.astype(np.float64)
     e_stim, vocab, err = embed_images(base, v, valid, params.image_method, params.indirect,
                                       params.seed, device=params.device)

@@ -54,6 +54,21 @@ def write_error(path: Path, error: OSError) -> WorkspaceError | None:
                           f"previous version, if any, is intact): {advice}")
 
 
+def _umask() -> int:
+    """The process's file-creation mask, read without changing it where the system allows
+    (Linux's /proc); elsewhere set and restored at once."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _fsync_dir(directory: Path) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -79,8 +94,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         if (err := write_error(path, e)) is None:
             raise
         raise err from e
-    os.close(fd)
     tmp = Path(tmp)
+    try:
+        # mkstemp creates 0600: a new file gets the mode any other new file would (the
+        # umask's), a rewritten one keeps its own
+        try:
+            mode = path.stat().st_mode & 0o777
+        except OSError:
+            mode = 0o666 & ~_umask()
+        os.fchmod(fd, mode)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
     try:
         yield tmp
         with open(tmp, "rb+") as f:

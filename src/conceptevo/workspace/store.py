@@ -147,6 +147,8 @@ class Workspace:
         if result.activations is not None:
             arrays["activations"] = result.activations
             arrays["activation_scale"] = result.activation_scale
+        if result.predicted is not None:
+            arrays["predicted"] = result.predicted
         arrays["layers"] = np.array(json.dumps([li.to_dict() for li in result.layers]))
         arrays["meta"] = np.array(json.dumps(result.meta, default=str))
         atomic.write_npz(self.stimuli_path(run, epoch), **arrays)
@@ -174,6 +176,8 @@ class Workspace:
                    f"; runs with stimuli: {self.stimuli_runs()}"))
         with np.load(p, allow_pickle=False) as z:
             arrays = {name: z[name] for name in StimuliResult.ARRAYS}
+            if "predicted" in z.files:
+                arrays["predicted"] = z["predicted"]
             if activations:
                 if "activations" not in z.files:
                     raise WorkspaceError(
