@@ -6,6 +6,7 @@ printed (never asserted: timings are noisy).
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import socket
@@ -192,6 +193,13 @@ def test_class_training_and_compare_views(browser, site):
                              "'[data-testid=class-view] .evolution img')).slice(0, 2)"
                              ".every(i => i.complete && i.naturalWidth > 0)")
     assert p.page.locator("[data-testid=reversion-chart]").count() >= 1
+    # the reversion chart's layer labels may be short; their <title> holds the full name
+    labels = p.page.evaluate("Array.from(document.querySelectorAll("
+                             "'[data-testid=reversion-chart] svg > text.tick'), t => "
+                             "[t.firstChild.nodeValue, t.querySelector('title').textContent])")
+    study = p.page.evaluate("fetch('/api/study').then(r => r.json())")
+    layer_names = {layer["name"] for r in study["runs"] for layer in r["layers"]}
+    assert labels and all(full in layer_names and full.endswith(short) for short, full in labels)
     p.shot("class")
 
     p.page.locator("[data-testid=tab-training]").click()
@@ -364,3 +372,305 @@ def test_the_report_shows_the_evaluation_offline(browser, evaluated_site):
     outside = [u for u in requests if not (u.startswith("file://") or u.startswith("data:"))]
     assert not outside, outside
     assert not errors, errors
+
+
+# ------------------------------------------------------------------ workspace variants
+CONCEPT_METRICS = ["turnover", "speed", "dead", "degenerate", "distinct_stimuli", "diversity",
+                   "nonfinite"]
+TRAINING_FIELDS = {"train_acc", "val_acc", "train_loss", "val_loss", "lr", "finite", "n_train"}
+
+
+def variant(root: Path, dest: Path) -> Path:
+    """A copy of the demo workspace whose study config lists its runs in reverse (not
+    alphabetical) order: the page must keep the order the API gives."""
+    import json
+
+    shutil.copytree(root, dest, ignore=lambda d, names: ["report.html"] if Path(d) == root else [])
+    study = json.loads((dest / "study.json").read_text())
+    study["runs"] = study["runs"][::-1]
+    (dest / "study.json").write_text(json.dumps(study))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def no_metrics_site(tiny_demo, tmp_path_factory):
+    """No runs/<run>/metrics.csv; the diagnosis alone, with the probe accuracy per epoch."""
+    import json
+
+    root, _, _ = tiny_demo
+    copy = variant(root, tmp_path_factory.mktemp("no-metrics") / "demo")
+    for path in copy.glob("runs/*/metrics.csv"):
+        path.unlink()
+    diagnosis = json.loads((copy / "diagnosis.json").read_text())
+    for d in diagnosis["runs"].values():
+        for row in d["metrics"]:
+            for field in TRAINING_FIELDS:
+                row.pop(field, None)
+            row["probe_acc"] = round(0.08 + 0.25 * row["epoch"], 3)
+    (copy / "diagnosis.json").write_text(json.dumps(diagnosis))
+    with Server(copy) as url:
+        yield url, copy
+
+
+@pytest.fixture(scope="module")
+def odd_metrics_site(tiny_demo, tmp_path_factory):
+    """Run healthy's metrics with a loss spike (1e4 at epoch 2 among losses of about 1) and
+    extra columns with long tick labels (5-digit counts, 4-decimal values)."""
+    root, _, _ = tiny_demo
+    copy = variant(root, tmp_path_factory.mktemp("odd-metrics") / "demo")
+    (copy / "runs" / "healthy" / "metrics.csv").write_text(
+        "epoch,finite,lr,n_train,train_acc,train_loss,val_acc,val_loss,images_seen,grad_norm\n"
+        "0,1,0.0,240,0.09,2.5,0.08,2.49,0,0.0001\n"
+        "1,1,0.0025,240,0.1,1.2,0.13,1.4,12000,0.0003\n"
+        "2,1,0.0012,240,0.2,10000.0,0.2,2.0,24000,0.0002\n"
+        "3,1,0.0004,240,0.21,0.25,0.21,1.1,36000,0.0004\n")
+    with Server(copy) as url:
+        yield url, copy
+
+
+def open_training(browser, url: str) -> Page:
+    p = Page(browser, url + "/?view=training")
+    p.page.locator("[data-testid=training-view] svg").first.wait_for(state="visible")
+    p.page.wait_for_timeout(200)
+    return p
+
+
+def y_ticks(page, chart: str) -> list[float]:
+    """The y tick labels of an SVG chart (by its title), as numbers."""
+    texts = page.evaluate(f"""Array.from(document.querySelectorAll(
+        '[data-testid=training-view] svg[aria-label="{chart}"] g.tick text'),
+        t => t.textContent)""")
+    return [float(t) for t in texts]
+
+
+def test_training_view_without_training_metrics_shows_the_concept_metrics(browser, no_metrics_site):
+    url, _ = no_metrics_site
+    p = open_training(browser, url)
+    view = p.page.locator("[data-testid=training-view]")
+    study = p.page.evaluate("fetch('/api/study').then(r => r.json())")
+    order = [r["name"] for r in study["runs"]]
+    assert order == ["overfit", "lr-too-high", "healthy"]
+
+    # a legend naming each run, with its colour, in the API's order
+    legend = p.page.locator("[data-testid=training-legend] .legend-item[data-run]")
+    assert [legend.nth(i).inner_text().strip() for i in range(legend.count())] == order
+    assert legend.locator(".swatch").count() == len(order)
+    # a note saying how to give accuracy and loss, not "no training metrics"
+    assert "No training metrics are stored" not in view.inner_text()
+    hint = p.page.locator("[data-testid=no-training-metrics]")
+    assert 'metrics = "log.csv"' in hint.inner_text()
+    # every concept metric charted (a line per run), the probe accuracy on a 0..1 axis
+    charted = p.page.evaluate("Array.from(document.querySelectorAll("
+                              "'[data-testid=training-view] svg'), "
+                              "s => s.getAttribute('aria-label'))")
+    assert charted[0] == "Probe accuracy"
+    assert set(CONCEPT_METRICS) <= set(charted)
+    ticks = y_ticks(p.page, "Probe accuracy")
+    assert ticks[0] == 0 and ticks[-1] == 1
+    runs_drawn = p.page.evaluate("""Array.from(new Set(Array.from(document.querySelectorAll(
+        '[data-testid=training-view] svg[aria-label="Probe accuracy"] circle'),
+        c => c.dataset.run)))""")
+    assert runs_drawn == order
+    p.shot("training-no-metrics")
+    assert not p.errors, p.errors
+
+
+def test_runs_keep_the_study_order_everywhere(browser, odd_metrics_site):
+    url, _ = odd_metrics_site
+    p = open_training(browser, url)
+    order = [r["name"] for r in p.page.evaluate("fetch('/api/study').then(r => r.json())")["runs"]]
+    assert order != sorted(order)
+
+    def texts(selector: str) -> list[str]:
+        return [t.strip() for t in p.page.locator(selector).all_inner_texts()]
+
+    assert texts("[data-testid=training-legend] .legend-item[data-run]") == order
+    flagged = [row.split("\t")[0].strip()
+               for row in texts("[data-testid=training-view] table.flags tbody tr")]
+    flagged = list(dict.fromkeys(flagged))
+    assert flagged and flagged == [r for r in order if r in flagged]
+
+    p.page.locator("[data-testid=tab-space]").click()
+    p.page.locator("#space-runs .run-choice").first.wait_for(state="visible")
+    wait(p.page, "document.querySelectorAll('#legend .legend-item').length > 0")
+    assert texts("#space-runs .run-choice") == order
+    assert texts("#legend .legend-item")[:len(order)] == order
+    p.page.locator("[data-testid=tab-compare]").click()
+    p.page.locator("#compare-runs .run-choice").first.wait_for(state="visible")
+    assert texts("#compare-runs .run-choice") == order
+    assert not p.errors, p.errors
+
+
+def test_a_loss_spike_gets_a_logarithmic_axis(browser, odd_metrics_site):
+    url, _ = odd_metrics_site
+    p = open_training(browser, url)
+    loss = p.page.locator("[data-testid=training-view] svg[aria-label=Loss]")
+    assert loss.get_attribute("data-scale") == "log"
+    ticks = y_ticks(p.page, "Loss")
+    assert len(ticks) >= 3
+    assert all(t > 0 and abs(math.log10(t) - round(math.log10(t))) < 1e-9 for t in ticks), ticks
+    assert ticks[-1] >= 1e4
+    # healthy's losses of 2.5 (epoch 0) and 0.25 (epoch 3) are a decade apart, not flattened
+    cy = p.page.evaluate("""Object.fromEntries(Array.from(document.querySelectorAll(
+        '[data-testid=training-view] svg[aria-label=Loss] circle')).filter(c =>
+        c.textContent.startsWith('healthy train_loss')).map(c => [c.dataset.epoch,
+        Number(c.getAttribute('cy'))]))""")
+    assert cy["3"] - cy["0"] > 15, cy
+    p.shot("training-loss-spike")
+
+    # the rule: log only for positive values spanning more than a factor 20
+    axis = "window.conceptevo.charts.valueAxis({}, {{kind: 'loss'}}).log === true"
+    assert p.page.evaluate(axis.format("[0.5, 12]"))
+    assert not p.page.evaluate(axis.format("[0.5, 2.4, 3]"))
+    assert not p.page.evaluate(axis.format("[0, 5, 10000]"))
+    assert not p.errors, p.errors
+
+
+SVG_AXIS_LAYOUT = """s => {
+  const title = s.querySelector('text.axis-label[transform]');
+  const ticks = Array.from(s.querySelectorAll('g.tick text'));
+  return {chart: s.getAttribute('aria-label'), ticks: ticks.map(t => t.textContent),
+          titleRight: title ? title.getBoundingClientRect().right : null,
+          ticksLeft: Math.min(...ticks.map(t => t.getBoundingClientRect().left))};
+}"""
+
+
+def test_axis_titles_clear_long_tick_labels(browser, odd_metrics_site):
+    url, _ = odd_metrics_site
+    p = open_training(browser, url)
+    # SVG charts: the rotated y-axis title ends left of every y tick label, in every chart
+    # of the page and in charts of 5- and 6-digit ticks
+    served = p.page.evaluate(f"""Array.from(document.querySelectorAll(
+        '[data-testid=training-view] svg')).map({SVG_AXIS_LAYOUT})""")
+    for c in served:
+        if c["titleRight"] is not None:
+            assert c["titleRight"] + 1 <= c["ticksLeft"], c
+    made = p.page.evaluate(f"""(() => {{
+      const c = window.conceptevo.charts;
+      return [[0, 120000], [10000, 16000], [0.0001, 0.0004], [-0.0004, 0.0001]].map(([lo, hi]) => {{
+        const {{node}} = c.chartFrame({{title: `${{lo}}..${{hi}}`, xTicks: c.niceTicks(0, 3, 3, 1),
+                                      yTicks: c.niceTicks(lo, hi, 5), yLabel: 'images per epoch'}});
+        document.body.append(node);
+        const layout = ({SVG_AXIS_LAYOUT})(node);
+        node.remove();
+        return layout;
+      }});
+    }})()""")
+    assert all(any(len(t) >= 5 for t in c["ticks"]) for c in made), made
+    for c in made:
+        assert c["titleRight"] + 1 <= c["ticksLeft"], c
+
+    # canvas charts: the title's pixels (what a title adds) lie left of the tick labels' pixels
+    columns = p.page.evaluate("""(() => {
+      const c = window.conceptevo.charts;
+      const frame = (yLabel) => c.canvasFrame({title: 't', xTicks: c.niceTicks(0, 3, 3, 1),
+        yTicks: c.niceTicks(0, 120000, 5), yLabel});
+      const titled = frame('images per epoch'), bare = frame(' ');   // same margins, no ink
+      const w = titled.node.width, h = titled.node.height;
+      const a = titled.ctx.getImageData(0, 0, w, h).data;
+      const b = bare.ctx.getImageData(0, 0, w, h).data;
+      let titleRight = -1, ticksLeft = Infinity;
+      for (let y = 22; y < 216; y++) for (let x = 0; x < titled.left; x++) {
+        const i = 4 * (y * w + x);
+        if (a[i + 3] !== b[i + 3]) titleRight = Math.max(titleRight, x);
+        if (x < titled.left - 1 && b[i + 3] > 0) ticksLeft = Math.min(ticksLeft, x);
+      }
+      return {titleRight, ticksLeft, left: titled.left, dpr: window.devicePixelRatio};
+    })()""")
+    assert columns["dpr"] == 1
+    assert 0 <= columns["titleRight"] < columns["ticksLeft"] < columns["left"], columns
+    assert not p.errors, p.errors
+
+
+def test_counts_and_fractions_start_at_zero(browser, site):
+    url, _ = site
+    p = open_training(browser, url)
+    for metric in CONCEPT_METRICS + ["Accuracy", "Learning rate"]:
+        ticks = y_ticks(p.page, metric)
+        if not ticks:      # not in this workspace
+            continue
+        assert ticks[0] == 0 and min(ticks) >= 0, (metric, ticks)
+    # the demo's nonfinite is 0 at every epoch: a 0..1 axis
+    assert y_ticks(p.page, "nonfinite")[::len(y_ticks(p.page, "nonfinite")) - 1] == [0, 1]
+    assert p.page.evaluate("window.conceptevo.charts.niceTicks(0, 0).domain") == [0, 1]
+    zero_axis = "window.conceptevo.charts.valueAxis([0, 0, 0], {kind: 'zero'})"
+    assert p.page.evaluate(zero_axis + ".domain") == [0, 1]
+    assert not p.errors, p.errors
+
+
+def test_the_epoch_colour_bar_has_integer_ticks(browser, site):
+    url, _ = site
+    p = Page(browser, url + "/?view=space&color=epoch")
+    bar = p.page.locator("#legend [data-testid=epoch-colorbar]")
+    bar.wait_for(state="visible")
+    epochs = sorted({e for r in p.page.evaluate("fetch('/api/study').then(r => r.json())")["runs"]
+                     for e in r["epochs"]})
+    ticks = bar.locator(".colorbar-tick").all_inner_texts()
+    assert all(t.isdigit() for t in ticks), ticks
+    assert [int(t) for t in ticks] == epochs
+    p.shot("space-epoch-colours")
+    many = p.page.evaluate("window.conceptevo.colors.epochTicks("
+                           "Array.from({length: 50}, (_, i) => i))")
+    assert many[0] == 0 and many[-1] == 49 and 3 <= len(many) <= 10
+    assert all(isinstance(t, int) for t in many)
+    assert p.page.evaluate("window.conceptevo.colors.epochTicks([0, 0.5, 1, 1.5, 2])") == [0, 1, 2]
+    assert not p.errors, p.errors
+
+
+def test_neighbours_show_the_full_layer_name(browser, site):
+    url, _ = site
+    p = Page(browser, url + "/?view=space&runs=healthy&epoch=3&neuron=healthy:3:100")
+    neighbours = p.page.locator("[data-testid=neighbours] .neighbour")
+    neighbours.first.wait_for(state="visible")
+    detail = p.page.evaluate("fetch('/api/neuron/healthy/3/100').then(r => r.json())")
+    assert "." in detail["layer"]          # a qualified name, e.g. features.conv3_1
+    assert detail["layer"] in p.page.locator("[data-testid=pinned] .facts").inner_text()
+    assert neighbours.count() == len(detail["neighbours"])
+    for i, n in enumerate(detail["neighbours"]):
+        item = neighbours.nth(i)
+        assert n["layer"] in item.inner_text(), (n, item.inner_text())
+        assert item.locator(".layer-name").get_attribute("title") == n["layer"]
+    assert not p.errors, p.errors
+
+
+def test_layers_are_coloured_by_relative_depth(browser, site):
+    url, _ = site
+    p = Page(browser, url + "/?view=compare&color=layer")
+    p.page.locator("[data-testid=compare-canvas]").first.wait_for(state="visible")
+    study = p.page.evaluate("fetch('/api/study').then(r => r.json())")
+    compared = p.state("compareRuns")
+    epoch = p.state("epoch")
+    wait(p.page, f"window.conceptevo.drawnColor({compared[0]!r}, {epoch}, 0) !== null")
+    for run in (r for r in study["runs"] if r["name"] in compared):
+        layers = run["layers"]
+        result = p.page.evaluate("""([run, epoch, layers]) => layers.map((layer, i) => {
+          const c = window.conceptevo;
+          const colours = new Set();
+          for (let k = layer.offset; k < layer.offset + layer.channels; k++) {
+            const colour = c.drawnColor(run, epoch, k);
+            if (colour !== null) colours.add(colour);
+          }
+          return {colours: [...colours],
+                  expected: c.colors.layerRamp(layers.length > 1 ? i / (layers.length - 1) : 0)};
+        })""", [run["name"], epoch, layers])
+        for layer, r in zip(layers, result):
+            assert r["colours"] == [r["expected"]], (run["name"], layer["name"], r)
+        ramp_end = p.page.evaluate("window.conceptevo.colors.layerRamp(1)")
+        assert result[-1]["colours"] == [ramp_end]
+    legend = p.page.locator("#legend [data-testid=layer-colorbar]").inner_text()
+    assert "layer depth (relative" in legend
+    assert "first probed layer" in legend and "last probed layer" in legend
+    p.shot("compare-layers")
+
+    # architectures of different depth: the same colour means the same relative depth
+    palettes = p.page.evaluate("""(() => {
+      const fake = (n) => ({layers: Array.from({length: n}, (_, i) => ({name: `l${i}`}))});
+      const p = window.conceptevo.colors.layerPalette;
+      const ramp = window.conceptevo.colors.layerRamp;
+      return {resnet: p(fake(21)), vgg: p(fake(5)), one: p(fake(1)), start: ramp(0), end: ramp(1)};
+    })()""")
+    assert palettes["resnet"][-1] == palettes["vgg"][-1] == palettes["end"]
+    assert palettes["resnet"][0] == palettes["vgg"][0] == palettes["one"][0] == palettes["start"]
+    assert palettes["resnet"][10] == palettes["vgg"][2]
+    assert palettes["resnet"][4] != palettes["vgg"][4]
+    assert not p.errors, p.errors

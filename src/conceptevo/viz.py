@@ -39,7 +39,11 @@ def plot_run_map(base_coords: np.ndarray, epochs: list[int], coords: list[np.nda
         ax.scatter(xy[:, 0], xy[:, 1], s=5, color=cmap(norm(epoch)), lw=0, alpha=0.8,
                    zorder=2)
     sm = cm.ScalarMappable(norm=norm, cmap=cmap)
-    fig.colorbar(sm, ax=ax, label="epoch")
+    from matplotlib.ticker import MaxNLocator
+
+    bar = fig.colorbar(sm, ax=ax, label="epoch")
+    bar.locator = MaxNLocator(integer=True)  # epochs are whole numbers
+    bar.update_ticks()
     ax.set_title(title, fontsize=10)
     ax.set_xticks([])
     ax.set_yticks([])

@@ -7,8 +7,9 @@
  *    defined before this script runs and every read is answered from it (nothing is fetched).
  * Every data access goes through getJSON(path) and every patch image through patchSrc(url).
  *
- * For tests, `window.conceptevo = {state, ready, screenPosition}` exposes the live state, a
- * promise that resolves after the first render of the initial view, and where a neuron is drawn.
+ * For tests, `window.conceptevo` exposes the live state, a promise that resolves after the
+ * first render of the initial view, where a neuron is drawn and in which colour, and a few pure
+ * functions (chart axes, colour ramps): see `window.conceptevo = ...` below.
  */
 (() => {
   "use strict";
@@ -35,6 +36,10 @@
   // vanishes on a white page.
   const VIRIDIS = [[68, 1, 84], [72, 40, 120], [62, 73, 137], [49, 104, 142], [38, 130, 142],
                    [31, 158, 137], [53, 183, 121], [110, 206, 88], [181, 222, 43]];
+  // Layer depth, relative to the run's probed layers: first (dark purple) to last (orange);
+  // plasma without its palest yellow. One ramp for every architecture.
+  const LAYER_RAMP = [[13, 8, 135], [84, 2, 163], [139, 10, 165], [185, 50, 137],
+                      [219, 92, 104], [244, 136, 73], [254, 188, 43]];
   // Reversion bins, most important (dark) to least important (light).
   const BIN_RAMP = [[127, 39, 4], [217, 72, 1], [253, 141, 60], [253, 198, 150]];
   const RANDOM_COLOR = "#9aa1ab";
@@ -172,6 +177,14 @@
   const runInfo = (name) => store.study.runs.find((r) => r.name === name) || null;
   const runNames = () => store.study.runs.map((r) => r.name);
 
+  /** Run names in the study's order (the server's: the study config's), then those the study
+   * does not know (runs only in the metrics or the diagnosis) in the order given. Never
+   * alphabetical: the metrics and the diagnosis list their runs in their own order. */
+  function inStudyOrder(names) {
+    const wanted = new Set(names);
+    return [...runNames().filter((r) => wanted.has(r)), ...[...wanted].filter((r) => !runInfo(r))];
+  }
+
   /** Every epoch of any run, ascending: the slider's stops. */
   function allEpochs() {
     const epochs = new Set();
@@ -252,6 +265,17 @@
     return /^\d+$/.test(tail) && parts.length ? `${parts.pop()}.${tail}` : tail;
   };
 
+  /** A long text shortened in the middle ("features.blo…conv2"), so both ends stay readable. */
+  function elideMiddle(text, max = 36) {
+    if (text.length <= max) return text;
+    const head = Math.ceil((max - 1) / 2);
+    return `${text.slice(0, head)}…${text.slice(text.length - (max - 1 - head))}`;
+  }
+
+  /** A neuron's full qualified layer name, shortened in the middle only when very long (the
+   * full name is its title). */
+  const layerName = (name) => el("span", {class: "layer-name", title: name, text: elideMiddle(name)});
+
   /** A number for a label: fixed digits for ordinary magnitudes, exponent for tiny ones. */
   function formatNumber(v, digits = 3) {
     if (!Number.isFinite(v)) return String(v);
@@ -312,26 +336,40 @@
     return `rgb(${r}, ${g}, ${b})`;
   }
 
-  /** Runs keep one colour everywhere; runs known only to the metrics come after the study's. */
+  /** Runs keep one colour everywhere; runs known only to the metrics or the diagnosis come
+   * after the study's. */
   function runColor(run) {
     let index = runNames().indexOf(run);
     if (index < 0) {
-      const extra = Object.keys(store.metrics?.runs || {}).filter((r) => !runInfo(r));
+      const known = [...Object.keys(store.metrics?.runs || {}),
+                     ...Object.keys(store.metrics?.diagnosis?.runs || {})];
+      const extra = [...new Set(known)].filter((r) => !runInfo(r));
       index = store.study.runs.length + Math.max(0, extra.indexOf(run));
     }
     return RUN_PALETTE[index % RUN_PALETTE.length];
   }
 
-  function epochColor(epoch) {
+  /** Where an epoch sits on the epoch ramp: its rank among the study's epochs, 0..1. */
+  function epochPosition(epoch) {
     const epochs = allEpochs();
-    const i = epochs.indexOf(epoch);
-    return mixRamp(VIRIDIS, epochs.length > 1 ? Math.max(i, 0) / (epochs.length - 1) : 1);
+    return epochs.length > 1 ? Math.max(epochs.indexOf(epoch), 0) / (epochs.length - 1) : 1;
   }
 
-  /** Layers, shallow to deep, walk the hue circle; alternating lightness keeps neighbours apart. */
-  function layerColor(index, count) {
-    const hue = 10 + 300 * (count > 1 ? index / (count - 1) : 0);
-    return `hsl(${hue.toFixed(0)}, 62%, ${index % 2 ? 40 : 54}%)`;
+  const epochColor = (epoch) => mixRamp(VIRIDIS, epochPosition(epoch));
+
+  /** Relative depth of a layer in its run: 0 for the first probed layer, 1 for the last (0
+   * when the run probes one layer). */
+  const relativeDepth = (index, count) => (count > 1 ? clamp(index / (count - 1), 0, 1) : 0);
+
+  /** A layer's colour: its relative depth on LAYER_RAMP, so the same colour means the same
+   * relative depth in architectures of any depth. */
+  const layerColor = (index, count) => mixRamp(LAYER_RAMP, relativeDepth(index, count));
+
+  /** The colour of each layer of a run ({layers: [...]} as in /api/study); `count` at least
+   * (a checkpoint may index more layers than the study lists). */
+  function layerPalette(run, count = 0) {
+    const n = Math.max(1, count, run && run.layers ? run.layers.length : 0);
+    return Array.from({length: n}, (_, i) => layerColor(i, n));
   }
 
   const binColor = (bin, count) => mixRamp(BIN_RAMP, count > 1 ? bin / (count - 1) : 0);
@@ -357,7 +395,12 @@
 
   let resolveReady;
   const ready = new Promise((resolve) => { resolveReady = resolve; });
-  window.conceptevo = {state, ready, screenPosition};
+  window.conceptevo = {
+    state, ready, screenPosition, drawnColor,
+    // Pure functions, for tests of the axes and colours without a matching workspace.
+    charts: {niceTicks, valueAxis, canvasFrame, chartFrame},
+    colors: {layerColor, layerPalette, layerRamp: (t) => mixRamp(LAYER_RAMP, t), epochTicks},
+  };
 
   /** Where the Space view draws a neuron: [x, y] in CSS pixels from the canvas's top-left
    * corner, or null when its checkpoint is not loaded (tests use it to hover a point). */
@@ -365,6 +408,24 @@
     const points = store.points.get(pointsKey(run, epoch));
     if (!points || !spaceView.panel) return null;
     return spaceView.panel.toScreen(points.x[neuron], points.y[neuron]);
+  }
+
+  /** The colour a shown map (Space or Compare) draws a neuron in, or null when no map draws
+   * it now. */
+  function drawnColor(run, epoch, neuron) {
+    const panels = [spaceView.panel, ...compareView.panels.map((p) => p.panel)];
+    for (const panel of panels) {
+      if (!panel || !panel.scene || !panel.host.isConnected || panel.host.closest("[hidden]")) continue;
+      for (const set of panel.scene.sets) {
+        if (set.points.run !== run || set.points.epoch !== epoch) continue;
+        const k = set.order.indexOf(neuron);
+        if (k < 0) continue;
+        let bucket = 0;
+        while (set.starts[bucket + 1] <= k) bucket++;
+        return set.palette[bucket >> 1];
+      }
+    }
+    return null;
   }
 
   function markRendered() {
@@ -896,9 +957,9 @@
       case "epoch":
         return {palette: [epochColor(points.epoch)], index: null};
       case "layer": {
-        const count = maxLayerCount();
-        return {palette: Array.from({length: count}, (_, i) => layerColor(i, count)),
-                index: points.layer};
+        // Relative depth within the run's own architecture (see layerColor).
+        const highest = points.layer.reduce((m, l) => Math.max(m, l), 0);
+        return {palette: layerPalette(runInfo(points.run), highest + 1), index: points.layer};
       }
       case "label": {
         // Unlabelled neurons first: buckets draw in palette order, so labelled ones end on top.
@@ -912,8 +973,6 @@
         return {palette: [runColor(points.run)], index: null};
     }
   }
-
-  const maxLayerCount = () => Math.max(1, ...store.study.runs.map((r) => r.layers.length));
 
   /** Draw order of one checkpoint's placed points, grouped by (colour, dead) bucket so each
    * bucket is one canvas path: bucket b holds order[starts[b] .. starts[b + 1]). */
@@ -1196,18 +1255,51 @@
     playTimer = setTimeout(playStep, PLAY_INTERVAL_MS);
   }
 
-  /** Legend entries for the colour mode: [[color, text]]. */
+  /** The epochs labelled under the epoch colour bar: integers only, every epoch when there are
+   * few, else the first, the last and round ones between (multiples of a nice step) that are
+   * not crowding the ends. */
+  function epochTicks(epochs) {
+    const whole = epochs.filter(Number.isInteger);
+    if (whole.length <= 8) return whole;
+    const first = whole[0];
+    const end = last(whole);
+    const {step} = niceTicks(first, end, 6, 1);
+    const at = (e) => whole.indexOf(e) / (whole.length - 1);
+    const between = whole.filter((e) => e !== first && e !== end && e % step === 0 &&
+                                        at(e) > 0.08 && at(e) < 0.92);
+    return [first, ...between, end];
+  }
+
+  /** A CSS gradient along a ramp (its stops evenly spaced, as mixRamp reads them). */
+  const rampGradient = (stops) => `linear-gradient(to right, ${stops.map((c, i) =>
+    `rgb(${c.join(", ")}) ${(100 * i / (stops.length - 1)).toFixed(1)}%`).join(", ")})`;
+
+  /** The epoch colour bar: the ramp, each labelled epoch under its place on it. */
+  function epochColorBar() {
+    const ticks = epochTicks(allEpochs()).map((e) =>
+      el("span", {class: "colorbar-tick", style: {left: percent(epochPosition(e))}, text: String(e)}));
+    return el("span", {class: "legend-item colorbar", "data-testid": "epoch-colorbar"},
+      el("span", {class: "colorbar-title", text: "epoch"}),
+      el("span", {class: "colorbar-scale"},
+         el("span", {class: "colorbar-bar", style: {background: rampGradient(VIRIDIS)}}),
+         el("span", {class: "colorbar-ticks"}, ticks)));
+  }
+
+  /** The layer colour bar: relative depth, from each run's first to its last probed layer. */
+  function layerColorBar(runs) {
+    const ends = runs.map(runInfo).filter((r) => r && r.layers.length)
+      .map((r) => `${r.name}: ${r.layers[0].name} … ${last(r.layers).name} (${plural(r.layers.length, "layer")})`);
+    return el("span", {class: "legend-item colorbar", "data-testid": "layer-colorbar",
+                       title: ends.join("\n") || null},
+      el("span", {class: "colorbar-title", text: "layer depth (relative):"}),
+      el("span", {class: "colorbar-end", text: "first probed layer"}),
+      el("span", {class: "colorbar-bar", style: {background: rampGradient(LAYER_RAMP)}}),
+      el("span", {class: "colorbar-end", text: "last probed layer"}));
+  }
+
+  /** Legend entries for the colour mode: [[color, text]] (epoch and layer: a colour bar). */
   function legendEntries(scenes, runs) {
     switch (state.color) {
-      case "epoch":
-        return allEpochs().map((e) => [epochColor(e), `epoch ${e}`]);
-      case "layer": {
-        const count = maxLayerCount();
-        return Array.from({length: count}, (_, i) => {
-          const names = [...new Set(store.study.runs.map((r) => r.layers[i]?.name).filter(Boolean))];
-          return [layerColor(i, count), names.join(" / ")];
-        });
-      }
       case "label": {
         const labels = [...new Set(scenes.flatMap((s) => s.labels))];
         if (!labels.length) return [[UNLABELLED, "no concept labels yet"]];
@@ -1221,8 +1313,10 @@
   }
 
   function renderLegend(scenes, runs) {
-    const items = legendEntries(scenes, runs).map(([color, text]) =>
-      el("span", {class: "legend-item"}, swatch(color), text));
+    const items = state.color === "epoch" ? [epochColorBar()]
+      : state.color === "layer" ? [layerColorBar(runs)]
+      : legendEntries(scenes, runs).map(([color, text]) =>
+          el("span", {class: "legend-item"}, swatch(color), text));
     items.push(el("span", {class: "legend-item muted"}, swatch(BASE_COLOR), "base model"),
                el("span", {class: "legend-item muted"}, el("span", {class: "swatch hollow"}), "dead neuron"));
     if (state.showEarlier) items.push(el("span", {class: "legend-item muted", text: "fainter: earlier epochs"}));
@@ -1427,7 +1521,8 @@
         list.map((n) => el("li", {class: "neighbour"},
           el("button", {type: "button", title: "pin this neuron", onclick: () => pinNeighbour(n)},
              el("span", {class: "neighbour-meta"}, swatch(runColor(n.run)),
-                `${n.run} · e${n.epoch} · ${shortLayer(n.layer)} ch ${n.channel}`,
+                el("span", {class: "neighbour-where"}, `${n.run} · e${n.epoch} · `,
+                   layerName(n.layer), ` ch ${n.channel}`),
                 el("span", {class: "similarity", text: `cos ${n.similarity.toFixed(2)}`})),
              el("span", {class: "patch-frame"},
                 patchImage(patchUrl(n.run, n.epoch, n.neuron), {alt: `neighbour ${n.neuron}`}))))));
@@ -1442,11 +1537,20 @@
   }
 
   // ------------------------------------------------------------------------- Class view
+  /** The stored importance entries, their runs in the study's order (the server lists them
+   * by file path). */
+  function importanceEntries() {
+    const order = inStudyOrder(store.study.importance.map((e) => e.run));
+    return store.study.importance.map((e, i) => [e, i])
+      .sort(([a, i], [b, j]) => order.indexOf(a.run) - order.indexOf(b.run) || i - j)
+      .map(([e]) => e);
+  }
+
   const classView = {
     renderedKey: null,
 
     render() {
-      const entries = store.study.importance;
+      const entries = importanceEntries();
       const body = $("#class-body");
       if (!entries.length) {
         this.renderedKey = null;
@@ -1513,7 +1617,7 @@
 
     /** A select changed: keep what still exists, else take the first stored option. */
     choose(change) {
-      const entries = store.study.importance;
+      const entries = importanceEntries();
       const want = {...state.importance, ...change};
       const score = (e) => (e.run === want.run) * 4 + (e.class === want.class) * 2 +
                            (e.from === want.from && e.to === want.to);
@@ -1583,66 +1687,169 @@
     return (v) => r0 + (v - d0) * k;
   }
 
-  /** Round ticks covering [lo, hi]: {ticks, domain (extended to the outer ticks), step}. */
+  /** A logarithmic scale over a positive domain (v <= 0 maps to a non-finite pixel). */
+  function logScale([d0, d1], range) {
+    const decades = linearScale([Math.log10(d0), Math.log10(d1)], range);
+    return (v) => decades(Math.log10(v));
+  }
+
+  /** The scale of an axis's ticks (niceTicks: linear, logTicks: logarithmic). */
+  const axisScale = (ticks, range) => (ticks.log ? logScale : linearScale)(ticks.domain, range);
+
+  /** Round ticks covering [lo, hi]: {ticks, domain (extended to the outer ticks), step}. A
+   * single value gets a range around it; 0 alone gets [0, 1] (a count or a fraction that is
+   * always 0 must not show negative ticks). */
   function niceTicks(lo, hi, count = 5, minStep = 0) {
     if (!(hi > lo)) {
-      const pad = Math.abs(lo) * 0.1 || 1;
-      [lo, hi] = [lo - pad, hi + pad];
+      const pad = Math.abs(lo) * 0.1;
+      [lo, hi] = lo === 0 ? [0, 1] : [lo - pad, hi + pad];
     }
     const raw = (hi - lo) / count;
     const power = 10 ** Math.floor(Math.log10(raw));
     const step = Math.max(minStep, [1, 2, 5, 10].map((m) => m * power).find((s) => s >= raw));
-    const start = Math.floor(lo / step) * step;
-    const end = Math.ceil(hi / step) * step;
+    const first = Math.floor(lo / step);
+    const end = Math.ceil(hi / step);
     const ticks = [];
-    for (let v = start; v <= end + step / 2; v += step) ticks.push(Number(v.toPrecision(12)));
-    return {ticks, domain: [start, end], step};
+    // Multiples of the step (not sums, which drift: 0.1 + 0.2 is not 0.3).
+    for (let i = first; i <= end; i++) ticks.push(Number((i * step).toPrecision(12)));
+    return {ticks, domain: [ticks[0], last(ticks)], step};
+  }
+
+  /** Ticks of a logarithmic axis covering [lo, hi] (both > 0): powers of ten (every second
+   * or third one over many decades); 1, 2 and 5 times them when the values span at most two
+   * decades. {ticks, domain, step (in decades), log: true}. */
+  function logTicks(lo, hi) {
+    const round = (v) => Number(v.toPrecision(12));
+    const a = Math.floor(Math.log10(lo) + 1e-9);
+    const b = Math.ceil(Math.log10(hi) - 1e-9);
+    if (Math.log10(hi / lo) <= 2) {
+      const stops = [];
+      for (let k = a; k <= b; k++) for (const m of [1, 2, 5]) stops.push(round(m * 10 ** k));
+      const start = stops.filter((v) => v <= lo * (1 + 1e-9)).pop();
+      const end = stops.find((v) => v >= hi * (1 - 1e-9));
+      return {ticks: stops.filter((v) => v >= start && v <= end), domain: [start, end], step: 1, log: true};
+    }
+    const step = Math.ceil((b - a) / 6);
+    const ticks = [];
+    for (let k = Math.floor(a / step) * step; k <= Math.ceil(b / step) * step; k += step) {
+      ticks.push(round(10 ** k));
+    }
+    return {ticks, domain: [ticks[0], last(ticks)], step, log: true};
+  }
+
+  const LOG_SPAN = 20;   // a loss chart turns logarithmic when its values span more than this factor
+
+  /**
+   * The y axis for some values, as niceTicks or logTicks give it.
+   * @param options.kind "zero": fractions and other non-negative values, from 0 and never
+   *   negative ([0, 1] when every value is 0; a negative value, which none of them has, gets a
+   *   linear axis); "count": the same with whole-number ticks; "loss": logarithmic when every value is > 0 and they span more than
+   *   LOG_SPAN (one spike does not flatten the rest), else linear; otherwise linear.
+   * @param options.domain a fixed [lo, hi] (accuracies: [0, 1])
+   */
+  function valueAxis(values, {kind = "linear", domain = null} = {}) {
+    if (domain) return niceTicks(domain[0], domain[1], 5);
+    const finite = values.filter(Number.isFinite);
+    const lo = Math.min(...finite);
+    const hi = Math.max(...finite);
+    if ((kind === "zero" || kind === "count") && !(lo < 0)) {
+      return niceTicks(0, hi, 5, kind === "count" ? 1 : 0);
+    }
+    if (kind === "loss" && lo > 0 && hi / lo > LOG_SPAN) return logTicks(lo, hi);
+    return niceTicks(lo, hi, 5);
+  }
+
+  /** A number in exponent notation with the significant digits a tick step needs
+   * ("1.2e-4", "3e6"). */
+  function exponentLabel(v, step) {
+    const magnitude = (u) => Math.floor(Math.log10(Math.abs(u)) + 1e-9);
+    return v.toExponential(clamp(magnitude(v) - magnitude(step), 0, 6)).replace("e+", "e");
   }
 
   function tickLabel(v, step) {
     const digits = Math.max(0, -Math.floor(Math.log10(step) + 1e-9));
-    return digits > 4 ? v.toExponential(0) : v.toFixed(digits);
+    if (v !== 0 && (digits > 4 || Math.abs(v) >= 1e6)) return exponentLabel(v, step);
+    return v.toFixed(digits > 4 ? 0 : digits);
   }
 
-  const CHART = {width: 440, height: 250, left: 56, right: 16, top: 30, bottom: 40};
+  /** A tick of a logarithmic axis: plain from 0.01 to 500 (0.5, 1, 20), else an exponent
+   * (1e3, 2e-4). */
+  function logTickLabel(v) {
+    const k = Math.floor(Math.log10(v) + 1e-9);
+    return k >= -2 && k <= 2 ? String(Number(v.toPrecision(6))) : v.toExponential(0).replace("e+", "e");
+  }
 
-  /** Axes, grid and labels of a chart; returns the SVG and its scales. */
+  /** The text of an axis's ticks. */
+  const tickText = (ticks) => (ticks.log ? logTickLabel : (v) => tickLabel(v, ticks.step));
+
+  const CHART = {width: 440, height: 250, left: 56, right: 16, top: 30, bottom: 40};
+  const TICK_GAP = 6;      // y tick labels end this far left of the axis
+  const Y_TITLE_X = 14;    // baseline of the rotated y-axis title, from the chart's left edge
+
+  let measurer = null;
+
+  /** Width in CSS pixels of a text in a CSS font (a canvas measures it; nothing is drawn). */
+  function textWidth(text, font) {
+    measurer = measurer || document.createElement("canvas").getContext("2d");
+    measurer.font = font;
+    return measurer.measureText(text).width;
+  }
+
+  /** The SVG charts' tick font (style.css: .chart is 11px of the page's family). */
+  const svgChartFont = () => `11px ${getComputedStyle(document.body).fontFamily}`;
+
+  /** The left margin of a chart: CHART.left, or wider when its widest y tick label would
+   * reach the rotated y-axis title (11px text whose baseline is Y_TITLE_X; 8px for its
+   * descent and a gap) or, without a title, the chart's edge. */
+  function chartLeft(yTicks, font, titled = true) {
+    const widest = Math.max(0, ...yTicks.ticks.map((v) => textWidth(tickText(yTicks)(v), font)));
+    return Math.max(CHART.left, Math.ceil(widest) + TICK_GAP + (titled ? Y_TITLE_X : 0) + 8);
+  }
+
+  /** Axes, grid and labels of a chart; returns the SVG, its scales and its left margin. */
   function chartFrame({title, xTicks, yTicks, xLabel, yLabel, width = CHART.width,
                        xTickText = (v) => tickLabel(v, xTicks.step)}) {
-    const {height, left, right, top, bottom} = CHART;
+    const {height, right, top, bottom} = CHART;
+    const left = chartLeft(yTicks, svgChartFont(), Boolean(yLabel));
     const x = linearScale(xTicks.domain, [left, width - right]);
-    const y = linearScale(yTicks.domain, [height - bottom, top]);
+    const y = axisScale(yTicks, [height - bottom, top]);
+    const yText = tickText(yTicks);
     const node = svg("svg", {class: "chart", width, height, viewBox: `0 0 ${width} ${height}`,
                              role: "img", "aria-label": title});
     node.append(
       svg("text", {class: "chart-title", x: left, y: 16, text: title}),
       ...yTicks.ticks.map((v) => svg("g", {class: "tick"},
         svg("line", {x1: left, x2: width - right, y1: y(v), y2: y(v), class: "grid"}),
-        svg("text", {x: left - 6, y: y(v), "text-anchor": "end", "dominant-baseline": "middle",
-                     text: tickLabel(v, yTicks.step)}))),
+        svg("text", {x: left - TICK_GAP, y: y(v), "text-anchor": "end", "dominant-baseline": "middle",
+                     "data-axis": "y", text: yText(v)}))),
       ...xTicks.ticks.map((v) => svg("text", {class: "tick", x: x(v), y: height - bottom + 16,
                                               "text-anchor": "middle", text: xTickText(v)})),
       svg("line", {class: "axis", x1: left, x2: width - right, y1: height - bottom, y2: height - bottom}),
       svg("line", {class: "axis", x1: left, x2: left, y1: top, y2: height - bottom}),
       xLabel ? svg("text", {class: "axis-label", x: (left + width - right) / 2, y: height - 6,
                             "text-anchor": "middle", text: xLabel}) : null,
-      yLabel ? svg("text", {class: "axis-label", x: 14 - height / 2, y: 14, transform: "rotate(-90)",
-                            "text-anchor": "middle", text: yLabel}) : null);
-    return {node, x, y};
+      yLabel ? svg("text", {class: "axis-label", "data-axis": "y", x: Y_TITLE_X - height / 2,
+                            y: Y_TITLE_X, transform: "rotate(-90)", "text-anchor": "middle",
+                            text: yLabel}) : null);
+    return {node, x, y, left};
   }
 
   /**
    * A line chart over epochs.
    * @param series [{name, color, dash, points: [{x, y}]}] (non-finite y breaks the line)
    * @param flags [{x, color, text}] marked with a triangle above the plot
+   * @param axis valueAxis's options for the y axis ({kind, domain})
+   * @param metric what it charts, as its data-metric attribute
    */
-  function lineChart({title, yLabel, series, flags = [], yDomain = null}) {
+  function lineChart({title, yLabel, series, flags = [], axis = {}, metric = null}) {
     const xs = series.flatMap((s) => s.points.map((p) => p.x)).concat(flags.map((f) => f.x));
     const ys = series.flatMap((s) => s.points.map((p) => p.y)).filter(Number.isFinite);
     if (!xs.length || !ys.length) return null;
     const xTicks = niceTicks(Math.min(...xs), Math.max(...xs), 8, 1);
-    const yTicks = niceTicks(...(yDomain || [Math.min(...ys), Math.max(...ys)]), 5);
-    const {node, x, y} = chartFrame({title, xTicks, yTicks, xLabel: "epoch", yLabel});
+    const yTicks = valueAxis(ys, axis);
+    const {node, x, y} = chartFrame({title, xTicks, yTicks, xLabel: "epoch",
+                                     yLabel: yTicks.log ? `${yLabel || title} (log scale)` : yLabel});
+    setProps(node, {"data-metric": metric, "data-scale": yTicks.log ? "log" : "linear"});
     for (const s of series) {
       const segments = [[]];
       for (const p of s.points) {
@@ -1713,13 +1920,13 @@
   function reversionPanel(split, label, nBins, yTicks) {
     const drops = reversionDrops(split);
     const groupWidth = (nBins + 1) * (BAR.width + BAR.gap) + BAR.groupGap;
-    const width = CHART.left + drops.length * groupWidth + CHART.right;
+    const width = chartLeft(yTicks, svgChartFont()) + drops.length * groupWidth + CHART.right;
     const xTicks = {ticks: [], domain: [0, 1], step: 1};
-    const {node, y} = chartFrame({title: `${label} (accuracy ${percent(split.accuracy)})`,
-                                  xTicks, yTicks, width, yLabel: "accuracy drop (points)"});
-    node.append(svg("line", {class: "zero", x1: CHART.left, x2: width - CHART.right, y1: y(0), y2: y(0)}));
+    const {node, y, left} = chartFrame({title: `${label} (accuracy ${percent(split.accuracy)})`,
+                                        xTicks, yTicks, width, yLabel: "accuracy drop (points)"});
+    node.append(svg("line", {class: "zero", x1: left, x2: width - CHART.right, y1: y(0), y2: y(0)}));
     drops.forEach((d, g) => {
-      const x0 = CHART.left + g * groupWidth + BAR.groupGap / 2;
+      const x0 = left + g * groupWidth + BAR.groupGap / 2;
       const bar = (i, value, fill, text) => svg("rect", {
         x: x0 + i * (BAR.width + BAR.gap), width: BAR.width, fill,
         y: Math.min(y(value), y(0)), height: Math.max(1, Math.abs(y(value) - y(0)))},
@@ -1746,12 +1953,15 @@
                         axis: "#c5cad1", font: "11px system-ui, sans-serif"};
 
   /** chartFrame's axes, grid and labels on a canvas (for figures of many lines or points):
-   * same margins, ticks and look. Returns the canvas, its context (in CSS pixels) and scales. */
+   * same margins (widened alike for long y tick labels), ticks and look. Returns the canvas,
+   * its context (in CSS pixels), scales and left margin. */
   function canvasFrame({title, xTicks, yTicks, xLabel, yLabel, testid, width = CHART.width,
                         height = CHART.height, xTickText = (v) => tickLabel(v, xTicks.step)}) {
-    const {left, right, top, bottom} = CHART;
+    const {right, top, bottom} = CHART;
+    const left = chartLeft(yTicks, CANVAS_CHART.font, Boolean(yLabel));
     const x = linearScale(xTicks.domain, [left, width - right]);
-    const y = linearScale(yTicks.domain, [height - bottom, top]);
+    const y = axisScale(yTicks, [height - bottom, top]);
+    const yText = tickText(yTicks);
     const dpr = window.devicePixelRatio || 1;
     const node = el("canvas", {class: "chart", width: Math.round(width * dpr),
                                height: Math.round(height * dpr), role: "img", "aria-label": title,
@@ -1775,7 +1985,7 @@
     ctx.lineWidth = 1;
     for (const v of yTicks.ticks) {
       line(left, y(v), width - right, y(v), CANVAS_CHART.grid);
-      text(tickLabel(v, yTicks.step), left - 6, y(v), {align: "right", baseline: "middle"});
+      text(yText(v), left - TICK_GAP, y(v), {align: "right", baseline: "middle"});
     }
     for (const v of xTicks.ticks) text(xTickText(v), x(v), height - bottom + 16);
     line(left, height - bottom, width - right, height - bottom, CANVAS_CHART.axis);
@@ -1783,7 +1993,7 @@
     if (xLabel) text(xLabel, (left + width - right) / 2, height - 6, {color: CANVAS_CHART.faint});
     if (yLabel) {
       ctx.save();
-      ctx.translate(14, height / 2);
+      ctx.translate(Y_TITLE_X, height / 2);
       ctx.rotate(-Math.PI / 2);
       text(yLabel, 0, 0, {color: CANVAS_CHART.faint});
       ctx.restore();
@@ -1791,7 +2001,7 @@
     ctx.font = "600 13px system-ui, sans-serif";
     text(title, left, 16, {color: CANVAS_CHART.ink, align: "left"});
     ctx.font = CANVAS_CHART.font;
-    return {node, ctx, x, y};
+    return {node, ctx, x, y, left};
   }
 
   /** A dashed reference line between two data points (chance level, the ROC diagonal). */
@@ -1810,6 +2020,30 @@
   // ---------------------------------------------------------------------- Training view
   const TRAINING_FIELDS = new Set(["epoch", "train_acc", "val_acc", "train_loss", "val_loss", "lr",
                                    "finite", "n_train"]);
+  const CURVE_FIELDS = ["train_acc", "val_acc", "train_loss", "val_loss", "lr"];
+
+  /** The diagnosis's concept metrics (docs/monitor.md) in the order they are charted: chart
+   * title and y-axis title. Every one is a count or a fraction (its axis starts at 0). */
+  const CONCEPT_METRICS = {
+    probe_acc: ["Probe accuracy", "top-1 accuracy (probe set)"],
+    turnover: ["turnover", "1 − Jaccard (stimuli)"],
+    speed: ["speed", "× base spread"],
+    dead: ["dead", "fraction of neurons"],
+    degenerate: ["degenerate", "fraction of neurons"],
+    distinct_stimuli: ["distinct_stimuli", "fraction of images"],
+    diversity: ["diversity", "× base spread"],
+    nonfinite: ["nonfinite", "NaN/inf activations"],
+  };
+
+  /** valueAxis's kind for a metric, from its name: losses may turn logarithmic; the concept
+   * metrics, accuracies, counts and fractions start at 0 (counts with whole-number ticks). */
+  function metricKind(name) {
+    if (/loss/i.test(name)) return "loss";
+    if (name === "nonfinite" || /(^|_)(count|n|num)(_|$)/i.test(name)) return "count";
+    if (hasOwn(CONCEPT_METRICS, name) ||
+        /(^|_)(acc|accuracy|frac|fraction|share|rate|ratio|lr)(_|$)/i.test(name)) return "zero";
+    return "linear";
+  }
 
   const trainingView = {
     renderedKey: null,
@@ -1835,69 +2069,126 @@
       markRendered();
     },
 
+    /** The run legend (whenever a chart is drawn), the training curves or a note saying how to
+     * give them, then the diagnosis. Runs in the study's order. */
     content(metrics) {
-      const runs = Object.keys(metrics.runs || {});
+      const diagnosis = metrics.diagnosis && metrics.diagnosis.runs ? metrics.diagnosis : null;
+      const curves = trainingCurves(metrics);
+      const trained = [...curves.keys()];
+      const extras = extraMetricNames(curves);
+      const diagnosed = diagnosisSection(diagnosis, new Set(extras));
+      const runs = inStudyOrder([...trained, ...diagnosed.runs]);
       const out = [];
-      if (runs.length) {
-        out.push(el("div", {class: "legend"},
-          runs.map((r) => el("span", {class: "legend-item"}, swatch(runColor(r)), r)),
-          el("span", {class: "legend-item muted"}, el("span", {class: "line-key"}), "train"),
-          el("span", {class: "legend-item muted"}, el("span", {class: "line-key dashed"}), "validation")));
-        const series = (field, dash) => runs.map((r) => ({
+      if (runs.length) out.push(this.legend(runs, trained.length > 0));
+      if (trained.length) {
+        const series = (field, dash) => trained.map((r) => ({
           name: `${r} ${field}`, run: r, color: runColor(r), dash,
-          points: metrics.runs[r].map((row) => ({x: row.epoch, y: row[field]}))}));
-        const flags = diagnosisFlags(metrics.diagnosis);
+          points: curves.get(r).map((row) => ({x: row.epoch, y: row[field]}))}));
+        const flags = diagnosisFlags(diagnosis);
         out.push(el("div", {class: "charts"},
-          lineChart({title: "Accuracy", yLabel: "top-1 accuracy", yDomain: [0, 1], flags,
-                     series: [...series("train_acc"), ...series("val_acc", "5 4")]}),
-          lineChart({title: "Loss", yLabel: "cross-entropy",
+          lineChart({title: "Accuracy", yLabel: "top-1 accuracy", axis: {domain: [0, 1]}, flags,
+                     metric: "accuracy", series: [...series("train_acc"), ...series("val_acc", "5 4")]}),
+          lineChart({title: "Loss", yLabel: "cross-entropy", axis: {kind: "loss"}, metric: "loss",
                      series: [...series("train_loss"), ...series("val_loss", "5 4")]}),
-          lineChart({title: "Learning rate", yLabel: "lr", series: series("lr")}),
-          ...extraMetricNames(metrics.runs).map((name) =>
-            lineChart({title: name, series: series(name)}))));
-      } else {
-        out.push(note("No training metrics are stored in this workspace."));
+          lineChart({title: "Learning rate", yLabel: "lr", axis: {kind: "zero"}, metric: "lr",
+                     series: series("lr")}),
+          ...extras.map((name) => lineChart({title: name, axis: {kind: metricKind(name)}, metric: name,
+                                             series: series(name)}))));
       }
-      out.push(...diagnosisSection(metrics.diagnosis));
+      if (!trained.length) out.push(this.noCurves(runs.length > 0));
+      out.push(...diagnosed.nodes);
       return out;
+    },
+
+    legend(runs, curves) {
+      return el("div", {class: "legend training-legend", "data-testid": "training-legend"},
+        runs.map((r) => el("span", {class: "legend-item", "data-run": r}, swatch(runColor(r)), r)),
+        curves ? [el("span", {class: "legend-item muted"}, el("span", {class: "line-key"}), "train"),
+                  el("span", {class: "legend-item muted"}, el("span", {class: "line-key dashed"}), "validation")]
+               : null);
+    },
+
+    /** No accuracy or loss was given: how to give them. */
+    noCurves(diagnosed) {
+      return el("p", {class: "note", "data-testid": "no-training-metrics"},
+        diagnosed ? "No training accuracy or loss was given for these runs; the concept metrics " +
+                    "below come from their checkpoints alone. To chart them, name each run's " +
+                    "training log (a CSV with an epoch column) in the study config: "
+                  : "No training metrics or diagnosis are stored in this workspace. To chart a " +
+                    "run's accuracy and loss, name its training log (a CSV with an epoch column) " +
+                    "in the study config: ",
+        el("code", {text: '[[runs]] metrics = "log.csv"'}), ".");
     },
   };
 
+  /** Each run's per-epoch training metrics (a Map, runs in the study's order): its metrics
+   * file's rows, or, for a run without one, the recorded fields its diagnosis rows repeat. */
+  function trainingCurves(metrics) {
+    const recorded = metrics.runs || {};
+    const diagnosed = (metrics.diagnosis && metrics.diagnosis.runs) || {};
+    const fromDiagnosis = (rows) => rows
+      .map((row) => Object.fromEntries(Object.entries(row).filter(([k, v]) =>
+        TRAINING_FIELDS.has(k) && typeof v === "number")))
+      .filter((row) => CURVE_FIELDS.some((k) => hasOwn(row, k)));
+    const curves = new Map();
+    for (const run of inStudyOrder([...Object.keys(recorded), ...Object.keys(diagnosed)])) {
+      const rows = recorded[run] && recorded[run].length ? recorded[run]
+                                                          : fromDiagnosis(diagnosed[run]?.metrics || []);
+      if (rows.length) curves.set(run, rows);
+    }
+    return curves;
+  }
+
   /** Numeric per-epoch fields other than the standard ones (a custom logger may add some). */
-  function extraMetricNames(runs) {
+  function extraMetricNames(curves) {
     const names = new Set();
-    for (const rows of Object.values(runs)) {
+    for (const rows of curves.values()) {
       for (const row of rows) for (const k of Object.keys(row)) if (!TRAINING_FIELDS.has(k)) names.add(k);
     }
     return [...names].sort();
   }
 
+  /** The diagnosis's runs in the study's order: [[run, {metrics, flags}]]. */
+  const diagnosedRuns = (diagnosis) => (diagnosis && diagnosis.runs
+    ? inStudyOrder(Object.keys(diagnosis.runs)).map((run) => [run, diagnosis.runs[run]]) : []);
+
   function diagnosisFlags(diagnosis) {
-    if (!diagnosis || !diagnosis.runs) return [];
-    return Object.entries(diagnosis.runs).flatMap(([run, d]) => (d.flags || []).map((f) => ({
+    return diagnosedRuns(diagnosis).flatMap(([run, d]) => (d.flags || []).map((f) => ({
       x: f.epoch, color: runColor(run), text: `${run}, epoch ${f.epoch}: ${f.rule}: ${f.message}`})));
   }
 
-  /** The diagnosis: one chart per metric (a line per run, flags marked) and the flags. */
-  function diagnosisSection(diagnosis) {
-    if (!diagnosis || !diagnosis.runs) return [];
-    const runs = Object.entries(diagnosis.runs);
+  /** The diagnosis: one chart per metric (a line per run, flags marked; the concept metrics in
+   * their documented order, probe accuracy first) and the flags. `charted`: recorded metrics
+   * the training charts show already. Returns {runs, nodes}. */
+  function diagnosisSection(diagnosis, charted = new Set()) {
+    const runs = diagnosedRuns(diagnosis);
+    if (!runs.length) return {runs: [], nodes: []};
     // Diagnosis rows repeat the training metrics, charted above already.
-    const names = [...new Set(runs.flatMap(([, d]) => (d.metrics || []).flatMap((row) =>
-      Object.keys(row).filter((k) => !TRAINING_FIELDS.has(k) && typeof row[k] === "number"))))].sort();
+    const names = new Set(runs.flatMap(([, d]) => (d.metrics || []).flatMap((row) =>
+      Object.keys(row).filter((k) => !TRAINING_FIELDS.has(k) && !charted.has(k) &&
+                                     typeof row[k] === "number"))));
+    const ordered = [...Object.keys(CONCEPT_METRICS).filter((k) => names.has(k)),
+                     ...[...names].filter((k) => !hasOwn(CONCEPT_METRICS, k)).sort()];
     const flags = diagnosisFlags(diagnosis);
-    const charts = names.map((name) => lineChart({
-      title: name, flags,
-      series: runs.map(([run, d]) => ({name: run, color: runColor(run),
-                                       points: (d.metrics || []).map((row) => ({x: row.epoch, y: row[name]}))}))}));
+    const charts = ordered.map((name) => {
+      const [title, yLabel] = CONCEPT_METRICS[name] || [name, null];
+      return lineChart({
+        title, yLabel, flags, metric: name,
+        axis: name === "probe_acc" ? {domain: [0, 1]} : {kind: metricKind(name)},
+        series: runs.map(([run, d]) => ({name: run, run, color: runColor(run),
+                                         points: (d.metrics || []).map((row) => ({x: row.epoch, y: row[name]}))}))});
+    });
     const rows = runs.flatMap(([run, d]) => (d.flags || []).map((f) =>
       [[swatch(runColor(run)), run], f.epoch, f.rule, f.message]));
-    return [
-      el("h2", {class: "section-title", text: "Diagnosis"}),
-      el("div", {class: "charts"}, charts),
-      rows.length ? dataTable(["run", "epoch", "rule", "message"], rows, {cls: "flags"})
-                  : note("No run was flagged."),
-    ];
+    return {
+      runs: runs.map(([run]) => run),
+      nodes: [
+        el("h2", {class: "section-title", text: "Diagnosis"}),
+        el("div", {class: "charts", "data-testid": "diagnosis-charts"}, charts),
+        rows.length ? dataTable(["run", "epoch", "rule", "message"], rows, {cls: "flags", testid: "diagnosis-flags"})
+                    : note("No run was flagged."),
+      ],
+    };
   }
 
   // ---------------------------------------------------------------------- Compare view
@@ -2111,6 +2402,8 @@
         testid: "auc-depth-canvas", yTicks: niceTicks(Math.min(0.5, ...values), Math.max(0.5, ...values), 5),
         xTicks: {ticks: depths.map((_, i) => i), domain: [-0.5, depths.length - 0.5], step: 1},
         xTickText: (i) => (depthNames[depths[i]] ? shortLayer(depthNames[depths[i]]) : `depth ${depths[i]}`)});
+      // The ticks may be short names: the full ones in the tooltip.
+      node.title = depths.map((d) => `depth ${d}: ${depthNames[d] || "?"}`).join("\n");
       dashedLine(ctx, [x(-0.5), y(0.5)], [x(depths.length - 0.5), y(0.5)]);
       methods.forEach((m, k) => {
         const offset = (k - (methods.length - 1) / 2) * slot;
