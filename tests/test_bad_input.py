@@ -73,7 +73,7 @@ def test_probe_folder_without_images_is_refused_by_the_cli(tmp_path, vgg_checkpo
     assert code == 2
     assert "'cat', 'dog'" in err and str(root) in err and "contain no image" in err
     assert "add images" in err
-    assert not Workspace(tmp_path / "ws").has_probe()
+    assert not (tmp_path / "ws" / "probe").exists()  # refused before anything is written
 
 
 def test_odd_modes_and_sizes_are_converted_and_recorded(tmp_path, vgg_checkpoints):
@@ -163,7 +163,7 @@ def test_a_checkpoint_of_another_architecture_in_a_run(tmp_path, image_folder,
     assert "missing keys: features.0.weight" in err and "unexpected keys: stem.weight" in err
     assert "Check the architecture and its kwargs" in err
     # the last checkpoint of every run is fitted before any pass: no pass was spent
-    assert Workspace(tmp_path / "ws").stimuli_epochs("a") == []
+    assert not (tmp_path / "ws").exists() or not (tmp_path / "ws" / "stimuli").exists()
 
 
 def test_a_checkpoint_with_other_shapes_names_them(tmp_path, image_folder, vgg_checkpoints,
@@ -199,7 +199,9 @@ def test_a_workspace_of_a_newer_schema_is_refused_untouched(tmp_path, image_fold
     path = stimuli_config(tmp_path, image_folder, vgg_checkpoints)
     code, err = run_cli(capsys, "build", "--config", path)
     assert code == 2 and "written by a newer ConceptEvo" in err
-    assert sorted(p.name for p in ws.iterdir()) == ["conceptevo.json"]  # nothing written
+    # nothing written (the workspace lock's file aside)
+    assert sorted(p.name for p in ws.iterdir() if p.name != ".conceptevo.lock") == \
+        ["conceptevo.json"]
     code, err = run_cli(capsys, "serve", ws)
     assert code == 2 and "newer ConceptEvo" in err
     (ws / "conceptevo.json").write_text("{not json")
@@ -273,8 +275,9 @@ def test_a_full_disk_while_the_probe_images_are_reserved(tmp_path, image_folder,
     ws = pipeline.open_workspace(cfg)
     with pytest.raises(WorkspaceError, match=r"probe/images\.npy: No space left on device"):
         pipeline.ensure_probe_sets(cfg, ws)
-    assert sorted(p.name for p in ws.root.iterdir()) == ["conceptevo.json", "probe",
-                                                          "study.json"]
+    # (study.json is recorded once the probe sets are decoded: not here)
+    assert sorted(p.name for p in ws.root.iterdir() if not p.name.startswith(".")) == [
+        "conceptevo.json", "probe"]
     assert list(ws.path("probe").iterdir()) == []
 
 
@@ -307,7 +310,8 @@ def test_a_read_only_workspace_directory(tmp_path, image_folder, vgg_checkpoints
     try:
         code, err = run_cli(capsys, "stimuli", "--config", path)
         assert code == 2 and "Permission denied" in err and "make the workspace writable" in err
-        assert sorted(p.name for p in ws.root.iterdir()) == ["conceptevo.json"]
+        assert sorted(p.name for p in ws.root.iterdir() if not p.name.startswith(".")) == \
+            ["conceptevo.json"]
         assert (ws.root / "conceptevo.json").read_bytes() == before
     finally:
         ws.root.chmod(0o755)

@@ -122,6 +122,13 @@ def test_jaccard_and_degenerate_by_hand():
                       np.zeros(3, np.int64))
     assert degenerate_fraction(r, 0.6) == pytest.approx(2 / 3)   # Jaccard 4/6 = 0.67
     assert degenerate_fraction(r, 0.8) == 0
+    # a dead neuron is dead, not degenerate: neuron 1 dead leaves neuron 0 with no twin
+    dead = StimuliResult(**{**r.__dict__, "act_max": np.array([1, 0, 1], np.float32)})
+    assert degenerate_fraction(dead, 0.6) == 0
+    # a diverged layer (all dead, every "stimulus" list the same): 0, not 1 on top of dead
+    nan = StimuliResult(**{**r.__dict__, "stimuli": np.tile(stim[:1], (3, 1)),
+                           "act_max": np.full(3, -np.inf, np.float32)})
+    assert degenerate_fraction(nan, 0.8) == 0 and nan.dead.all()
 
 
 def rows(**series):

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from contextlib import contextmanager
 
 from . import __version__
 from .errors import ConceptEvoError, ConfigError
@@ -22,6 +23,21 @@ def _kwargs(text: str | None) -> dict:
     if not isinstance(value, dict):
         raise ConfigError("--kwargs must be a JSON object like '{\"num_classes\": 10}'")
     return value
+
+
+@contextmanager
+def _writing(root, command: str):
+    """The workspace's write lock for the command's duration (a second writer waits); the
+    temporary files of killed writers are swept once it is held."""
+    from pathlib import Path
+
+    from .workspace.atomic import clean_temporaries
+    from .workspace.lock import workspace_lock
+
+    with workspace_lock(root, f"conceptevo {command}"):
+        if (Path(root) / "conceptevo.json").is_file():
+            clean_temporaries(root)
+        yield
 
 
 # --------------------------------------------------------------------------- commands
@@ -80,8 +96,8 @@ def cmd_stimuli(args) -> int:
     cfg = load_config(args.config)
     if args.trust_checkpoints:
         cfg.trust_checkpoints = True
-    with distributed.session(cfg.device) as ctx:  # torchrun: shared out, rank 0 writes
-        ws, report = run_stimuli_stage(cfg)
+    with _writing(cfg.workspace_path, "stimuli"), distributed.session(cfg.device) as ctx:
+        ws, report = run_stimuli_stage(cfg)  # torchrun: shared out, rank 0 writes
     if ctx.is_main:
         print(f"stimuli: {len(report.computed)} checkpoint(s) computed, {len(report.skipped)} "
               f"already up to date, in {ws.root}")
@@ -92,17 +108,16 @@ def cmd_build(args) -> int:
     from . import distributed
     from .config import load_config
     from .pipeline import run_build
-    from .workspace import atomic
 
     cfg = load_config(args.config)
     if args.trust_checkpoints:
         cfg.trust_checkpoints = True
-    with distributed.session(cfg.device) as ctx:  # torchrun: shared out, rank 0 writes
-        out = run_build(cfg)
+    with _writing(cfg.workspace_path, "build"), distributed.session(cfg.device) as ctx:
+        out = run_build(cfg)  # torchrun: shared out, rank 0 writes
     if not ctx.is_main:
         return 0
     ws = out["workspace"]
-    report = atomic.read_json(ws.space_path("fidelity.json"))
+    report = ws.read_json(ws.space_path("fidelity.json"))
     fid = report["fidelity"]
     print(f"stimuli: {len(out['stimuli'].computed)} checkpoint(s) computed, "
           f"{len(out['stimuli'].skipped)} up to date")
@@ -159,8 +174,8 @@ def cmd_importance(args) -> int:
     cfg.run(args.run)  # an unknown run fails here, naming the runs
     if bool(args.classes) == args.all_classes:
         raise ConfigError("give --class C (repeatable) or --all-classes")
-    with distributed.session(cfg.device) as ctx:  # torchrun: shared out, rank 0 writes
-        ws = open_workspace(cfg)
+    with _writing(cfg.workspace_path, "importance"), distributed.session(cfg.device) as ctx:
+        ws = open_workspace(cfg)  # torchrun: shared out, rank 0 writes
         probe, heldout = ensure_probe_sets(cfg, ws)
         classes = list(range(len(probe.classes))) if args.all_classes else \
             [resolve_class(probe, c) for c in args.classes]
@@ -209,7 +224,9 @@ def cmd_diagnose(args) -> int:
     from .evolution.stage import diagnosis_text, run_diagnosis
     from .workspace import Workspace
 
-    report = run_diagnosis(Workspace(args.workspace))
+    ws = Workspace(args.workspace)
+    with _writing(ws.root, "diagnose"):
+        report = run_diagnosis(ws)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -233,7 +250,8 @@ def cmd_evaluate(args) -> int:
         cfg = study_config(ws)
     if args.trust_checkpoints:
         cfg.trust_checkpoints = True
-    report = run_evaluation(cfg, ws)
+    with _writing(ws.root, "evaluate"):
+        report = run_evaluation(cfg, ws)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -249,8 +267,9 @@ def cmd_train(args) -> int:
     from .pipeline import ensure_training, open_workspace
 
     cfg = load_config(args.config)
-    ws = open_workspace(cfg)
-    report = ensure_training(cfg, ws, args.run or None)
+    with _writing(cfg.workspace_path, "train"):
+        ws = open_workspace(cfg)
+        report = ensure_training(cfg, ws, args.run or None)
     if not any(r.train is not None for r in cfg.runs):
         print("no run of this config has a `train` table; nothing to train")
         return 0
@@ -262,7 +281,8 @@ def cmd_train(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(args.workspace, quick=args.quick)
+    with _writing(args.workspace, "demo"):
+        run_demo(args.workspace, quick=args.quick)
     if args.serve:
         from .serve.app import serve
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import tomllib
 import types
 import typing
@@ -36,17 +37,17 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .evolution.diagnosis import DiagnosisThresholds
+from .schema import MAX_SEED, bounded, check_field, check_name, check_text
 from .train import TrainConfig
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
-
-
-def _at_least_one(section, where: str, *keys: str) -> None:
-    """Every setting of ``keys`` of ``section`` must be >= 1."""
-    for key in keys:
-        if getattr(section, key) < 1:
-            raise ConfigError(f"[{where}] {key} must be >= 1, not {getattr(section, key)}")
+#: largest probe image side: a probe image is decoded once and kept at this size (uint8)
+MAX_IMAGE_SIZE = 2048
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d{1,3})?")
+#: the distances of UMAP's map that make sense for embeddings
+UMAP_METRICS = ("cosine", "euclidean", "correlation", "manhattan", "chebyshev", "minkowski",
+                "canberra", "braycurtis")
 
 
 @dataclass
@@ -64,13 +65,14 @@ class ProbeConfig:
     """
 
     root: str = ""
-    per_class: int | None = None
-    fraction: float | None = None
-    image_size: int | None = None
+    per_class: int | None = bounded(None, 1, 10 ** 7)
+    fraction: float | None = bounded(None, 0, 1, lo_open=True)
+    image_size: int | None = bounded(None, 8, MAX_IMAGE_SIZE,
+                                     why="a probe image is decoded and kept at this size")
     classes: list[str] | str | None = None
-    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
-    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
-    seed: int = 0
+    mean: list[float] = bounded(list(IMAGENET_MEAN), -1e3, 1e3, items=True)
+    std: list[float] = bounded(list(IMAGENET_STD), 0, 1e3, lo_open=True, items=True)
+    seed: int = bounded(0, 0, MAX_SEED)
     skip_unreadable: bool = False
 
     def validate(self, where: str) -> None:
@@ -79,20 +81,15 @@ class ProbeConfig:
                               "(one sub-directory per class)")
         if self.per_class is not None and self.fraction is not None:
             raise ConfigError(f"[{where}] sets both per_class and fraction; keep one")
-        if self.per_class is not None and self.per_class < 1:
-            raise ConfigError(f"[{where}] per_class must be >= 1, not {self.per_class}")
-        if self.fraction is not None and not 0 < self.fraction <= 1:
-            raise ConfigError(f"[{where}] fraction must be in (0, 1], not {self.fraction}")
-        if self.image_size is not None and self.image_size < 8:
-            raise ConfigError(f"[{where}] image_size must be >= 8, not {self.image_size}")
         if isinstance(self.classes, list):
             from .data.classes import check_class_names
             check_class_names(self.classes, f"[{where}] classes")
         elif isinstance(self.classes, str) and not self.classes.strip():
             raise ConfigError(f"[{where}] classes must be a list of class names or the path "
                               "of a text file with one name per line")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ConfigError(f"[{where}] mean and std need 3 values each (std > 0)")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ConfigError(f"[{where}] mean and std need 3 values each (one per colour "
+                              "channel)")
 
 
 @dataclass
@@ -112,14 +109,14 @@ class ModelConfig:
     kwargs: dict = field(default_factory=dict)
     layers: str | list[str] | None = None
     reduction: str = "max"
-    output: str | int | None = None
+    output: str | int | None = bounded(None, -64, 63)
 
     def validate(self, where: str) -> None:
         if not self.arch:
             raise ConfigError(f"[{where}] needs `arch`, e.g. \"torchvision:resnet18\" or "
                               "\"mypackage.models:build\"")
-        if ":" not in self.arch:
-            raise ConfigError(f"[{where}] arch {self.arch!r} must look like "
+        if ":" not in self.arch or len(self.arch) > 300:
+            raise ConfigError(f"[{where}] arch {self.arch[:60]!r} must look like "
                               "\"torchvision:resnet18\" or \"package.module:function\"")
         if self.reduction not in ("max", "mean"):
             raise ConfigError(f"[{where}] reduction must be \"max\" or \"mean\", "
@@ -147,9 +144,7 @@ class RunConfig:
     def validate(self, where: str) -> None:
         if not self.name:
             raise ConfigError(f"[{where}] needs a `name`")
-        if any(c in self.name for c in "/\\:*?\"<>|") or self.name.startswith("."):
-            raise ConfigError(f"[{where}] run name {self.name!r} must be usable as a folder "
-                              "name (no / \\ : * ? \" < > | and no leading dot)")
+        check_name(self.name, f"[{where}]")
         if not self.checkpoints:
             raise ConfigError(f"[{where}] (run {self.name!r}) needs `checkpoints`: a directory, "
                               "a glob or a pattern with {epoch}")
@@ -171,13 +166,12 @@ class RunConfig:
 class StimuliConfig:
     """Step 1: ``k_stimuli`` top images per neuron, ``k_responsive`` top neurons per image."""
 
-    k_stimuli: int = 20
-    k_responsive: int = 20
-    batch_size: int = 128
+    k_stimuli: int = bounded(20, 1, 10_000)
+    k_responsive: int = bounded(20, 1, 10_000)
+    batch_size: int = bounded(128, 1, 65_536)
     on_nonfinite: str = "raise"
 
     def validate(self, where: str) -> None:
-        _at_least_one(self, where, "k_stimuli", "k_responsive", "batch_size")
         if self.on_nonfinite not in ("raise", "record"):
             raise ConfigError(f"[{where}] on_nonfinite must be \"raise\" or \"record\"")
 
@@ -192,23 +186,24 @@ class SpaceConfig:
     """
 
     base_run: str | None = None
-    base_epoch: int | None = None
+    base_epoch: int | None = bounded(None, 0, 10 ** 9)
     base_arch: str | None = None
     base_kwargs: dict | None = None
     base_checkpoint: str | None = None
-    dim: int = 30
-    epochs: int = 20
-    lr: float = 0.01
-    negatives: int = 3
-    batch_size: int = 2048
+    dim: int = bounded(30, 1, 1024)
+    epochs: int = bounded(20, 1, 1000, why="passes over every co-activated pair")
+    lr: float = bounded(0.01, 0, 10, lo_open=True)
+    negatives: int = bounded(3, 1, 100)
+    batch_size: int = bounded(2048, 1, 10 ** 7)
     image_method: str = "normal"
     indirect: str = "neuron-mean"
     exclude_dead: bool = True
     projection: str = "activations"
-    temperature: float = 1.0
-    ridge: float = 1e-4
-    umap_neighbors: int = 15
-    umap_min_dist: float = 0.1
+    temperature: float = bounded(1.0, 0, 100, lo_open=True)
+    ridge: float = bounded(1e-4, 0, 1, lo_open=True, why="relative to the mean of the Gram "
+                                                          "matrix's diagonal")
+    umap_neighbors: int = bounded(15, 2, 200)
+    umap_min_dist: float = bounded(0.1, 0, 1, why="UMAP needs min_dist <= its spread, 1")
     umap_metric: str = "cosine"
 
     @property
@@ -228,9 +223,9 @@ class SpaceConfig:
             close = difflib.get_close_matches(self.base_run, names, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f"; runs: {', '.join(names)}"
             raise ConfigError(f"[{where}] base_run {self.base_run!r} is not a run{hint}")
-        _at_least_one(self, where, "dim", "epochs", "negatives", "batch_size", "umap_neighbors")
-        if self.lr <= 0:
-            raise ConfigError(f"[{where}] lr must be > 0")
+        if self.umap_metric not in UMAP_METRICS:
+            raise ConfigError(f"[{where}] umap_metric must be one of {', '.join(UMAP_METRICS)}, "
+                              f"not {self.umap_metric!r}")
         if self.image_method not in ("normal", "lsqr"):
             raise ConfigError(f"[{where}] image_method must be \"normal\" or \"lsqr\"")
         from .space.image_embedding import INDIRECT_METHODS
@@ -239,10 +234,6 @@ class SpaceConfig:
         from .space.image_embedding import PROJECTIONS
         if self.projection not in PROJECTIONS:
             raise ConfigError(f"[{where}] projection must be one of {', '.join(PROJECTIONS)}")
-        if not self.temperature > 0:
-            raise ConfigError(f"[{where}] temperature must be > 0 (got {self.temperature})")
-        if not self.ridge > 0:
-            raise ConfigError(f"[{where}] ridge must be > 0 (got {self.ridge})")
 
 
 @dataclass
@@ -254,15 +245,13 @@ class ImportanceConfig:
     the same size, on those images and on the class's held-out images.
     """
 
-    images: int = 250
-    bins: int = 4
-    random_draws: int = 5
-    batch_size: int = 64
+    images: int = bounded(250, 1, 100_000)
+    bins: int = bounded(4, 1, 100)
+    random_draws: int = bounded(5, 0, 1000)
+    batch_size: int = bounded(64, 1, 4096)
 
     def validate(self, where: str) -> None:
-        _at_least_one(self, where, "images", "bins", "batch_size")
-        if self.random_draws < 0:
-            raise ConfigError(f"[{where}] random_draws must be >= 0")
+        pass
 
 
 @dataclass
@@ -277,21 +266,17 @@ class EvaluationConfig:
     """
 
     annotations: str | None = None
-    images_per_class: int = 25
-    epochs: list[int] | None = None
-    mask_size: int | None = None
-    quantile: float = 0.995
-    min_iou: float = 0.04
-    queries_per_layer: int = 200
-    neighbours: int = 5
-    bootstrap: int = 1000
-    fidelity_seeds: int = 3
+    images_per_class: int = bounded(25, 1, 100_000)
+    epochs: list[int] | None = bounded(None, 0, 10 ** 9, items=True)
+    mask_size: int | None = bounded(None, 4, MAX_IMAGE_SIZE)
+    quantile: float = bounded(0.995, 0.5, 1)
+    min_iou: float = bounded(0.04, 0, 1)
+    queries_per_layer: int = bounded(200, 1, 100_000)
+    neighbours: int = bounded(5, 1, 1000)
+    bootstrap: int = bounded(1000, 1, 100_000)
+    fidelity_seeds: int = bounded(3, 1, 100)
 
     def validate(self, where: str) -> None:
-        _at_least_one(self, where, "images_per_class", "queries_per_layer", "neighbours",
-                      "bootstrap", "fidelity_seeds")
-        if self.mask_size is not None and self.mask_size < 4:
-            raise ConfigError(f"[{where}] mask_size must be >= 4, not {self.mask_size}")
         if not 0.5 <= self.quantile < 1:
             raise ConfigError(f"[{where}] quantile must be in [0.5, 1), not {self.quantile}")
         if not 0 <= self.min_iou < 1:
@@ -318,7 +303,7 @@ class StudyConfig:
 
     workspace: str = "workspace"
     device: str = "auto"
-    seed: int = 0
+    seed: int = bounded(0, 0, MAX_SEED)
     trust_checkpoints: bool = False
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     heldout: ProbeConfig | None = None
@@ -331,8 +316,14 @@ class StudyConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     training: TrainingDataConfig | None = None
     base_dir: Path = field(default=Path("."), metadata={"internal": True})
+    # False for a configuration read back from a workspace (study.json): no model factory
+    # it names is imported and no checkpoint unpickled because it says so
+    allow_code: bool = field(default=True, metadata={"internal": True})
 
     def validate(self) -> None:
+        if not DEVICE.fullmatch(self.device):
+            raise ConfigError(f"device = {self.device[:40]!r} is not a device: use \"auto\", "
+                              "\"cpu\", \"cuda\", \"cuda:N\" or \"mps\"")
         self.probe.validate("probe")
         if self.heldout is not None:
             # held-out images are shown to the same models: same size and normalisation
@@ -381,6 +372,12 @@ class StudyConfig:
         if self.heldout is not None:
             self.heldout.image_size = int(size)
 
+    def build_model(self, arch: str, kwargs: dict | None = None):
+        """The model ``arch`` (a factory only when this configuration may run code)."""
+        from .models.registry import build_model
+
+        return build_model(arch, kwargs, allow_code=self.allow_code)
+
     def arch_of(self, run: RunConfig) -> tuple[str, dict]:
         return (run.arch or self.model.arch,
                 run.kwargs if run.kwargs is not None else self.model.kwargs)
@@ -415,7 +412,12 @@ def _convert(value, tp, where: str):
             try:
                 return _convert(value, arg, where)
             except ConfigError as e:
-                errors.append(e)
+                errors.append((arg, e))
+        # a table for a table (or a list for a list) failed inside: say what inside
+        for arg, e in errors:
+            if (isinstance(value, dict) and dataclasses.is_dataclass(arg)) or \
+                    (isinstance(value, list) and typing.get_origin(arg) is list):
+                raise e
         raise ConfigError(f"{where} must be {_type_name(tp)}, not {value!r}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
@@ -430,6 +432,8 @@ def _convert(value, tp, where: str):
         return float(value)
     if (tp is int and isinstance(value, bool)) or not isinstance(value, tp):
         raise ConfigError(f"{where} must be {_type_name(tp)}, not {value!r}")
+    if isinstance(value, str):
+        check_text(value, where)
     return value
 
 
@@ -443,9 +447,19 @@ def _from_dict(cls, data: dict, where: str):
             hint = f"; did you mean {close[0]!r}?" if close else \
                 f"; known keys: {', '.join(fields)}"
             raise ConfigError(f"unknown key {key!r} in {where or 'the top level'}{hint}")
-        kwargs[key] = _convert(value, hints[key], f"{where}.{key}" if where else key)
+        name = f"{where}.{key}" if where else key
+        kwargs[key] = _convert(value, hints[key], name)
+        check_field(fields[key], kwargs[key], name)
     from_mapping = getattr(cls, "from_mapping", None)
     return from_mapping(kwargs) if from_mapping is not None else cls(**kwargs)
+
+
+def section_from_dict(cls, data, where: str):
+    """One section (e.g. :class:`DiagnosisThresholds`) from a mapping, checked like a study
+    file's (unknown keys, types, ranges)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a table, not {data!r}")
+    return _from_dict(cls, data, where)
 
 
 def config_from_dict(data: dict, base_dir: str | Path = ".", source: str = "config"
@@ -467,9 +481,16 @@ def load_config(path: str | Path) -> StudyConfig:
     """Read, check and resolve a study TOML file."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+        raise ConfigError(f"config file {path} does not exist" + (
+            " (it is not a regular file)" if path.exists() else ""))
+    if path.stat().st_size > 1 << 20:
+        raise ConfigError(f"config file {path} is {path.stat().st_size:,} bytes; a study config "
+                          "is a small TOML file (at most 1 MB)")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+                          f"{e.start}); save it as UTF-8") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path} is not valid TOML: {e}") from None
     return config_from_dict(data, path.parent, str(path))

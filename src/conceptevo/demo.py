@@ -289,9 +289,8 @@ def _command() -> str:
 
 def space_summary(ws: Workspace) -> dict:
     """The fidelity figures of the unified space, as printed by the demo."""
-    from .workspace import atomic
 
-    report = atomic.read_json(ws.space_path("fidelity.json"))
+    report = ws.read_json(ws.space_path("fidelity.json"))
     fid, info = report["fidelity"], report["info"]
     comparison = report["indirect_comparison"]["methods"]
     weighted = report.get("projection", "stimuli") == "activations"

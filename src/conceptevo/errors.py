@@ -35,5 +35,15 @@ class WorkspaceError(ConceptEvoError):
     """A workspace is missing, incompatible or cannot be written."""
 
 
+class CorruptArtifactError(WorkspaceError):
+    """A workspace file cannot be read back (truncated, damaged, or not a regular file inside
+    the workspace). ``path`` names it; stages recompute what they can, and a reader says which
+    file it is and what to do."""
+
+    def __init__(self, message: str, path=None):
+        super().__init__(message)
+        self.path = path
+
+
 class SpaceError(ConceptEvoError):
     """The base model cannot define a unified space (too few co-activated neurons)."""

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .data.probe import ProbeSet, load_image_folder
-from .errors import ConfigError
+from .errors import ConfigError, CorruptArtifactError
 from .evolution.diagnosis import DiagnosisThresholds, Flag, apply_rules, snapshot_metrics, spread
 from .models.adapter import LayerSelection, ModelAdapter
 from .space.image_embedding import project
@@ -103,6 +103,8 @@ class Monitor:
         if any(c in run for c in "/\\:*?\"<>|") or run.startswith("."):
             raise ConfigError(f"run name {run!r} must be usable as a folder name")
         self.ws = Workspace(workspace, create=True)
+        atomic.clean_temporaries(self.ws.path("runs", run))  # a killed earlier process's
+        atomic.clean_temporaries(self.ws.path("stimuli", run))
         self.probe = self._probe(probe, per_class, image_size, mean, std, classes)
         self.run, self.layers, self.reduction, self.output = run, layers, reduction, output
         self.every, self.every_steps = every, every_steps
@@ -161,12 +163,10 @@ class Monitor:
         """The run's diagnosis rows already in the workspace (a restarted Monitor), for the
         epochs whose snapshot is stored."""
         path = self.ws.path("diagnosis.json")
-        if not path.is_file():
-            return []
         try:
-            stored = atomic.read_json(path).get("runs", {}).get(self.run, {})
-        except (OSError, ValueError, AttributeError):
-            return []
+            stored = (self.ws.read_json(path) or {}).get("runs", {}).get(self.run, {})
+        except (CorruptArtifactError, AttributeError):
+            return []  # a damaged diagnosis: it is rewritten from this snapshot on
         have = set(self.ws.stimuli_epochs(self.run))
         rows = [r for r in stored.get("metrics", []) if isinstance(r, dict)
                 and isinstance(r.get("epoch"), int) and r["epoch"] in have]
@@ -285,9 +285,17 @@ class Monitor:
     def _write_diagnosis(self) -> None:
         from dataclasses import asdict
 
+        from .workspace.lock import file_lock
+
         path = self.ws.path("diagnosis.json")
-        report = atomic.read_json(path) if path.is_file() else {}
-        report["thresholds"] = asdict(self.thresholds)
-        report.setdefault("runs", {})[self.run] = {
-            "metrics": self.rows, "flags": [f.to_dict() for f in self.flags]}
-        atomic.write_json(path, report)
+        with file_lock(path):  # other runs' rows may be written by another process
+            try:
+                report = self.ws.read_json(path, {})
+            except CorruptArtifactError:
+                report = {}
+            if not isinstance(report, dict):
+                report = {}
+            report["thresholds"] = asdict(self.thresholds)
+            report.setdefault("runs", {})[self.run] = {
+                "metrics": self.rows, "flags": [f.to_dict() for f in self.flags]}
+            atomic.write_json(path, report)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .models.adapter import ModelAdapter
+from .models.registry import BUILTIN_NAMESPACES
 
 
 @dataclass(frozen=True)
@@ -106,10 +107,6 @@ def receptive_fields(adapter: ModelAdapter, image_size: tuple[int, int], n_input
     return fields
 
 
-# architectures that name no user code: the only ones a workspace may ask a reader to build
-BUILTIN_NAMESPACES = ("torchvision", "conceptevo")
-
-
 def cached_receptive_fields(ws, arch: str, kwargs: dict, layers, image_size: tuple[int, int],
                             allow_code: bool = False) -> list[ReceptiveField]:
     """The receptive fields of ``arch``'s probed layers, cached in the workspace
@@ -123,12 +120,17 @@ def cached_receptive_fields(ws, arch: str, kwargs: dict, layers, image_size: tup
     """
     import json
 
-    from .errors import WorkspaceError
+    from .errors import CorruptArtifactError, WorkspaceError
     from .workspace import atomic
 
     key = json.dumps([arch, kwargs, layers, list(image_size)], sort_keys=True)
     path = ws.path("patches", "receptive_fields.json")
-    cache = atomic.read_json(path) if path.is_file() else {}
+    try:
+        cache = ws.read_json(path, {})
+    except CorruptArtifactError:
+        cache = {}  # recomputed below (or refused, for a model the workspace names)
+    if not isinstance(cache, dict):
+        cache = {}
     if key not in cache:
         if not allow_code and str(arch).split(":", 1)[0] not in BUILTIN_NAMESPACES:
             raise WorkspaceError(

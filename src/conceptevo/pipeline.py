@@ -25,10 +25,9 @@ import torch
 from . import distributed
 from .config import ProbeConfig, RunConfig, StudyConfig
 from .data.probe import ProbeSet, plan_image_folder, read_planned
-from .errors import ConfigError
+from .errors import ConceptEvoError, ConfigError, CorruptArtifactError
 from .models.adapter import ModelAdapter
 from .models.checkpoints import Checkpoint, find_checkpoints, load_checkpoint
-from .models.registry import build_model
 from .progress import progress_bar
 from .stimuli import compute_stimuli, merge_shards
 from .workspace import Workspace
@@ -42,10 +41,25 @@ def resolve_device(spec: str = "auto") -> torch.device:
     without an index is this process's GPU, ``cuda:LOCAL_RANK``."""
     if spec == "auto":
         return distributed.device_for("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {spec!r} was asked for but CUDA is not available here; "
-                          "use device = \"auto\" or \"cpu\"")
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError, TypeError):
+        raise ConfigError(f"device {spec!r} is not a device; use \"auto\", \"cpu\", \"cuda\", "
+                          "\"cuda:N\" or \"mps\"") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device {spec!r} cannot run a study; use \"auto\", \"cpu\", "
+                          "\"cuda\", \"cuda:N\" or \"mps\"")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {spec!r} was asked for but CUDA is not available here; "
+                              "use device = \"auto\" or \"cpu\"")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {spec!r}: this machine has {torch.cuda.device_count()} "
+                              f"CUDA device(s) (cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) is not None
+                                     and torch.backends.mps.is_available()):
+        raise ConfigError(f"device {spec!r} was asked for but Apple's MPS is not available "
+                          "here; use device = \"auto\" or \"cpu\"")
     return distributed.device_for(device)
 
 
@@ -69,8 +83,11 @@ def ensure_probe(ws: Workspace, pcfg: ProbeConfig, root: Path, name: str = "prob
     ``classes``: the class names in the model's output order (None: the sorted folder names);
     ``class_source`` says where they come from (recorded in the set's info)."""
     key = probe_key(pcfg, root, classes)
-    if ws.has_probe(name) and ws.probe_meta(name).get("key") == key:
-        return ws.load_probe(name)
+    try:
+        if ws.has_probe(name) and ws.probe_meta(name).get("key") == key:
+            return ws.load_probe(name)
+    except CorruptArtifactError as e:  # decoded again from the image folder
+        log.warning("%s set: %s; decoding it again", name, e)
     plan = plan_image_folder(root, pcfg.per_class, pcfg.fraction, pcfg.seed, classes)
     if classes is not None and name == "probe":
         missing = [c for c in classes if not (root / c).is_dir()]
@@ -135,6 +152,7 @@ def ensure_probe_sets(cfg: StudyConfig, ws: Workspace) -> tuple[ProbeSet, ProbeS
         if cfg.heldout is not None:
             heldout = ensure_probe(ws, cfg.heldout, cfg.resolve(cfg.heldout.root), "heldout",
                                    classes=probe.classes, class_source="the probe set's")
+        record_study(cfg, ws)
     return probe, heldout
 
 
@@ -165,7 +183,7 @@ def run_model(cfg: StudyConfig, run_name: str, device: torch.device | str = "cpu
     checkpoints = find_checkpoints(cfg.resolve(run.checkpoints), run.name)
     # channels-last weights (and inputs, see compute_stimuli) make convolutions about twice as
     # fast on CPUs; checkpoints load into them unchanged
-    model = build_model(arch, kwargs).to(device, memory_format=torch.channels_last).eval()
+    model = cfg.build_model(arch, kwargs).to(device, memory_format=torch.channels_last).eval()
     adapter = ModelAdapter(model, cfg.model.layers, cfg.model.reduction, cfg.model.output)
     return RunModel(run.name, arch, kwargs, checkpoints, model, adapter)
 
@@ -184,7 +202,7 @@ def resolve_input_size(cfg: StudyConfig) -> int:
     for run in cfg.runs:
         arch, kwargs = cfg.arch_of(run)
         archs.setdefault(stable_hash([arch, kwargs]), (arch, kwargs, run.name))
-    models = [(build_model(arch, kwargs), arch, name) for arch, kwargs, name in archs.values()]
+    models = [(cfg.build_model(arch, kwargs), arch, name) for arch, kwargs, name in archs.values()]
     size = given or 224
     for model, arch, name in models:
         check = check_input_size(model, size)
@@ -219,10 +237,25 @@ def check_checkpoints(cfg: StudyConfig) -> dict[str, list[Checkpoint]]:
             continue  # ConceptEvo trains it: its checkpoints come later
         arch, kwargs = cfg.arch_of(run)
         checkpoints = find_checkpoints(cfg.resolve(run.checkpoints), run.name)
-        load_checkpoint(build_model(arch, kwargs), checkpoints[-1].path,
+        load_checkpoint(cfg.build_model(arch, kwargs), checkpoints[-1].path,
                         cfg.trust_checkpoints, arch)
         found[run.name] = checkpoints
     return found
+
+
+def _check_base(cfg: StudyConfig) -> None:
+    """The base model of the space exists: its run's epoch, or the external checkpoint fitted
+    to its architecture."""
+    from .space.stage import base_descriptor
+
+    sc = cfg.space
+    if sc.base_arch is not None:
+        load_checkpoint(cfg.build_model(sc.base_arch, sc.base_kwargs or {}),
+                        cfg.resolve(sc.base_checkpoint), cfg.trust_checkpoints, sc.base_arch)
+        return
+    run = cfg.run(sc.base_run or cfg.runs[0].name)
+    if run.train is None or _has_checkpoints(cfg, run):
+        base_descriptor(cfg)
 
 
 def _has_checkpoints(cfg: StudyConfig, run: RunConfig) -> bool:
@@ -247,6 +280,25 @@ def stimuli_key(cfg: StudyConfig, probe: ProbeSet, rm: RunModel, ckpt: Checkpoin
         "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
 
 
+def check_ranking_sizes(cfg: StudyConfig, probe: ProbeSet, adapter: ModelAdapter,
+                        what: str) -> None:
+    """``[stimuli] k_stimuli`` must not exceed the probe images, nor ``k_responsive`` the
+    probed neurons (of ``adapter``'s model, described here on one probe image)."""
+    sc = cfg.stimuli
+    if sc.k_stimuli > len(probe):
+        raise ConfigError(f"[stimuli] k_stimuli = {sc.k_stimuli} exceeds the {len(probe)} probe "
+                          "images (a neuron's stimuli are distinct images); lower it or add "
+                          "probe images")
+    if adapter.layers_ is None:
+        device = next(adapter.model.parameters()).device
+        example = probe.tensor([0], device).contiguous(memory_format=torch.channels_last)
+        adapter.describe(example)
+    if sc.k_responsive > adapter.n_neurons:
+        raise ConfigError(f"[stimuli] k_responsive = {sc.k_responsive} exceeds the "
+                          f"{adapter.n_neurons} probed neurons of {what}; lower it or probe more "
+                          "layers")
+
+
 @dataclass
 class StageReport:
     computed: list[tuple[str, int]]
@@ -266,11 +318,11 @@ def ensure_stimuli(cfg: StudyConfig, ws: Workspace, probe: ProbeSet,
     device = resolve_device(cfg.device)
     ctx = distributed.current()
     report = StageReport([], [])
-    check_checkpoints(cfg)
     for run in cfg.runs:
         if runs is not None and run.name not in runs:
             continue
         rm = run_model(cfg, run.name, device)
+        check_ranking_sizes(cfg, probe, rm.adapter, f"run {run.name!r}")
         keys = {ckpt.epoch: (ckpt, stimuli_key(cfg, probe, rm, ckpt)) for ckpt in rm.checkpoints}
         todo_epochs = []
         for epoch, (_, key) in keys.items():
@@ -363,21 +415,81 @@ def class_order_report(cfg: StudyConfig, ws: Workspace, probe: ProbeSet) -> list
     return out
 
 
+def preflight(cfg: StudyConfig) -> None:
+    """Check, before the workspace is touched, what can be checked without the long passes:
+    the device, the image size against every model (or choose it), the layer selection, the
+    ranking sizes against the probe images (listed, not decoded) and the probed neurons,
+    every run's checkpoints (found, the last one fitted) and training logs. A bad study then
+    fails with its error and leaves an existing workspace exactly as it was."""
+    resolve_device(cfg.device)
+    size = resolve_input_size(cfg)
+    classes, _ = probe_classes(cfg)
+    root = cfg.resolve(cfg.probe.root)
+    n_images = _stored_probe_size(cfg, probe_key(cfg.probe, root, classes))
+    if n_images is None:  # list the files (nothing is decoded)
+        n_images = len(plan_image_folder(root, cfg.probe.per_class, cfg.probe.fraction,
+                                         cfg.probe.seed, classes).paths)
+    if cfg.stimuli.k_stimuli > n_images:
+        raise ConfigError(f"[stimuli] k_stimuli = {cfg.stimuli.k_stimuli} exceeds the "
+                          f"{n_images} probe images; lower it or add probe images")
+    seen = set()
+    for run in cfg.runs:
+        arch, kwargs = cfg.arch_of(run)
+        if stable_hash([arch, kwargs]) in seen:
+            continue
+        seen.add(stable_hash([arch, kwargs]))
+        adapter = ModelAdapter(cfg.build_model(arch, kwargs).eval(), cfg.model.layers,
+                               cfg.model.reduction, cfg.model.output)
+        adapter.describe(torch.zeros(1, 3, size, size))
+        if cfg.stimuli.k_responsive > adapter.n_neurons:
+            raise ConfigError(f"[stimuli] k_responsive = {cfg.stimuli.k_responsive} exceeds "
+                              f"the {adapter.n_neurons} probed neurons of {arch} (run "
+                              f"{run.name!r}); lower it or probe more layers")
+    check_checkpoints(cfg)
+    _check_base(cfg)
+    for run in cfg.runs:
+        if run.metrics is not None and not cfg.resolve(run.metrics).exists():
+            raise ConfigError(f"run {run.name!r}: metrics {str(cfg.resolve(run.metrics))!r} "
+                              "does not exist; give a CSV file with an epoch column, a "
+                              "Lightning log directory or TensorBoard event files (relative "
+                              "paths start at the config file's directory)")
+
+
+def _stored_probe_size(cfg: StudyConfig, key: str) -> int | None:
+    """The size of the workspace's probe set when it is the one ``key`` describes."""
+    meta = cfg.workspace_path / "probe" / "meta.json"
+    if not meta.is_file():
+        return None
+    try:
+        info = Workspace(cfg.workspace_path).probe_meta()
+    except ConceptEvoError:
+        return None
+    return int(info["n_images"]) if info.get("key") == key and \
+        isinstance(info.get("n_images"), int) else None
+
+
 def open_workspace(cfg: StudyConfig) -> Workspace:
-    """Create or open the study's workspace, remove temporaries of killed processes and
-    record the configuration (under torchrun, rank 0 does that and the others then open it).
-    The probe image size is checked against the models (or chosen) first, so that the
-    recorded configuration holds it."""
-    resolve_input_size(cfg)
+    """Create or open the study's workspace and remove temporaries of killed processes (under
+    torchrun, rank 0 does that and the others then open it). :func:`preflight` runs first
+    (it also fixes the probe image size). The configuration is recorded by
+    :func:`record_study` once the probe sets are decoded, so that bad input found up to then
+    leaves an existing workspace unchanged."""
+    preflight(cfg)
     ctx = distributed.current()
     with ctx.main_first():
         if ctx.is_main:
             ws = Workspace(cfg.workspace_path, create=True)
             clean_temporaries(ws.root)
-            ws.save_study(dict(cfg.to_dict(), base_dir=str(cfg.base_dir)))
         else:
             ws = Workspace(cfg.workspace_path)
     return ws
+
+
+def record_study(cfg: StudyConfig, ws: Workspace) -> None:
+    """``study.json``: the resolved configuration the workspace's artifacts are computed
+    with (rank 0 writes it)."""
+    if distributed.current().is_main:
+        ws.save_study(dict(cfg.to_dict(), base_dir=str(cfg.base_dir)))
 
 
 def run_stimuli_stage(cfg: StudyConfig) -> tuple[Workspace, StageReport]:
@@ -471,6 +583,7 @@ def ensure_training(cfg: StudyConfig, ws: Workspace, runs: list[str] | None = No
     from .data.probe import load_image_folder
 
     report = StageReport([], [])
+    record_study(cfg, ws)
     todo = [r for r in cfg.runs if r.train is not None and (runs is None or r.name in runs)]
     data = None
     for run in todo:
@@ -529,7 +642,7 @@ def _train_run(cfg: StudyConfig, ws: Workspace, run: RunConfig, state: dict, tra
     tcfg = run.train
     device = resolve_device(cfg.device)
     torch.manual_seed(tcfg.seed)  # the initialisation (epoch 0) is part of the run
-    model = build_model(arch, kwargs)
+    model = cfg.build_model(arch, kwargs)
     start = max(state["done"], 0)
     if state["done"] >= 0:
         load_checkpoint(model, checkpoint_target(cfg, run, state["done"]), False, arch)
@@ -586,7 +699,7 @@ def store_receptive_fields(cfg: StudyConfig, ws: Workspace) -> None:
     size = (cfg.probe.image_size, cfg.probe.image_size)
     for run in cfg.runs:
         arch, kwargs = cfg.arch_of(run)
-        cached_receptive_fields(ws, arch, kwargs, cfg.model.layers, size, allow_code=True)
+        cached_receptive_fields(ws, arch, kwargs, cfg.model.layers, size, allow_code=cfg.allow_code)
 
 
 def run_build(cfg: StudyConfig) -> dict:

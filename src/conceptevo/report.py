@@ -86,7 +86,7 @@ def render(embed: dict, title: str) -> str:
     html = (STATIC / "index.html").read_text(encoding="utf-8")
     css = (STATIC / "style.css").read_text(encoding="utf-8")
     js = (STATIC / "app.js").read_text(encoding="utf-8")
-    payload = json.dumps(embed, separators=(",", ":")).replace("</", "<\\/")
+    payload = script_safe_json(embed)
     link = re.compile(r'<link[^>]*href="/static/style\.css"[^>]*>')
     script = re.compile(r'<script[^>]*src="/static/app\.js"[^>]*>\s*</script>')
     if not link.search(html) or not script.search(html):
@@ -96,14 +96,29 @@ def render(embed: dict, title: str) -> str:
     code = js.replace("</script", "<\\/script")
     html = script.sub(lambda m: "<script>window.CONCEPTEVO_EMBED = " + payload
                       + ";</script>\n<script>\n" + code + "\n</script>", html, count=1)
-    return re.sub(r"<title>(.*?)</title>", lambda m: f"<title>{m.group(1)}: {title}</title>",
-                  html, count=1)
+    from html import escape
+
+    return re.sub(r"<title>(.*?)</title>",
+                  lambda m: f"<title>{m.group(1)}: {escape(title)}</title>", html, count=1)
+
+
+def script_safe_json(value) -> str:
+    """JSON to place inside an inline ``<script>``: every ``<``, ``>`` and ``&`` escaped as a
+    JSON unicode escape (the value is unchanged), so that no string of a workspace (a class
+    folder named ``<!--<script>``, ``</script>``) can end the script or open a comment; and the
+    line separators U+2028/U+2029, which old JavaScript parsers reject in strings."""
+    text = json.dumps(value, separators=(",", ":"))
+    for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
+                         ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        text = text.replace(char, escape)
+    return text
 
 
 def write_report(workspace: str | Path, out: str | Path, patch_epochs: int = 2) -> Path:
     """Write the self-contained report of ``workspace`` to ``out``."""
     data = StudyData(workspace)
-    embed = collect(data, patch_epochs)
     out = Path(out)
+    atomic.clean_temporaries_of(out)  # the half report of a killed earlier run
+    embed = collect(data, patch_epochs)
     atomic.write_text(out, render(embed, data.ws.root.name))
     return out

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
+from .schema import MAX_SEED, bounded
 
 
 @dataclass
@@ -36,22 +37,22 @@ class TrainConfig:
     """
 
     regime: str = "healthy"
-    epochs: int = 8
+    epochs: int = bounded(8, 1, 100_000)
     optimizer: str = "adamw"
-    lr: float = 3e-3
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    batch_size: int = 64
+    lr: float = bounded(3e-3, 0, 100, lo_open=True)
+    momentum: float = bounded(0.9, 0, 1)
+    weight_decay: float = bounded(1e-4, 0, 10)
+    batch_size: int = bounded(64, 1, 65_536)
     augment: bool = True
-    translate: int = 6
-    train_subset: int | None = None
-    repeat: int = 1
+    translate: int = bounded(6, 0, 1024)
+    train_subset: int | None = bounded(None, 1, 10 ** 7)
+    repeat: int = bounded(1, 1, 10_000)
     schedule: str = "cosine"
-    warmup_epochs: int = 0
-    seed: int = 0
+    warmup_epochs: int = bounded(0, 0, 100_000)
+    seed: int = bounded(0, 0, MAX_SEED)
 
     @classmethod
-    def from_mapping(cls, values: dict) -> TrainConfig:
+    def from_mapping(cls, values: dict) -> TrainConfig:  # (values are checked by the loader)
         """Built from a config table: the ``regime`` preset, then the keys given."""
         values = dict(values)
         return train_config(values.pop("regime", "healthy"), **values)

@@ -10,6 +10,7 @@ Normalisation (mean / std) is applied on the fly on the model's device.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -122,7 +123,10 @@ def list_image_folder(root: str | Path) -> tuple[list[str], list[str], np.ndarra
     """(classes, relative paths, labels) of an ImageFolder tree ``root/<class>/<image>``.
 
     Classes are the sub-directory names in sorted order, as ``torchvision.datasets.ImageFolder``
-    numbers them; files are sorted by name within each class.
+    numbers them; files are sorted by name within each class. Links to directories are
+    followed, but a directory is read once: a link back up the tree (a loop) or into another
+    class's folder (which would label its images twice) is skipped. Only regular files are
+    images: a FIFO, a socket or a device named ``*.png`` is skipped (reading it could block).
     """
     root = Path(root)
     if not root.is_dir():
@@ -132,11 +136,9 @@ def list_image_folder(root: str | Path) -> tuple[list[str], list[str], np.ndarra
         raise ProbeSetError(f"probe directory {root} has no class sub-directories; lay it out "
                             "as root/<class name>/<image files> (torchvision ImageFolder)")
     paths, labels, empty = [], [], []
+    seen_dirs: set[str] = {os.path.realpath(root / name) for name in classes}
     for label, name in enumerate(classes):
-        files = sorted(
-            str(Path(dirpath, f).relative_to(root))
-            for dirpath, _, filenames in os.walk(root / name, followlinks=True)
-            for f in filenames if f.lower().endswith(IMAGE_SUFFIXES))
+        files = sorted(_class_files(root, root / name, seen_dirs))
         if not files:
             empty.append(name)
         paths.extend(files)
@@ -148,9 +150,41 @@ def list_image_folder(root: str | Path) -> tuple[list[str], list[str], np.ndarra
     return classes, paths, np.asarray(labels, dtype=np.int64)
 
 
+def _class_files(root: Path, folder: Path, seen_dirs: set[str]) -> list[str]:
+    """Image files under one class folder (relative to ``root``), see list_image_folder."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        keep = []
+        for d in sorted(dirnames):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if real not in seen_dirs:  # a loop, or another class's folder: read once only
+                seen_dirs.add(real)
+                keep.append(d)
+        dirnames[:] = keep
+        for f in filenames:
+            if not f.lower().endswith(IMAGE_SUFFIXES):
+                continue
+            path = os.path.join(dirpath, f)
+            try:
+                regular = stat.S_ISREG(os.stat(path).st_mode)
+            except OSError:
+                regular = True  # a dangling link: reported as unreadable when decoded
+            if regular:
+                out.append(str(Path(path).relative_to(root)))
+    return out
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     """An RGB image. 16-bit grey levels (modes ``I;16*``, and ``I`` with values above 255) are
-    scaled to 8 bits (Pillow's own conversion would clip them, turning most images white)."""
+    scaled to 8 bits (Pillow's own conversion would clip them, turning most images white);
+    floating-point images (mode ``F``, e.g. a float TIFF) with values in [0, 1] are scaled to
+    0..255 (Pillow would truncate them to 0, a black image), others clipped to 0..255."""
+    if img.mode == "F":
+        levels = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0)
+        if levels.size and levels.max() <= 1.0 and levels.min() >= 0.0:
+            levels = levels * 255.0
+        grey = np.clip(np.rint(levels), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
     if img.mode.startswith("I;16") or img.mode == "I":
         levels = np.asarray(img).astype(np.float64)
         if img.mode.startswith("I;16") or levels.max(initial=0) > 255:
@@ -181,11 +215,20 @@ def to_model_size(img: Image.Image, size: int) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
+#: largest ratio of an image's long side to its short side: resizing the short side of a
+#: 1 x 20,000,000 strip to the model's size would allocate billions of pixels
+MAX_ASPECT = 50
+
+
 def _read_image(path: Path, size: int) -> tuple[np.ndarray | None, str, str | None]:
     """(pixels or None, original mode, error message or None)."""
     try:
         with Image.open(path) as img:
             mode = img.mode
+            w, h = img.size
+            if min(w, h) < 1 or max(w, h) > MAX_ASPECT * min(w, h):
+                return None, mode, (f"an image of {w} x {h} pixels (sides in a ratio above "
+                                    f"{MAX_ASPECT}:1 cannot be resized to a square)")
             img.load()
             return to_model_size(img, size), mode, None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError,

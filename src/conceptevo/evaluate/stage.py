@@ -64,14 +64,19 @@ METHODS: dict[str, str] = {
 
 # ----------------------------------------------------------------------------- config
 def study_config(ws: Workspace) -> StudyConfig:
-    """The config a workspace was built with (``study.json``)."""
-    try:
-        study = ws.load_study()
-    except (OSError, ValueError) as error:
-        raise WorkspaceError(f"{ws.root} has no readable study.json ({error}); run "
-                             "`conceptevo build CONFIG` first") from error
-    data = {k: v for k, v in study.items() if k != "base_dir"}
-    return config_from_dict(data, study.get("base_dir", "."), str(ws.path("study.json")))
+    """The config a workspace was built with (``study.json``), as data only: a workspace may
+    come from anyone, so this configuration builds no model factory it names (only
+    ``torchvision:`` and ``conceptevo:`` models) and unpickles no checkpoint because it says
+    ``trust_checkpoints`` (``--trust-checkpoints`` on the command line still can)."""
+    study = ws.load_study()
+    if not study:
+        raise WorkspaceError(f"{ws.root} has no study.json; run `conceptevo build CONFIG` "
+                             "first, or give the study config: `conceptevo evaluate CONFIG`")
+    data = {k: v for k, v in study.items() if k not in ("base_dir", "trust_checkpoints")}
+    cfg = config_from_dict(data, study.get("base_dir", "."), str(ws.path("study.json")))
+    cfg.allow_code = False
+    cfg.trust_checkpoints = False
+    return cfg
 
 
 def annotation_path(cfg: StudyConfig) -> Path:
@@ -337,7 +342,7 @@ def fidelity_over_seeds(cfg: StudyConfig, ws: Workspace, probe: ProbeSet, seeds:
     (rebuilt here: neuron embedding and image embedding), and its spread."""
     from ..space.stage import base_descriptor, ensure_base_stimuli, space_params
 
-    stored = atomic.read_json(ws.space_path("fidelity.json"))
+    stored = ws.read_json(ws.space_path("fidelity.json"))
     rows = [dict(seed=cfg.seed, rmse=stored["rmse"], **stored["fidelity"])]
     if seeds > 1:
         base = ensure_base_stimuli(cfg, ws, probe, base_descriptor(cfg))
@@ -475,7 +480,7 @@ def run_evaluation(cfg: StudyConfig, ws: Workspace | None = None) -> dict:
 
 def load_evaluation(ws: Workspace) -> dict | None:
     path = ws.path("evaluation", "evaluation.json")
-    return atomic.read_json(path) if path.is_file() else None
+    return ws.read_json(path)
 
 
 def evaluation_text(report: dict) -> str:

@@ -8,8 +8,8 @@ projection into the unified space:
 * ``speed``: mean distance each neuron moved in the unified space since the previous snapshot,
   relative to the spread of the base neurons (concept evolution speed);
 * ``dead``: fraction of neurons with no positive activation on the probe set;
-* ``degenerate``: fraction of neurons whose stimuli are (almost) those of another neuron of
-  the same layer (Jaccard >= 0.8): many detectors collapsed onto one;
+* ``degenerate``: fraction of neurons, alive, whose stimuli are (almost) those of another
+  alive neuron of the same layer (Jaccard >= 0.8): many detectors collapsed onto one;
 * ``distinct_stimuli``: distinct images among all stimuli, as a fraction of the most there can
   be, min(images, neurons x k): how many different things the model's neurons detect (no base
   space needed; 1 when every probe image, or every stimulus slot, is a different image);
@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+from ..schema import bounded
 from ..stimuli import StimuliResult
 
 
@@ -45,14 +46,14 @@ from ..stimuli import StimuliResult
 class DiagnosisThresholds:
     """Rule thresholds (fractions unless stated)."""
 
-    collapse_dead_degenerate: float = 0.25   # dead + degenerate share at least this ...
-    collapse_rise: float = 0.15              # ... and this much above the first snapshot
-    collapse_diversity_drop: float = 0.10    # diversity this much below the first snapshot
-    stall_turnover: float = 0.15             # turnover below this is a stalled snapshot
-    stall_snapshots: int = 2                 # for this many consecutive snapshots
-    overfit_train_acc: float = 0.90          # training accuracy at least this ...
-    overfit_gap: float = 0.15                # ... and at least this above validation
-    degenerate_jaccard: float = 0.8          # stimulus overlap that makes two neurons the same
+    collapse_dead_degenerate: float = bounded(0.25, 0, 1)  # dead + degenerate share >= this
+    collapse_rise: float = bounded(0.15, 0, 1)     # ... and this much above the first snapshot
+    collapse_diversity_drop: float = bounded(0.10, 0, 1)  # diversity this much below the first
+    stall_turnover: float = bounded(0.15, 0, 1)    # turnover below this: a stalled snapshot
+    stall_snapshots: int = bounded(2, 1, 1000)     # for this many consecutive snapshots
+    overfit_train_acc: float = bounded(0.90, 0, 1)  # training accuracy at least this ...
+    overfit_gap: float = bounded(0.15, 0, 1)       # ... and at least this above validation
+    degenerate_jaccard: float = bounded(0.8, 0, 1, lo_open=True)  # stimuli overlap: the same
 
 
 @dataclass
@@ -82,20 +83,27 @@ def jaccard_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def degenerate_fraction(result: StimuliResult, threshold: float = 0.8) -> float:
-    """Fraction of neurons sharing (Jaccard >= threshold) their stimuli with another neuron of
-    their layer."""
+    """Fraction of neurons that are alive and share (Jaccard >= threshold) their stimuli with
+    another alive neuron of their layer. Dead neurons are counted by ``dead`` alone: their
+    "stimuli" are the ranking of non-positive (or, for a diverged model, non-finite)
+    activations, which says nothing about a concept, so ``dead + degenerate`` never counts a
+    neuron twice."""
     k = result.stimuli.shape[1]
+    alive = ~result.dead
     flags = np.zeros(result.n_neurons, dtype=bool)
     for info in result.layers:  # a handful of layers; the work inside is one sparse product
         sl = slice(info.offset, info.offset + info.channels)
-        stim = result.stimuli[sl]
+        rows = np.flatnonzero(alive[sl])
+        if rows.size < 2:
+            continue
+        stim = result.stimuli[sl][rows]
         c = stim.shape[0]
         inc = sp.csr_matrix((np.ones(stim.size), (np.repeat(np.arange(c), k), stim.ravel())),
                             shape=(c, result.n_images))
         inter = (inc @ inc.T).toarray()
         np.fill_diagonal(inter, 0)
         jac = inter / (2 * k - inter)
-        flags[sl] = (jac >= threshold).any(1)
+        flags[sl.start + rows] = (jac >= threshold).any(1)
     return float(flags.mean())
 
 

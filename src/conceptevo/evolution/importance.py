@@ -42,6 +42,19 @@ def _frozen(model: torch.nn.Module) -> Iterator[None]:
             p.requires_grad_(True)
 
 
+def _check_finite(logits: torch.Tensor, which: str) -> None:
+    """Importance and reversion mean nothing for a model whose logits are NaN/inf (a
+    diverged run): say so instead of ranking NaNs (or counting a NaN head as 100% right)."""
+    if not bool(torch.isfinite(logits).all()):
+        from ..errors import NonFiniteActivationError
+
+        bad = int((~torch.isfinite(logits).all(1)).sum())
+        raise NonFiniteActivationError(
+            f"{which} produces NaN/inf logits on {bad} of {len(logits)} class images (its "
+            "weights have probably diverged); importance needs two finite checkpoints: "
+            "choose other epochs (--from / --to)")
+
+
 def _check_pair(adapter_t: ModelAdapter, adapter_t2: ModelAdapter) -> None:
     if adapter_t.layer_names != adapter_t2.layer_names:
         raise ValueError("the two checkpoints must be probed on the same layers")
@@ -62,7 +75,8 @@ def batch_sensitivity(adapter_t: ModelAdapter, adapter_t2: ModelAdapter, x: torc
         after[i] = out.detach().clone()
 
     with torch.no_grad(), adapter_t2.hooks(keep_after):
-        adapter_t2.model(x)
+        later = adapter_t2.logits(x)
+    _check_finite(later, "the later checkpoint")
 
     before: dict[int, torch.Tensor] = {}
 
@@ -76,6 +90,7 @@ def batch_sensitivity(adapter_t: ModelAdapter, adapter_t2: ModelAdapter, x: torc
 
     with torch.enable_grad(), _frozen(adapter_t.model), adapter_t.hooks(keep_before):
         logits = adapter_t.logits(x)
+        _check_finite(logits, "the earlier checkpoint")
         grads = torch.autograd.grad(logits[:, class_index].sum(),
                                     [before[i] for i in range(n_layers)])
     parts = []
@@ -225,9 +240,11 @@ def capture_outputs(adapter: ModelAdapter, x: torch.Tensor) -> tuple[dict[int, t
 
 
 def class_hits(logits: torch.Tensor, class_index: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(top-1 hit, top-5 hit) bool [B] for the true class ``class_index``."""
+    """(top-1 hit, top-5 hit) bool [B] for the true class ``class_index``; an image whose
+    logits are not all finite is a miss (``topk`` would rank a NaN first)."""
     top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-    return top[:, 0] == class_index, (top == class_index).any(1)
+    finite = torch.isfinite(logits).all(1)
+    return (top[:, 0] == class_index) & finite, (top == class_index).any(1) & finite
 
 
 def reversion_hits(adapter_t: ModelAdapter, adapter_t2: ModelAdapter, x: torch.Tensor,

@@ -18,10 +18,9 @@ import torch
 
 from ..config import StudyConfig
 from ..data.probe import ProbeSet
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, NonFiniteActivationError
 from ..models.adapter import LayerInfo, ModelAdapter
 from ..models.checkpoints import Checkpoint, find_checkpoints, load_checkpoint
-from ..models.registry import build_model
 from ..progress import progress_bar
 from ..workspace import Workspace
 from .importance import (
@@ -247,7 +246,7 @@ def ensure_importance(cfg: StudyConfig, ws: Workspace, probe: ProbeSet,
     for t, t2 in resolved:
         models = {}
         for e in (t, t2):
-            m = build_model(arch, kwargs)
+            m = cfg.build_model(arch, kwargs)
             load_checkpoint(m, ckpts[e].path, cfg.trust_checkpoints, arch)
             models[e] = m.to(device, memory_format=torch.channels_last).eval()
         a_t = ModelAdapter(models[t], cfg.model.layers, cfg.model.reduction, cfg.model.output)
@@ -276,8 +275,11 @@ def ensure_importance(cfg: StudyConfig, ws: Workspace, probe: ProbeSet,
         stored += [(c, t, t2) for c in classes if c not in todo_classes]
         if not todo:
             continue
-        stored += _importance_pair(cfg, ws, probe, heldout, run, t, t2, a_t, a_t2, todo,
-                                   device, ctx)
+        try:
+            stored += _importance_pair(cfg, ws, probe, heldout, run, t, t2, a_t, a_t2, todo,
+                                       device, ctx)
+        except NonFiniteActivationError as e:
+            raise NonFiniteActivationError(f"run {run!r}, epochs {t} -> {t2}: {e}") from None
     ctx.barrier()  # rank 0 has written every file: every process can read them
     return [_summary(ws, run, c, t, t2, probe) for c, t, t2 in stored]
 
@@ -433,13 +435,16 @@ def run_diagnosis(ws: Workspace, thresholds=None, runs: list[str] | None = None)
     """
     from dataclasses import asdict
 
+    from ..config import section_from_dict
     from ..export import run_order
     from ..space.image_embedding import project
     from ..space.stage import load_base_space
     from ..workspace import atomic
     from .diagnosis import DiagnosisThresholds, apply_rules, snapshot_metrics, spread
 
-    th = thresholds or DiagnosisThresholds(**ws.load_study().get("diagnosis", {}))
+    th = thresholds or section_from_dict(DiagnosisThresholds,
+                                         ws.load_study().get("diagnosis", {}),
+                                         f"{ws.path('study.json')} [diagnosis]")
     base_spread, e_stim = None, None
     if ws.has_space():
         space = load_base_space(ws)
@@ -466,7 +471,10 @@ def run_diagnosis(ws: Workspace, thresholds=None, runs: list[str] | None = None)
             previous, previous_emb = result, emb
         out["runs"][run] = {"metrics": rows,
                             "flags": [f.to_dict() for f in apply_rules(rows, th)]}
-    atomic.write_json(ws.path("diagnosis.json"), out)
+    from ..workspace.lock import file_lock
+
+    with file_lock(ws.path("diagnosis.json")):
+        atomic.write_json(ws.path("diagnosis.json"), out)
     return out
 
 

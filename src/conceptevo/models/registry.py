@@ -16,6 +16,8 @@ from torch import nn
 from ..errors import ConfigError
 
 _BUILTIN: dict[str, Callable[..., nn.Module]] = {}
+#: namespaces whose models are built without running code a study names
+BUILTIN_NAMESPACES = ("torchvision", "conceptevo")
 
 
 def register(name: str):
@@ -31,19 +33,26 @@ def builtin_models() -> list[str]:
     return sorted(_BUILTIN)
 
 
-def build_model(arch: str, kwargs: dict | None = None) -> nn.Module:
+def build_model(arch: str, kwargs: dict | None = None, allow_code: bool = True) -> nn.Module:
     """Instantiate ``arch`` with ``kwargs``.
 
     Parameters
     ----------
     arch : ``"torchvision:resnet18"``, ``"conceptevo:small_vgg"`` or ``"mypkg.models:build"``.
     kwargs : keyword arguments of the constructor / factory (e.g. ``{"num_classes": 10}``).
+    allow_code : False refuses a ``package.module:function`` factory (importing it runs its
+        code): for a configuration read from a workspace, which may come from anyone.
     """
     kwargs = dict(kwargs or {})
-    if ":" not in arch:
+    if not isinstance(arch, str) or ":" not in arch:
         raise ConfigError(f"architecture {arch!r} must look like \"torchvision:resnet18\", "
                           "\"conceptevo:small_vgg\" or \"package.module:function\"")
     namespace, name = arch.split(":", 1)
+    if not allow_code and namespace not in BUILTIN_NAMESPACES:
+        raise ConfigError(
+            f"the workspace's study.json names the model factory {arch!r}; ConceptEvo runs no "
+            "code that a workspace names. Give your own study config instead (e.g. "
+            "`conceptevo evaluate study.toml`), whose factory you trust")
     if namespace == "torchvision":
         import torchvision
 

@@ -24,10 +24,9 @@ import numpy as np
 
 from ..config import StudyConfig
 from ..data.probe import ProbeSet
-from ..errors import ConfigError, WorkspaceError
+from ..errors import ConfigError, CorruptArtifactError, WorkspaceError
 from ..models.adapter import LayerInfo, ModelAdapter
 from ..models.checkpoints import find_checkpoints, load_checkpoint
-from ..models.registry import build_model
 from ..progress import progress_bar
 from ..stimuli import StimuliResult, compute_stimuli
 from ..workspace import Workspace, atomic
@@ -87,10 +86,13 @@ def ensure_base_stimuli(cfg: StudyConfig, ws: Workspace, probe: ProbeSet,
         layers = [LayerInfo.from_dict(d) for d in json.loads(str(arrays.pop("layers")))]
         return StimuliResult(layers=layers, meta=meta, **arrays)
     device = resolve_device(cfg.device)
-    model = build_model(desc["arch"], desc["kwargs"])
+    model = cfg.build_model(desc["arch"], desc["kwargs"])
     load_checkpoint(model, ckpt, cfg.trust_checkpoints, desc["arch"])
     model = model.to(device).eval()
-    adapter = ModelAdapter(model, cfg.model.layers, cfg.model.reduction)
+    adapter = ModelAdapter(model, cfg.model.layers, cfg.model.reduction, cfg.model.output)
+    from ..pipeline import check_ranking_sizes
+
+    check_ranking_sizes(cfg, probe, adapter, f"the base model {desc['arch']}")
     with progress_bar(len(probe), "stimuli base model", "img") as bar:
         result = compute_stimuli(adapter, probe.batches(cfg.stimuli.batch_size, device),
                                  len(probe), k_stimuli=cfg.stimuli.k_stimuli,
@@ -126,7 +128,10 @@ def ensure_base_space(cfg: StudyConfig, ws: Workspace, base: StimuliResult, desc
     key = _hash({"base_stimuli": base.meta.get("key"), "params": key_params, "base": desc})
     if ws.arrays_key(ws.space_path("images.npz")) == key and \
             ws.arrays_key(ws.space_path("base.npz")) == key:
-        return load_base_space(ws), key
+        try:
+            return load_base_space(ws), key
+        except CorruptArtifactError as e:  # fidelity.json (or an array) damaged: rebuilt
+            log.warning("base space: %s; computing it again", e)
     log.info("base space: %s, %d neurons", _describe(desc), base.n_neurons)
     with progress_bar(params.epochs * max(1, _pairs(base, params)), "neuron embedding",
                       "pair") as bar:
@@ -137,7 +142,7 @@ def ensure_base_space(cfg: StudyConfig, ws: Workspace, base: StimuliResult, desc
                    valid=space.valid, loss=np.asarray(space.loss, dtype=np.float64),
                    layers=np.array(json.dumps([li.to_dict() for li in base.layers])))
     atomic.write_json(ws.space_path("fidelity.json"), {
-        "base": desc, "rmse": space.rmse, "fidelity": space.fidelity,
+        "key": key, "base": desc, "rmse": space.rmse, "fidelity": space.fidelity,
         "indirect_default": params.indirect, "indirect_comparison": comparison,
         "projection": params.projection, "info": space.info, "loss": space.loss})
     ws.save_arrays(ws.space_path("images.npz"), dict(meta, rmse=space.rmse),
@@ -163,7 +168,11 @@ def _describe(desc: dict) -> str:
 def load_base_space(ws: Workspace) -> BaseSpace:
     meta, base = ws.load_arrays(ws.space_path("base.npz"))
     imeta, images = ws.load_arrays(ws.space_path("images.npz"))
-    report = atomic.read_json(ws.space_path("fidelity.json"))
+    report = ws.read_json(ws.space_path("fidelity.json"))
+    if not isinstance(report, dict):
+        from ..workspace.store import corrupt
+
+        raise corrupt(ws.space_path("fidelity.json"), "missing, or not a JSON object")
     params = meta.get("params", {})
     return BaseSpace(base["neuron_embedding"], base["valid"], list(base["loss"]),
                      images["image_embedding"], images["vocab"], float(imeta.get("rmse", 0.0)),
@@ -232,13 +241,24 @@ def ensure_projections(cfg: StudyConfig, ws: Workspace, space: BaseSpace, space_
             for epoch, key in todo:
                 r = ws.load_stimuli(run, epoch, activations=activations)
                 projected = project_result(r, space, device).astype(np.float32)
-                coords = state.model.transform(projected)
+                coords = _place(state.model, projected)
                 ws.save_arrays(ws.projection_path(run, epoch), {"key": key, "run": run,
                                                                 "epoch": epoch},
                                embedding=projected, coords=coords, dead=r.dead)
                 done.append((run, epoch))
                 bar.update(1)
     return done
+
+
+def _place(model, projected: np.ndarray) -> np.ndarray:
+    """2-D coordinates float32 [n, 2] of projected neurons; a neuron without a finite
+    projection (one whose activations are all non-finite: a diverged checkpoint recorded
+    with on_nonfinite = "record") gets NaN coordinates and is not drawn."""
+    coords = np.full((len(projected), 2), np.nan, dtype=np.float32)
+    ok = np.isfinite(projected).all(1)
+    if ok.any():
+        coords[ok] = model.transform(projected[ok])
+    return coords
 
 
 def ensure_space(cfg: StudyConfig, ws: Workspace, probe: ProbeSet) -> dict:

@@ -186,16 +186,39 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _sweep(candidates) -> int:
+    removed = 0
+    for p in candidates:
+        pid_text = p.name.split(TMP_MARK, 1)[1].split("-", 1)[0]
+        if pid_text.isdigit() and not _pid_alive(int(pid_text)) and p.is_file() \
+                and not p.is_symlink():
+            try:
+                p.unlink()
+                removed += 1
+            except OSError:
+                pass
+    return removed
+
+
 def clean_temporaries(root: str | os.PathLike) -> int:
-    """Remove temporary files left by writers that died; returns how many.
+    """Remove temporary files left under ``root`` by writers that died; returns how many.
 
     A temporary file carries its writer's process id, so files of writers still running
     (a monitor next to a build) are left alone.
     """
-    removed = 0
-    for p in Path(root).rglob(f"*{TMP_MARK}*"):
-        pid_text = p.name.split(TMP_MARK, 1)[1].split("-", 1)[0]
-        if p.is_file() and pid_text.isdigit() and not _pid_alive(int(pid_text)):
-            p.unlink(missing_ok=True)
-            removed += 1
-    return removed
+    return _sweep(Path(root).rglob(f"*{TMP_MARK}*"))
+
+
+def clean_temporaries_of(path: str | os.PathLike) -> int:
+    """Remove the temporaries that dead writers of ``path`` left beside it (e.g. a killed
+    ``conceptevo report``'s half report); other files of its directory are not looked at."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return 0
+    return _sweep(path.parent.glob(f"{glob_escape(path.name)}{TMP_MARK}*"))
+
+
+def glob_escape(name: str) -> str:
+    import glob
+
+    return glob.escape(name)

@@ -11,6 +11,10 @@ import csv
 import io
 import json
 import re
+import zipfile
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,7 +22,7 @@ import numpy as np
 
 from .. import __version__
 from ..data.probe import ProbeSet
-from ..errors import WorkspaceError
+from ..errors import CorruptArtifactError, WorkspaceError
 from ..models.adapter import LayerInfo
 from ..stimuli import StimuliResult
 from . import atomic
@@ -30,6 +34,20 @@ _EPOCH_FILE = re.compile(r"epoch_(\d+)\.npz$")
 
 def epoch_name(epoch: int) -> str:
     return f"epoch_{epoch:04d}"
+
+
+# what reading a damaged file raises: a cut zip (npz), a bad CRC, a short .npy, bad JSON/CSV
+READ_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error,
+               csv.Error, json.JSONDecodeError, UnicodeDecodeError, IndexError, TypeError)
+
+
+def corrupt(path: Path, error: BaseException | str) -> CorruptArtifactError:
+    """The error of an unreadable workspace file, naming it and what to do."""
+    why = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    return CorruptArtifactError(
+        f"workspace file {path} cannot be read ({why}); it was probably cut short (a full disk, "
+        "an interrupted copy): delete it and run the command that writes it again "
+        "(`conceptevo build` recomputes what is missing)", path)
 
 
 class Workspace:
@@ -45,42 +63,103 @@ class Workspace:
     def __init__(self, root: str | Path, create: bool = False):
         self.root = Path(root).resolve()
         manifest = self.root / MANIFEST
-        if manifest.is_file():
-            try:
-                info = atomic.read_json(manifest)
-            except (OSError, json.JSONDecodeError) as e:
-                raise WorkspaceError(f"cannot read {manifest}: {e}") from None
-            version = info.get("schema_version")
-            if not isinstance(version, int):
-                raise WorkspaceError(f"{manifest} has no schema_version; is {self.root} a "
-                                     "ConceptEvo workspace?")
-            if version > SCHEMA_VERSION:
-                raise WorkspaceError(
-                    f"workspace {self.root} was written by a newer ConceptEvo (schema "
-                    f"{version}, {info.get('created_by', '?')}); this is conceptevo "
-                    f"{__version__} (schema {SCHEMA_VERSION}). Upgrade conceptevo "
-                    "(pip install -U conceptevo) or use a new workspace directory.")
-            self.info = info
-        elif create:
-            if self.root.exists() and any(self.root.iterdir()):
+        if self.root.exists() and not self.root.is_dir():
+            raise WorkspaceError(f"workspace path {self.root} is a file, not a directory; "
+                                 "choose a directory for the workspace")
+        if create and not manifest.is_file():
+            self._create(manifest)
+        if not manifest.is_file():
+            raise WorkspaceError(f"{self.root} is not a ConceptEvo workspace (no {MANIFEST}); "
+                                 "build one first with `conceptevo build --config study.toml`")
+        try:
+            info = atomic.read_json(self.contained(manifest))
+        except (OSError, ValueError) as e:
+            raise WorkspaceError(f"cannot read {manifest}: {e}") from None
+        version = info.get("schema_version") if isinstance(info, dict) else None
+        if not isinstance(version, int):
+            raise WorkspaceError(f"{manifest} has no schema_version; is {self.root} a "
+                                 "ConceptEvo workspace?")
+        if version > SCHEMA_VERSION:
+            raise WorkspaceError(
+                f"workspace {self.root} was written by a newer ConceptEvo (schema "
+                f"{version}, {info.get('created_by', '?')}); this is conceptevo "
+                f"{__version__} (schema {SCHEMA_VERSION}). Upgrade conceptevo "
+                "(pip install -U conceptevo) or use a new workspace directory.")
+        self.info = info
+
+    def _create(self, manifest: Path) -> None:
+        """Make the directory and its manifest, under the workspace lock: of two processes
+        creating one workspace at once, one creates it and the other opens it."""
+        from .lock import LOCK_FILES, workspace_lock
+
+        with workspace_lock(self.root, "create"):
+            if manifest.is_file():
+                return  # another process created it meanwhile
+            others = [p.name for p in self.root.iterdir()
+                      if p.name not in LOCK_FILES and atomic.TMP_MARK not in p.name]
+            if others:
                 raise WorkspaceError(
                     f"{self.root} exists, is not empty and is not a ConceptEvo workspace; "
                     "choose an empty or new directory")
-            try:
-                self.root.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise atomic.write_error(self.root, e) or WorkspaceError(
-                    f"cannot create the workspace directory {self.root}: {e}") from e
             self.info = {"format": "conceptevo-workspace", "schema_version": SCHEMA_VERSION,
                          "created_by": f"conceptevo {__version__}",
                          "created": datetime.now(UTC).isoformat(timespec="seconds")}
             atomic.write_json(manifest, self.info)
-        else:
-            raise WorkspaceError(f"{self.root} is not a ConceptEvo workspace (no {MANIFEST}); "
-                                 "build one first with `conceptevo build --config study.toml`")
 
     def path(self, *parts: str) -> Path:
         return self.root.joinpath(*parts)
+
+    def contained(self, path: Path, write: bool = False) -> Path:
+        """``path``, checked: resolved (symlinks followed) it must be inside the workspace, and
+        a regular file to read (a directory inside the workspace to write into). A file linked
+        to somewhere else, a FIFO or a device is refused with a
+        :class:`~conceptevo.errors.CorruptArtifactError`: a received workspace cannot make
+        ConceptEvo read or write outside it."""
+        path = Path(path)
+        target = path.parent if write else path
+        try:
+            resolved = target.resolve(strict=not write)
+        except (OSError, RuntimeError) as e:  # missing, or a symlink loop
+            if isinstance(e, FileNotFoundError):
+                raise
+            raise corrupt(path, e) from None
+        if not resolved.is_relative_to(self.root):
+            raise CorruptArtifactError(
+                f"workspace file {path} resolves to {resolved}, outside the workspace {self.root}; "
+                "ConceptEvo neither reads nor writes through such links: replace the link by "
+                "the file itself", path)
+        if write:
+            if path.is_symlink() and not path.resolve().is_relative_to(self.root):
+                raise CorruptArtifactError(
+                    f"workspace file {path} is a link to {path.resolve()}, outside the "
+                    f"workspace {self.root}; remove the link", path)
+            return path
+        if not resolved.is_file():
+            raise CorruptArtifactError(f"workspace path {path} is not a regular file; remove it "
+                                       "and run the command that writes it again", path)
+        return resolved
+
+    @contextmanager
+    def reading(self, path: Path) -> Iterator[Path]:
+        """Read ``path`` inside this block: a damaged file becomes a
+        :class:`~conceptevo.errors.CorruptArtifactError` naming it (a missing one stays a
+        :class:`FileNotFoundError`)."""
+        checked = self.contained(path)
+        try:
+            yield checked
+        except FileNotFoundError:
+            raise
+        except CorruptArtifactError:
+            raise
+        except READ_ERRORS as e:
+            raise corrupt(path, e) from None
+
+    def read_json(self, path: Path, default=None):
+        """A JSON file of the workspace (``default`` when it is missing)."""
+        if not path.exists() and not path.is_symlink():
+            return default
+        with self.reading(path) as p:
+            return atomic.read_json(p)
 
     # ------------------------------------------------------------------ study
     def save_study(self, study: dict) -> None:
@@ -88,8 +167,10 @@ class Workspace:
         atomic.write_json(self.path("study.json"), study)
 
     def load_study(self) -> dict:
-        p = self.path("study.json")
-        return atomic.read_json(p) if p.is_file() else {}
+        study = self.read_json(self.path("study.json"), {})
+        if not isinstance(study, dict):
+            raise corrupt(self.path("study.json"), "not a JSON object")
+        return study
 
     # ------------------------------------------------------------ probe sets
     def has_probe(self, name: str = "probe") -> bool:
@@ -123,20 +204,29 @@ class Workspace:
         if not self.has_probe(name):
             raise WorkspaceError(f"workspace {self.root} has no {name} set yet; run "
                                  "`conceptevo stimuli` or `conceptevo build` first")
-        meta = atomic.read_json(d / "meta.json")
-        images = np.load(d / "images.npy", mmap_mode="r" if mmap else None)
+        meta = self.probe_meta(name)
+        with self.reading(d / "images.npy") as p:
+            images = np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False)
         paths, labels = [], []
-        with open(d / "index.csv", newline="", encoding="utf-8") as f:
+        with self.reading(d / "index.csv") as p, open(p, newline="", encoding="utf-8") as f:
             for row in csv.DictReader(f):
                 paths.append(row["path"])
                 labels.append(int(row["label"]))
-        probe = ProbeSet(images, np.asarray(labels, dtype=np.int64), paths, meta["classes"],
-                         tuple(meta["mean"]), tuple(meta["std"]), meta.get("info", {}))
+        with self.reading(d / "meta.json"):
+            if len(labels) != len(images) or len(labels) != meta["n_images"]:
+                raise ValueError(f"{len(images)} images, {len(labels)} rows in index.csv and "
+                                 f"n_images {meta['n_images']} disagree")
+            probe = ProbeSet(images, np.asarray(labels, dtype=np.int64), paths,
+                             meta["classes"], tuple(meta["mean"]), tuple(meta["std"]),
+                             meta.get("info", {}))
         probe.info["fingerprint"] = meta.get("fingerprint")
         return probe
 
     def probe_meta(self, name: str = "probe") -> dict:
-        return atomic.read_json(self.path(name, "meta.json"))
+        meta = self.read_json(self.path(name, "meta.json"), {})
+        if not isinstance(meta, dict):
+            raise corrupt(self.path(name, "meta.json"), "not a JSON object")
+        return meta
 
     # --------------------------------------------------------------- stimuli
     def stimuli_path(self, run: str, epoch: int) -> Path:
@@ -159,9 +249,9 @@ class Workspace:
         if not p.is_file():
             return None
         try:
-            with np.load(p, allow_pickle=False) as z:
+            with self.reading(p) as checked, np.load(checked, allow_pickle=False) as z:
                 return json.loads(str(z["meta"]))
-        except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        except (CorruptArtifactError, *READ_ERRORS):
             return None  # unreadable: treated as missing and recomputed
 
     def load_stimuli(self, run: str, epoch: int, activations: bool = False) -> StimuliResult:
@@ -174,7 +264,7 @@ class Workspace:
                 f"no stimuli for run {run!r} epoch {epoch} in {self.root}"
                 + (f"; epochs with stimuli: {known}" if known else
                    f"; runs with stimuli: {self.stimuli_runs()}"))
-        with np.load(p, allow_pickle=False) as z:
+        with self.reading(p) as checked, np.load(checked, allow_pickle=False) as z:
             arrays = {name: z[name] for name in StimuliResult.ARRAYS}
             if "predicted" in z.files:
                 arrays["predicted"] = z["predicted"]
@@ -219,8 +309,11 @@ class Workspace:
         p = self.metrics_path(run)
         if not p.is_file():
             return []
-        with open(p, newline="", encoding="utf-8") as f:
-            return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        with self.reading(p) as checked, open(checked, newline="", encoding="utf-8") as f:
+            rows = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+            if any(not isinstance(r.get("epoch"), int) for r in rows):
+                raise ValueError("a row has no whole epoch number")
+            return rows
 
     def metric_runs(self) -> list[str]:
         d = self.path("runs")
@@ -240,7 +333,7 @@ class Workspace:
         """(meta, arrays) of an ``.npz`` written by :meth:`save_arrays`."""
         if not path.is_file():
             raise WorkspaceError(f"{path} does not exist; run `conceptevo build` first")
-        with np.load(path, allow_pickle=False) as z:
+        with self.reading(path) as checked, np.load(checked, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files if k != "meta"}
             meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
         return meta, arrays
@@ -250,9 +343,9 @@ class Workspace:
         if not path.is_file():
             return None
         try:
-            with np.load(path, allow_pickle=False) as z:
+            with self.reading(path) as checked, np.load(checked, allow_pickle=False) as z:
                 return json.loads(str(z["meta"])).get("key")
-        except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        except (CorruptArtifactError, *READ_ERRORS, AttributeError):
             return None
 
     def projection_path(self, run: str, epoch: int) -> Path:
