@@ -482,3 +482,33 @@ def test_runs_keep_the_study_order_in_the_diagnosis_and_the_metrics(tmp_path, cl
     assert list(StudyData(ws.root).metrics()["runs"]) == ["zeta", "alpha"]
     code, out, _ = cli("diagnose", ws.root)
     assert out.index("run zeta") < out.index("run alpha")
+
+
+def test_the_run_map_figure_has_whole_epoch_ticks(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from conceptevo import viz
+
+    saved = []
+    real = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (saved.append(fig),
+                                                                 real(fig, *a, **k))[1])
+    rng = np.random.default_rng(0)
+    viz.plot_run_map(rng.random((20, 2)), [0, 1, 2], [rng.random((20, 2))] * 3,
+                     tmp_path / "map.png", "run a")
+    (fig,) = saved
+    colorbar = fig.axes[-1]
+    ticks = [t for t in colorbar.get_yticks() if 0 <= t <= 2]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_the_readme_gives_the_cli_defaults():
+    from pathlib import Path
+
+    from conceptevo.cli import build_parser
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    parser = build_parser()
+    report = parser._subparsers._group_actions[0].choices["report"]
+    default = next(a.default for a in report._actions if a.dest == "patch_epochs")
+    assert f"[--patch-epochs {default}]" in readme
