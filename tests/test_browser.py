@@ -674,3 +674,21 @@ def test_layers_are_coloured_by_relative_depth(browser, site):
     assert palettes["resnet"][10] == palettes["vgg"][2]
     assert palettes["resnet"][4] != palettes["vgg"][4]
     assert not p.errors, p.errors
+
+
+def test_a_damaged_checkpoint_is_left_out_and_named(browser, tiny_demo, tmp_path):
+    """One projection cut short: the pinned neuron of another checkpoint still shows its
+    neighbours, and the panel names the checkpoint left out (the server answers 503 for it,
+    never 500)."""
+    root, _, _ = tiny_demo
+    copy = variant(root, tmp_path / "damaged")
+    damaged = copy / "space" / "projection" / "healthy" / "epoch_0001.npz"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    with Server(copy) as url:
+        p = Page(browser, url + "/?view=space&runs=healthy&epoch=3&neuron=healthy:3:100")
+        p.page.locator("[data-testid=neighbours] .neighbour").first.wait_for(state="visible")
+        wait(p.page, "document.querySelector('[data-testid=pinned]').innerText"
+                     ".includes('Left out: healthy epoch 1')")
+        status = p.page.evaluate("fetch('/api/points/healthy/1').then(r => r.status)")
+        assert status == 503
+        p.shot("damaged-checkpoint")

@@ -212,7 +212,8 @@ def test_the_dashboard_listens_on_this_machine_only(served, monkeypatch, capsys)
     calls = []
     monkeypatch.setattr("uvicorn.run", lambda app, **kwargs: calls.append(kwargs))
     assert main(["serve", str(ws.root)]) == 0
-    assert calls[0]["host"] == "127.0.0.1" and calls[0]["http"] == "h11"
+    assert calls[0]["host"] == "127.0.0.1"
+    assert issubclass(calls[0]["http"], serve_app.DeadlineH11Protocol)  # h11, with a deadline
     assert calls[0]["h11_max_incomplete_event_size"] <= 64 * 1024
     assert main(["serve", str(ws.root), "--host", "0.0.0.0"]) == 0
     assert calls[1]["host"] == "0.0.0.0"
@@ -257,9 +258,9 @@ def test_the_real_server_refuses_huge_requests_and_traversal(served, monkeypatch
         while not server.started:
             assert time.monotonic() < deadline and thread.is_alive()
             time.sleep(0.02)
-        ok = _raw(port, b"GET /api/study HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        ok = _raw(port, b"GET /api/study HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         assert ok.startswith(b"HTTP/1.1 200") and b"access-control" not in ok.lower()
-        close = b"Host: x\r\nConnection: close\r\n"
+        close = b"Host: 127.0.0.1\r\nConnection: close\r\n"
         long_line = b"GET /api/study?" + b"x" * 40_000 + b" HTTP/1.1\r\n" + close + b"\r\n"
         long_header = (b"GET /api/study HTTP/1.1\r\n" + close + b"X-Big: " + b"y" * 40_000
                        + b"\r\n\r\n")
@@ -274,7 +275,7 @@ def test_the_real_server_refuses_huge_requests_and_traversal(served, monkeypatch
         for path in (b"/static/../../conceptevo.json", b"/static/../app.py",
                      b"/../secret.txt", b"/static/%2e%2e/%2e%2e/secret.txt",
                      b"../secret.txt", b"/static/..\\app.py"):
-            reply = _raw(port, b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n"
+            reply = _raw(port, b"GET " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                          b"Connection: close\r\n\r\n")
             status = reply.split(b" ", 2)[1] if reply else b"000"
             assert status.startswith(b"4"), (path, reply[:200])

@@ -203,11 +203,19 @@ def cmd_importance(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    import math
+
     from .serve.app import serve
 
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port {args.port} is not a port (0 .. 65535)")
+    if not (math.isfinite(args.request_timeout) and 0 < args.request_timeout <= 3600):
+        raise ConfigError(f"--request-timeout {args.request_timeout} must be between 0 and "
+                          "3600 seconds")
     print(f"ConceptEvo dashboard for {args.workspace}: http://{args.host}:{args.port}/ "
           "(Ctrl-C to stop)")
-    serve(args.workspace, host=args.host, port=args.port)
+    serve(args.workspace, host=args.host, port=args.port, allow_hosts=args.allow_host,
+          request_timeout=args.request_timeout)
     return 0
 
 
@@ -355,6 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests for this host name (repeatable; *.example.org "
+                        "for a domain), e.g. the machine's name with --host 0.0.0.0; other "
+                        "names are refused (DNS rebinding)")
+    p.add_argument("--request-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="seconds a connection has to send a whole request (default 10)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("report", help="the dashboard as one self-contained HTML file")

@@ -144,7 +144,7 @@ def cached_receptive_fields(ws, arch: str, kwargs: dict, layers, image_size: tup
         torch.manual_seed(0)
         adapter = ModelAdapter(build_model(arch, kwargs), layers, "max")
         cache[key] = [f.to_dict() for f in receptive_fields(adapter, tuple(image_size))]
-        atomic.write_json(path, cache)
+        atomic.write_json(ws.contained(path, write=True), cache)
     return [ReceptiveField.from_dict(d) for d in cache[key]]
 
 

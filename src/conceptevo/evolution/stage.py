@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +66,10 @@ class Reversion:
                 "random_drop_std": float(rand.std()) if rand.size else float("nan")}
 
 
+_IMPORTANCE_FILE = re.compile(r"from_(\d{1,9})_to_(\d{1,9})\.npz")
+_CLASS_DIR = re.compile(r"c(\d{1,6})")
+
+
 def importance_path(ws: Workspace, run: str, class_index: int, t: int, t2: int) -> Path:
     return ws.path("importance", run, f"c{class_index:03d}", f"from_{t:04d}_to_{t2:04d}.npz")
 
@@ -86,10 +91,17 @@ def stored_importance(ws: Workspace) -> list[tuple[str, int, int, int]]:
     root = ws.path("importance")
     if not root.is_dir():
         return out
+    from ..export import run_order
+
+    found = []
     for path in sorted(root.glob("*/c*/from_*_to_*.npz")):
-        t, t2 = path.stem.split("_")[1], path.stem.split("_")[3]
-        out.append((path.parent.parent.name, int(path.parent.name[1:]), int(t), int(t2)))
-    return out
+        m = _IMPORTANCE_FILE.fullmatch(path.name)
+        c = _CLASS_DIR.fullmatch(path.parent.name)
+        if m and c:  # any other file name is not ConceptEvo's: ignored
+            found.append((path.parent.parent.name, int(c.group(1)), int(m.group(1)),
+                          int(m.group(2))))
+    order = {run: i for i, run in enumerate(run_order(ws, sorted({f[0] for f in found})))}
+    return sorted(found, key=lambda f: (order.get(f[0], len(order)), f[1:]))
 
 
 # ------------------------------------------------------------------------ resolution

@@ -7,15 +7,20 @@ report`` (embedded in the HTML file), so the page code is the same in both.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import os
 import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
-from ..errors import WorkspaceError
+from ..errors import CorruptArtifactError, WorkspaceError
 from ..export import run_order
 from ..models.adapter import LayerInfo
 from ..patches import (
@@ -26,7 +31,7 @@ from ..patches import (
     patch_strip,
 )
 from ..workspace import Workspace, atomic
-from ..workspace.store import epoch_name
+from ..workspace.store import corrupt, epoch_name
 
 log = logging.getLogger("conceptevo")
 
@@ -34,6 +39,15 @@ N_PATCHES = 6          # patches shown per neuron
 N_NEIGHBOURS = 8       # nearest neighbours listed for a pinned neuron
 TOP_EVOLUTIONS = 5     # evolutions listed per layer in the class view
 TOP_CONCEPTS = 3       # concepts (with their IoU) listed for a neuron
+MAX_EPOCH = 10**9      # epochs of an importance request: whole numbers below this
+#: the trees whose files the payloads are read from; ``patches/`` (which the server writes
+#: itself) and the probe images' source folders are not watched
+WATCHED = ("probe", "runs", "stimuli", "space", "importance", "evaluation")
+QUIET = 0.05           # an answer starts once the workspace has been unchanged this long (s),
+SETTLE_LIMIT = 0.2     # waiting for that at most this long (s) per request
+ANSWER_LIMIT = 2.0     # an answer that is never consistent: 503 after this long (s)
+WEBP_MAGIC = (b"RIFF", b"WEBP")
+T = TypeVar("T")
 
 
 class BadRequest(ValueError):
@@ -47,6 +61,38 @@ class BadRequest(ValueError):
 class NotServable(BadRequest, WorkspaceError):
     """The workspace lacks something that a reader will not compute (it would run code the
     workspace names): a 404 for the server, a clear error for ``conceptevo report``."""
+
+
+class WorkspaceChanging(WorkspaceError):
+    """No answer could be computed from one state of the workspace within ``ANSWER_LIMIT``
+    seconds: a build or a monitor is rewriting it. The server answers 503 with
+    ``Retry-After: RETRY_AFTER`` (seconds)."""
+
+    RETRY_AFTER = 1
+
+
+def _stamp(path: Path) -> tuple[int, int, int]:
+    """What identifies one version of a file: inode, modification time and size (an atomic
+    rewrite is a new file, so its inode differs even within the clock's granularity)."""
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _entries(directory: Path, recursive: bool) -> Iterator[tuple[str, os.stat_result]]:
+    """(path, lstat) of every entry below ``directory`` (links are not followed, unreadable
+    directories are skipped)."""
+    try:
+        with os.scandir(directory) as it:
+            found = list(it)
+    except OSError:
+        return
+    for entry in found:
+        try:
+            yield entry.path, entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if recursive and entry.is_dir(follow_symlinks=False):
+            yield from _entries(Path(entry.path), True)
 
 
 def _round(values: np.ndarray, digits: int = 4) -> list:
@@ -72,17 +118,25 @@ class StudyData:
         self._lock = threading.Lock()
         self._files: dict[Path, tuple[int, object]] = {}
         self._rf: dict[str, list[ReceptiveField]] = {}
-        self._probe = None
+        self._seen = (self.version(), time.monotonic())  # the last token seen, and since when
+        self._local = threading.local()  # .used: {path: stamp} read by this thread's answer
 
     # ----------------------------------------------------------------- basics
     @property
     def probe(self):
-        if self._probe is None:
-            self._probe = self.ws.load_probe()
-        return self._probe
+        """The probe set, read again when ``conceptevo build`` rewrote it (its ``meta.json``,
+        written last)."""
+        if not self.ws.has_probe():
+            return self.ws.load_probe()  # raises: the workspace has no probe set yet
+        return self._cached(self.ws.path("probe", "meta.json"), self.ws.load_probe)
 
     def runs(self) -> list[str]:
-        return [r for r in run_order(self.ws) if self.ws.projection_epochs(r)]
+        try:
+            order = run_order(self.ws)
+        except CorruptArtifactError as e:  # study.json only orders the runs: go on without it
+            log.warning("%s; listing the runs in name order", e)
+            order = self.ws.stimuli_runs()
+        return [r for r in order if self.ws.projection_epochs(r)]
 
     def epochs(self, run: str) -> list[int]:
         return self.ws.projection_epochs(run)
@@ -108,11 +162,14 @@ class StudyData:
 
     def _cached(self, path: Path, load):
         """``load()``, cached until the file at ``path`` changes (a build or a live monitor
-        may rewrite it while the server runs)."""
+        may rewrite it while the server runs). A missing file is a 404; one that is not a
+        regular file inside the workspace (a link out, a FIFO) a
+        :class:`~conceptevo.errors.CorruptArtifactError`, before anything opens it."""
         try:
-            stamp = path.stat().st_mtime_ns
+            stamp = _stamp(self.ws.contained(path))
         except FileNotFoundError:
             raise BadRequest(f"{path.name} is missing from the workspace", 404) from None
+        self._used(path, stamp)
         with self._lock:
             hit = self._files.get(path)
             if hit is not None and hit[0] == stamp:
@@ -126,11 +183,20 @@ class StudyData:
 
     def _projection(self, run: str, epoch: int) -> dict:
         path = self.ws.projection_path(run, epoch)
-        return self._cached(path, lambda: self.ws.load_arrays(path)[1])
+        return self._cached(path, lambda: _checked_projection(path, self.ws.load_arrays(path)[1]))
 
     def _stimuli(self, run: str, epoch: int):
-        return self._cached(self.ws.stimuli_path(run, epoch),
-                            lambda: self.ws.load_stimuli(run, epoch))
+        path = self.ws.stimuli_path(run, epoch)
+
+        def load():
+            s = self.ws.load_stimuli(run, epoch)
+            n_images = len(self.probe)
+            if s.stimuli.size and not (0 <= s.stimuli.min() and s.stimuli.max() < n_images):
+                raise corrupt(path, f"its stimuli name images that the probe set ({n_images} "
+                                    "images) does not have")
+            return s
+
+        return self._cached(path, load)
 
     def _layers(self, run: str, epoch: int) -> list[LayerInfo]:
         return self._stimuli(run, epoch).layers
@@ -146,29 +212,94 @@ class StudyData:
         it has none: {"names": [n_concepts], "label": int64 [n_neurons] (-1: none), "iou":
         float32 [n_neurons, n_concepts], "best": float32 [n_neurons] (the largest IoU)}."""
         path = self.ws.path("evaluation", "labels", run, epoch_name(epoch) + ".npz")
-        if not path.is_file():
+        if not path.exists() and not path.is_symlink():
             return None
-        return self._cached(path, lambda: _load_concepts(path, self._n_neurons(run, epoch)))
+        try:
+            return self._cached(path, lambda: _load_concepts(self.ws, path,
+                                                             self._n_neurons(run, epoch)))
+        except CorruptArtifactError as e:  # a link out or a FIFO: ignored like a damaged file
+            log.warning("ignoring %s: %s", path, e)
+            return None
 
     def version(self) -> str:
-        """Changes whenever an artifact the page shows is added or rewritten (atomic writes
-        rename into their directory, which updates the directory's modification time)."""
+        """A token that changes whenever a file the payloads are read from is added, removed
+        or rewritten, and while one is being written (its temporary file grows): a hash of
+        the path, inode, modification time and size of every entry of the workspace's top
+        level and of the ``WATCHED`` trees."""
+        digest = hashlib.blake2b(digest_size=12)
         root = self.ws.root
-        trees = [root / "runs", root / "stimuli", root / "space" / "projection",
-                 root / "importance", root / "evaluation"]
-        dirs = [*trees, root]
-        for d in trees:
-            if d.is_dir():
-                dirs.extend(p for p in d.rglob("*") if p.is_dir())
-        stamps = [d.stat().st_mtime_ns for d in dirs if d.is_dir()]
-        return f"{max(stamps, default=0)}-{len(stamps)}"
+        entries = [e for e in _entries(root, False) if Path(e[0]).name != "patches"]
+        for name in WATCHED:
+            entries.extend(_entries(root / name, True))
+        for path, st in sorted(entries):
+            digest.update(f"{path}\0{st.st_ino}\0{st.st_mtime_ns}\0{st.st_size}\n".encode())
+        return digest.hexdigest()
+
+    def consistent(self, answer: Callable[..., T], *args) -> T:
+        """``answer(*args)``, computed from one state of the workspace, never from files
+        of two moments.
+
+        It starts once the workspace has been unchanged for ``QUIET`` seconds (files that a
+        writer writes one after the other, less than that apart, are then all in place),
+        waiting at most ``SETTLE_LIMIT``, and it is accepted, or its error raised, when the
+        workspace did not change while it was computed. When the workspace never stood still
+        (a monitor writing all the time), it is accepted when none of the files it was
+        computed from changed meanwhile (it shows the workspace as it was at its end). A
+        rejected answer is computed again; after ``ANSWER_LIMIT`` seconds,
+        :class:`WorkspaceChanging` (503, retry)."""
+        deadline = time.monotonic() + ANSWER_LIMIT
+        still = self._settle()
+        while True:
+            before = self.version()
+            self._local.used = used = {}
+            try:
+                value, error = answer(*args), None
+            except Exception as e:
+                value, error = None, e
+            finally:
+                self._local.used = None
+            if (self.version() == before) if still else self._unchanged(used):
+                if error is not None:
+                    raise error
+                return value
+            if time.monotonic() > deadline:
+                raise WorkspaceChanging(
+                    f"the workspace {self.ws.root} changed while this request was answered, "
+                    f"for {ANSWER_LIMIT:g} s (a build or a monitor is writing it); retry in a "
+                    "moment")
+            still = still and self._settle()
+
+    def _settle(self) -> bool:
+        """Wait until the version token has been the same for ``QUIET`` seconds (at most
+        ``SETTLE_LIMIT``); whether it was."""
+        deadline = time.monotonic() + SETTLE_LIMIT
+        while True:
+            token, now = self.version(), time.monotonic()
+            with self._lock:
+                if self._seen[0] != token:
+                    self._seen = (token, now)
+                still = now - self._seen[1]
+            if still >= QUIET:
+                return True
+            if now + QUIET - still > deadline:
+                return False
+            time.sleep(QUIET - still)
+
+    def _used(self, path: Path, stamp) -> None:
+        """Note that the answer being computed in this thread read ``path`` at ``stamp``."""
+        used = getattr(self._local, "used", None)
+        if used is not None:
+            used.setdefault(path, stamp)
+
+    def _unchanged(self, used: dict) -> bool:
+        return all(self._file_stamp(path) == stamp for path, stamp in used.items())
 
     # --------------------------------------------------------------- payloads
     def study(self) -> dict:
         runs = []
         for run in self.runs():
             epochs = self.epochs(run)
-            layers = self._layers(run, epochs[-1])
+            layers = self._run_layers(run, epochs)
             runs.append({"name": run, "epochs": epochs,
                          "n_neurons": sum(li.channels for li in layers),
                          "layers": [{"name": li.name, "channels": li.channels,
@@ -177,30 +308,61 @@ class StudyData:
             raise WorkspaceError(f"workspace {self.ws.root} has no unified space yet; run "
                                  "`conceptevo build --config study.toml` first")
         fid_path = self.ws.space_path("fidelity.json")
-        fidelity = atomic.read_json(fid_path) if fid_path.is_file() else {}
+        fidelity = self.ws.read_json(fid_path, {})
+        if not isinstance(fidelity, dict):
+            raise corrupt(fid_path, "not a JSON object")
         from ..evolution.stage import stored_importance
 
-        importance = [{"run": r, "class": c, "class_name": self.probe.classes[c], "from": t,
-                       "to": t2} for r, c, t, t2 in stored_importance(self.ws)]
+        try:
+            stored = stored_importance(self.ws)
+        except ValueError as e:  # a stray file name under importance/
+            log.warning("cannot list the importance files of %s (%s); listing none",
+                        self.ws.root, e)
+            stored = []
+        classes = self.probe.classes
+        importance = [{"run": r, "class": c, "class_name": classes[c], "from": t, "to": t2}
+                      for r, c, t, t2 in stored if 0 <= c < len(classes)]
         return {"name": self.ws.root.name, "runs": runs, "classes": list(self.probe.classes),
                 "base": fidelity.get("base"), "fidelity": fidelity.get("fidelity"),
                 "importance": importance, "has_metrics": bool(self.ws.metric_runs()),
                 "has_evaluation": self._evaluation_path().is_file()}
 
+    def _run_layers(self, run: str, epochs: list[int]) -> list[LayerInfo]:
+        """The layers of a run, from its last checkpoint whose stimuli can be read (a damaged
+        file fails the requests that need it, not the study)."""
+        for i, epoch in enumerate(reversed(epochs)):
+            try:
+                return self._layers(run, epoch)
+            except CorruptArtifactError:
+                if i == len(epochs) - 1:
+                    raise
+        raise BadRequest(f"run {run!r} has no checkpoint", 404)
+
+    def _checkpoint(self, run: str, epoch: int):
+        """(stimuli, projection) of a checkpoint, checked to describe the same neurons."""
+        s = self._stimuli(run, epoch)
+        proj = self._projection(run, epoch)
+        if len(proj["coords"]) != s.n_neurons:
+            raise corrupt(self.ws.projection_path(run, epoch),
+                          f"{len(proj['coords'])} neurons, but its stimuli have {s.n_neurons}")
+        return s, proj
+
     def base(self) -> dict:
-        _, arrays = self.ws.load_arrays(self.ws.space_path("map.npz"))
-        coords = arrays["coords"]
+        path = self.ws.space_path("map.npz")
+        coords = self._cached(path, lambda: self.ws.load_arrays(path)[1]).get("coords")
+        if coords is None or coords.ndim != 2 or coords.shape[1] != 2:
+            raise corrupt(path, "it holds no coords array of shape [n, 2]")
         return {"x": _round(coords[:, 0]), "y": _round(coords[:, 1])}
 
     def points(self, run: str, epoch: int) -> dict:
         """Every neuron of a checkpoint on the map; with concept labels (an index into
         ``concepts``, -1: none, and the best IoU) when the checkpoint has them."""
         self.check_epoch(run, epoch)
-        proj = self._projection(run, epoch)
+        s, proj = self._checkpoint(run, epoch)
         payload = {"run": run, "epoch": epoch, "x": _round(proj["coords"][:, 0]),
                    "y": _round(proj["coords"][:, 1]),
                    "dead": proj["dead"].astype(int).tolist(),
-                   "layer": self._layer_index(run, epoch).tolist()}
+                   "layer": s.layer_of().tolist()}
         concepts = self._concepts(run, epoch)
         if concepts is not None:
             payload.update(concepts=concepts["names"], label=concepts["label"].tolist(),
@@ -208,18 +370,25 @@ class StudyData:
         return payload
 
     def neuron(self, run: str, epoch: int, neuron: int) -> dict:
+        """One neuron. Its trajectory and neighbours leave out the checkpoints whose files
+        cannot be read; ``skipped`` lists them ({run, epoch, error})."""
         self.check_epoch(run, epoch)
         self.check_neuron(run, epoch, neuron)
-        s = self._stimuli(run, epoch)
+        s, proj = self._checkpoint(run, epoch)
         li = int(s.layer_of()[neuron])
         info = s.layers[li]
-        proj = self._projection(run, epoch)
-        trajectory = []
+        trajectory, skipped = [], {}
         for e in self.epochs(run):
-            p = self._projection(run, e)
+            try:
+                p = self._projection(run, e)
+            except CorruptArtifactError as err:
+                skipped[run, e] = str(err)
+                continue
             if neuron < len(p["coords"]):
                 trajectory.append({"epoch": e, "x": float(p["coords"][neuron, 0]),
                                    "y": float(p["coords"][neuron, 1])})
+        neighbours, unreadable = self._neighbours(run, epoch, neuron)
+        skipped.update(unreadable)
         return {"run": run, "epoch": epoch, "neuron": neuron, "layer": info.name,
                 "layer_index": li, "channel": neuron - info.offset,
                 "x": float(proj["coords"][neuron, 0]), "y": float(proj["coords"][neuron, 1]),
@@ -230,7 +399,9 @@ class StudyData:
                 "stimuli_class": [self.probe.classes[c] for c in
                                   self.probe.labels[s.stimuli[neuron]]],
                 "trajectory": trajectory,
-                "neighbours": self.neighbours(run, epoch, neuron),
+                "neighbours": neighbours,
+                "skipped": [{"run": r, "epoch": e, "error": why}
+                            for (r, e), why in sorted(skipped.items())],
                 "concept": self.concept(run, epoch, neuron),
                 "patches": patch_url(run, epoch, neuron)}
 
@@ -249,42 +420,72 @@ class StudyData:
                 "top": [[concepts["names"][i], round(float(iou[i]), 4)] for i in top]}
 
     def _all_embeddings(self):
-        """Every projected neuron: (keys [(run, epoch, offset, n)], unit vectors [N, d])."""
-        stamp = tuple((r, e, self.ws.projection_path(r, e).stat().st_mtime_ns)
+        """Every projected neuron of a readable checkpoint: (keys [(run, epoch, offset, n)],
+        unit vectors [N, d], {(run, epoch): error} of the checkpoints left out)."""
+        stamp = tuple((r, e, self._file_stamp(self.ws.projection_path(r, e)))
                       for r in self.runs() for e in self.epochs(r))
+        for r, e, st in stamp:
+            self._used(self.ws.projection_path(r, e), st)
         cached = getattr(self, "_emb_cache", None)
         if cached is not None and cached[0] == stamp:
-            return cached[1], cached[2]
-        keys, parts, offset = [], [], 0
+            return cached[1:]
+        keys, parts, offset, skipped = [], [], 0, {}
         for run, e, _ in stamp:
-            emb = self._projection(run, e)["embedding"].astype(np.float32)
+            try:
+                emb = self._projection(run, e)["embedding"].astype(np.float32)
+            except (CorruptArtifactError, BadRequest) as err:
+                skipped[run, e] = str(err)
+                continue
             keys.append((run, e, offset, len(emb)))
             parts.append(emb)
             offset += len(emb)
-        all_emb = np.concatenate(parts)
+        all_emb = np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)
         all_emb /= np.maximum(np.linalg.norm(all_emb, axis=1, keepdims=True), 1e-12)
-        self._emb_cache = (stamp, keys, all_emb)
-        return keys, all_emb
+        self._emb_cache = (stamp, keys, all_emb, skipped)
+        return keys, all_emb, skipped
+
+    def _file_stamp(self, path: Path):
+        try:
+            return _stamp(path)
+        except OSError:
+            return None
 
     def neighbours(self, run: str, epoch: int, neuron: int, k: int = N_NEIGHBOURS) -> list:
         """The nearest neurons (cosine in the unified space) of other runs or epochs."""
-        keys, emb = self._all_embeddings()
-        start = next(o for r, e, o, _ in keys if (r, e) == (run, epoch))
+        return self._neighbours(run, epoch, neuron, k)[0]
+
+    def _neighbours(self, run: str, epoch: int, neuron: int, k: int = N_NEIGHBOURS):
+        """(neighbours, {(run, epoch): error} of the checkpoints that could not be searched)."""
+        keys, emb, skipped = self._all_embeddings()
+        start = next((o for r, e, o, _ in keys if (r, e) == (run, epoch)), None)
+        if start is None:  # this checkpoint itself changed or broke since it was read
+            raise corrupt(self.ws.projection_path(run, epoch), skipped.get((run, epoch), "?"))
         sims = emb @ emb[start + neuron]
         for r, e, o, n in keys:
             if (r, e) == (run, epoch):
                 sims[o:o + n] = -np.inf
-        top = np.argsort(-sims, kind="stable")[:k]
+        skipped = dict(skipped)
         out = []
-        for i in top:
+        for i in np.argsort(-sims, kind="stable"):
+            if len(out) == k or not np.isfinite(sims[i]):
+                break
             r, e, o, _ = next(key for key in keys if key[2] <= i < key[2] + key[3])
             n = int(i - o)
-            s = self._stimuli(r, e)
+            if (r, e) in skipped:
+                continue
+            try:
+                s = self._stimuli(r, e)
+                if n >= s.n_neurons:
+                    raise corrupt(self.ws.projection_path(r, e), "more neurons than its "
+                                  f"stimuli ({s.n_neurons})")
+            except (CorruptArtifactError, BadRequest) as err:
+                skipped[r, e] = str(err)
+                continue
             li = int(s.layer_of()[n])
             out.append({"run": r, "epoch": e, "neuron": n, "layer": s.layers[li].name,
                         "channel": n - s.layers[li].offset, "similarity": round(float(sims[i]), 4),
                         "patches": patch_url(r, e, n)})
-        return out
+        return out, skipped
 
     def metrics(self) -> dict:
         runs = {}
@@ -292,7 +493,7 @@ class StudyData:
             runs[run] = [{k: v for k, v in row.items() if isinstance(v, (int, float))}
                          for row in self.ws.load_metrics(run)]
         diagnosis_path = self.ws.path("diagnosis.json")
-        diagnosis = atomic.read_json(diagnosis_path) if diagnosis_path.is_file() else None
+        diagnosis = self.ws.read_json(diagnosis_path)
         return {"runs": runs, "diagnosis": diagnosis}
 
     def importance(self, run: str, class_index: int, t: int, t2: int) -> dict:
@@ -301,10 +502,23 @@ class StudyData:
         n_classes = len(self.probe.classes)
         if class_index < 0 or class_index >= n_classes:
             raise BadRequest(f"class {class_index} is out of range (0..{n_classes - 1})", 404)
-        if not importance_path(self.ws, run, class_index, t, t2).is_file():
+        for value in (t, t2):
+            if not 0 <= value < MAX_EPOCH:
+                raise BadRequest(f"epoch {value} is out of range: epochs are whole numbers from "
+                                 f"0 to {MAX_EPOCH - 1}", 404)
+        path = importance_path(self.ws, run, class_index, t, t2)
+        if not path.exists() and not path.is_symlink():
             raise BadRequest(f"no importance for run {run!r}, class {class_index}, epochs {t} -> "
                              f"{t2}; compute it with `conceptevo importance`", 404)
-        result, rev = load_importance(self.ws, run, class_index, t, t2)
+        self.ws.contained(path)  # a link out or a FIFO: refused before it is opened
+        try:
+            return self._importance_payload(run, class_index, t, t2,
+                                            *load_importance(self.ws, run, class_index, t, t2))
+        except (KeyError, IndexError, ValueError, TypeError, AttributeError) as e:
+            raise corrupt(path, e) from None  # read, but not the arrays it should hold
+
+    def _importance_payload(self, run: str, class_index: int, t: int, t2: int, result,
+                            rev) -> dict:
         layers = []
         for li, info in enumerate(result.layers):
             top = []
@@ -343,19 +557,14 @@ class StudyData:
         """The results of ``conceptevo evaluate`` (``evaluation/evaluation.json``) as stored,
         with non-finite numbers as null."""
         path = self._evaluation_path()
-        if not path.is_file():
+        if not path.exists() and not path.is_symlink():
             raise BadRequest(f"workspace {self.ws.root.name!r} has no evaluation yet; run "
                              f"`conceptevo evaluate {self.ws.root}` to compute it", 404)
 
         def load() -> dict:
-            try:
-                value = atomic.read_json(path)
-            except (OSError, ValueError) as e:
-                raise BadRequest(f"cannot read {path}: {e}; run `conceptevo evaluate` "
-                                 "again", 500) from None
+            value = self.ws.read_json(path)  # a damaged file: CorruptArtifactError (503)
             if not isinstance(value, dict):
-                raise BadRequest(f"{path} does not hold a JSON object; run `conceptevo "
-                                 "evaluate` again", 500)
+                raise corrupt(path, "not a JSON object; run `conceptevo evaluate` again")
             return _finite(value)
 
         return self._cached(path, load)
@@ -365,6 +574,8 @@ class StudyData:
         """Receptive fields of the run's layers (cached in ``patches/receptive_fields.json``)."""
         if run in self._rf:
             return self._rf[run]
+        # computing missing fields writes them there: never through a link out of the workspace
+        self.ws.contained(self.ws.path("patches", "receptive_fields.json"), write=True)
         study = self.ws.load_study()
         spec = next((r for r in study.get("runs", []) if r["name"] == run), {})
         model_cfg = study.get("model", {})
@@ -387,16 +598,40 @@ class StudyData:
         self.check_neuron(run, epoch, neuron)
         default = (count, tile, quality) == (N_PATCHES, 48, 80)
         path = self.ws.path("patches", run, f"{epoch:04d}", f"{neuron}.webp")
-        if default and path.is_file():
-            return path.read_bytes()
+        if default and (cached := self._stored_patch(path)) is not None:
+            return cached
         s = self._stimuli(run, epoch)
         li = int(s.layer_of()[neuron])
         crops = crop_patches(self.probe.images, s.stimuli[neuron][:count],
                              s.stimuli_loc[neuron][:count], self.fields(run)[li])
         data = image_bytes(patch_strip(crops, tile=tile), quality)
         if default:
-            atomic.write_bytes(path, data)
+            self._store_patch(path, data)
         return data
+
+    def _stored_patch(self, path: Path) -> bytes | None:
+        """A stored patch strip, or None (rendered again) when it is missing, is not a
+        regular file inside the workspace (a link to /etc/passwd, a FIFO) or is no WebP."""
+        if not path.exists() and not path.is_symlink():
+            return None
+        try:
+            with self.ws.reading(path) as checked:
+                data = checked.read_bytes()
+        except (CorruptArtifactError, FileNotFoundError) as e:
+            log.warning("not serving the stored patch %s (%s); rendering it again", path, e)
+            return None
+        if (data[:4], data[8:12]) != WEBP_MAGIC:
+            log.warning("the stored patch %s is not a WebP image; rendering it again", path)
+            return None
+        return data
+
+    def _store_patch(self, path: Path, data: bytes) -> None:
+        """Cache a rendered strip, only inside the workspace (never through a directory
+        linked out of it); a workspace that cannot be written is served all the same."""
+        try:
+            atomic.write_bytes(self.ws.contained(path, write=True), data)
+        except (WorkspaceError, OSError) as e:
+            log.warning("not caching the patch %s: %s", path, e)
 
     def patches(self, run: str, epoch: int, neuron: int) -> list:
         """The neuron's top patches as PIL images (the Python API)."""
@@ -409,15 +644,28 @@ class StudyData:
                              s.stimuli_loc[neuron][:N_PATCHES], self.fields(run)[li])]
 
 
-def _load_concepts(path: Path, n_neurons: int) -> dict | None:
+def _checked_projection(path: Path, arrays: dict) -> dict:
+    """The arrays of a projection file, checked to be the ones the payloads index."""
+    coords, dead, emb = (arrays.get(k) for k in ("coords", "dead", "embedding"))
+    if coords is None or dead is None or emb is None:
+        raise corrupt(path, "it lacks coords, dead or embedding")
+    n = len(coords)
+    if coords.shape != (n, 2) or dead.shape != (n,) or emb.ndim != 2 or len(emb) != n:
+        raise corrupt(path, f"coords {coords.shape}, dead {dead.shape} and embedding "
+                            f"{emb.shape} do not describe the same neurons")
+    return arrays
+
+
+def _load_concepts(ws: Workspace, path: Path, n_neurons: int) -> dict | None:
     """The parts of a concept-label file the dashboard shows (not its activations, the
-    largest array); None, with a warning, when it does not match its checkpoint."""
+    largest array); None, with a warning, when it cannot be read or does not match its
+    checkpoint."""
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with ws.reading(path) as checked, np.load(checked, allow_pickle=False) as z:
             names = [str(n) for n in json.loads(str(z["concept_names"]))]
             label = z["label"].astype(np.int64)
             iou = z["iou"].astype(np.float32)
-    except (OSError, KeyError, ValueError, TypeError) as e:
+    except (CorruptArtifactError, FileNotFoundError) as e:
         log.warning("ignoring %s: %s; run `conceptevo evaluate` again", path, e)
         return None
     if label.shape != (n_neurons,) or iou.shape != (n_neurons, len(names)) or \

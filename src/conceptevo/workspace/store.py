@@ -111,8 +111,9 @@ class Workspace:
 
     def contained(self, path: Path, write: bool = False) -> Path:
         """``path``, checked: resolved (symlinks followed) it must be inside the workspace, and
-        a regular file to read (a directory inside the workspace to write into). A file linked
-        to somewhere else, a FIFO or a device is refused with a
+        a regular file to read (for ``write``: its directory, resolved, inside the workspace; a
+        link at ``path`` itself is replaced by the atomic write, its target never written). A
+        file linked to somewhere else, a FIFO or a device is refused with a
         :class:`~conceptevo.errors.CorruptArtifactError`: a received workspace cannot make
         ConceptEvo read or write outside it."""
         path = Path(path)
@@ -129,10 +130,7 @@ class Workspace:
                 "ConceptEvo neither reads nor writes through such links: replace the link by "
                 "the file itself", path)
         if write:
-            if path.is_symlink() and not path.resolve().is_relative_to(self.root):
-                raise CorruptArtifactError(
-                    f"workspace file {path} is a link to {path.resolve()}, outside the "
-                    f"workspace {self.root}; remove the link", path)
+            # the file itself may be a link: an atomic write replaces the link, never its target
             return path
         if not resolved.is_file():
             raise CorruptArtifactError(f"workspace path {path} is not a regular file; remove it "
@@ -258,7 +256,7 @@ class Workspace:
         """A stored stimulus result; with ``activations``, also every recorded activation
         (an error when the pass did not record them)."""
         p = self.stimuli_path(run, epoch)
-        if not p.is_file():
+        if not p.exists() and not p.is_symlink():
             known = self.stimuli_epochs(run)
             raise WorkspaceError(
                 f"no stimuli for run {run!r} epoch {epoch} in {self.root}"
@@ -331,7 +329,7 @@ class Workspace:
 
     def load_arrays(self, path: Path) -> tuple[dict, dict]:
         """(meta, arrays) of an ``.npz`` written by :meth:`save_arrays`."""
-        if not path.is_file():
+        if not path.exists() and not path.is_symlink():
             raise WorkspaceError(f"{path} does not exist; run `conceptevo build` first")
         with self.reading(path) as checked, np.load(checked, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files if k != "meta"}

@@ -81,10 +81,16 @@
       return payload;
     }
     let response;
-    try {
-      response = await fetch(path, {headers: {Accept: "application/json"}});
-    } catch (err) {
-      throw new ApiError(`cannot reach the server (${err.message})`);
+    for (let attempt = 0; ; attempt++) {
+      try {
+        response = await fetch(path, {headers: {Accept: "application/json"}});
+      } catch (err) {
+        throw new ApiError(`cannot reach the server (${err.message})`);
+      }
+      // 503 + Retry-After: the workspace is being rewritten (a build, a live run); ask again
+      const retry = Number(response.headers.get("Retry-After"));
+      if (response.status !== 503 || !(retry >= 0) || attempt >= 2) break;
+      await new Promise((resolve) => setTimeout(resolve, 1000 * Math.min(retry, 5)));
     }
     const body = await response.json().catch(() => null);
     if (!response.ok) {
@@ -1463,7 +1469,10 @@
         el("h3", {text: "Nearest neurons in other runs and epochs"}),
         detail ? this.neighbours(detail.neighbours)
                : note(problem && problem.missing ? "neighbours not in this report"
-                                                 : "neighbours unavailable"));
+                                                 : "neighbours unavailable"),
+        detail && detail.skipped && detail.skipped.length ? note(
+          `Left out: ${detail.skipped.map((s) => `${s.run} epoch ${s.epoch}`).join(", ")} ` +
+          `(a damaged file: ${detail.skipped[0].error})`, "note error") : null);
       this.render();
       redrawOverlays();
     },
