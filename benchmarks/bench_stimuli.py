@@ -1,14 +1,33 @@
-"""Stimulus pass vs a bare forward pass over the same images, in the same process.
+"""Stimulus pass vs a bare forward pass, and vs the reference's passes, in the same process.
 
     python benchmarks/bench_stimuli.py [--images 1024] [--batch-size 128] [--repeats 3]
 
-Prints, for torchvision's vgg16 and resnet18 and ConceptEvo's small_vgg on 64x64 images, the
-time of ConceptEvo's stimulus pass (hooks on every Conv2d, per-channel max, running top-k
-merges for stimuli and responsive neurons, summary statistics) divided by the time of a bare
-``model(x)`` loop over the same batches, in both memory layouts (the pipeline uses
-channels-last). Target: <= 1.25 on CPU. The two passes alternate ``--repeats`` times so that
-both see the same machine state; the ratio is the median of the per-repeat ratios and the
-times are the best of each.
+For torchvision's vgg16 and resnet18 and ConceptEvo's small_vgg on 64x64 images, in both
+memory layouts (the pipeline uses channels-last), times over the same batches:
+
+* ``bare``: a plain ``model(x)`` loop without gradients;
+* ``ours``: ConceptEvo's stimulus pass (hooks on every Conv2d, per-channel max and arg-max,
+  running top-k merges for stimuli and responsive neurons, summary statistics, top-1
+  predictions: one pass gives all of it);
+* ``reference``: the reference's stimulus pass as published (``stimulus.py``): the model in
+  eval mode with autograd on (its parameters require gradients and it runs no
+  ``torch.no_grad``), its layers run in order except the last one (the classifier head is
+  skipped: a pre-hook stops the forward there), and after every Conv2d the per-channel
+  maximum (``max`` over H, then over W), ``torch.topk`` over the batch (k = min(B, 20)),
+  ``.cpu().numpy()``, and a Python loop over the k ranks and the layer's neurons inserting
+  (value, image id) into one sorted-list top-k keeper per neuron;
+* ``reference_responsive``: the reference's separate pass for the responsive neurons
+  (``responsive_neurons.py``): the same forward, then per Conv2d ``torch.topk`` over the
+  layer's neurons for each image and a Python loop inserting (value, "layer-neuron") into one
+  top-k keeper per image (20 over all layers).
+
+Ratios: ``ratio`` = ours / bare (target <= 1.25 on CPU); ``vs_reference`` = reference / ours
+(> 1: we are faster) against its stimulus pass alone, which computes less than ours (no
+responsive neurons, locations, statistics or predictions, no classifier); and
+``vs_reference_both_passes`` = (reference + reference_responsive) / ours, the two passes
+that give what our one pass gives. The passes alternate ``--repeats`` times so that all see
+the same machine state; ratios are the medians of the per-repeat ratios, times the best of
+each. ``--reference-batch`` runs the reference at another batch size (its script uses 512).
 """
 
 from __future__ import annotations
@@ -20,6 +39,7 @@ import time
 import numpy as np
 import torch
 import torchvision
+from torch import nn
 
 from conceptevo.models.adapter import ModelAdapter
 from conceptevo.models.registry import build_model
@@ -32,6 +52,105 @@ def bare_forward(model, batches):
             model(x)
 
 
+class TopKKeeper:
+    """The reference's top-k keeper: values sorted in descending order in a Python list; a
+    new value enters if the list is not full or it beats the last, before the first smaller
+    one (so equal values keep their arrival order)."""
+
+    def __init__(self, k: int):
+        self.k, self.keys, self.vals = k, [], []
+
+    def will_insert(self, val) -> bool:
+        return len(self.vals) < self.k or self.vals[-1] < val
+
+    def insert(self, val, key=None) -> None:
+        if not self.will_insert(val):
+            return
+        for i, e in enumerate(self.vals):
+            if e < val:
+                self.keys = (self.keys[:i] + [key] + self.keys[i:])[:self.k]
+                self.vals = (self.vals[:i] + [val] + self.vals[i:])[:self.k]
+                return
+        self.keys = (self.keys + [key])[:self.k]
+        self.vals = (self.vals + [val])[:self.k]
+
+
+class _StopForward(Exception):
+    pass
+
+
+def reference_pass(model: nn.Module, batches, n_images: int, k: int = 20,
+                   responsive: bool = False) -> list:
+    """The reference's stimulus pass (``responsive=False``) or its responsive-neuron pass
+    (``True``) over ``batches``; returns its keepers (see the module docstring)."""
+    convs = [(f"conv{i}", m) for i, m in enumerate(m for m in model.modules()
+                                                   if isinstance(m, nn.Conv2d))]
+    batch_size = len(batches[0][0])
+    state = {"batch_idx": 0}
+    if responsive:
+        keepers = [TopKKeeper(k) for _ in range(n_images)]
+    else:
+        keepers = {name: [TopKKeeper(k) for _ in range(m.out_channels)] for name, m in convs}
+
+    def max_act(f_map):
+        return torch.max(torch.max(f_map, dim=2).values, dim=2).values
+
+    def update_stimulus(name, f_map):
+        acts = max_act(f_map)
+        top_k = min(acts.shape[0], k)
+        vals, idx = torch.topk(acts, k=top_k, dim=0)
+        vals, idx = vals.cpu().data.numpy(), idx.cpu().data.numpy()
+        base = state["batch_idx"] * batch_size
+        layer = keepers[name]
+        for r in range(top_k):
+            for neuron in range(acts.shape[1]):
+                layer[neuron].insert(vals[r, neuron], key=base + idx[r, neuron])
+
+    def update_responsive(name, f_map):
+        acts = max_act(f_map)
+        top_k = min(acts.shape[1], k)
+        vals, idx = torch.topk(acts, k=top_k, dim=1)
+        vals, idx = vals.cpu().data.numpy(), idx.cpu().data.numpy()
+        base = state["batch_idx"] * batch_size
+        for i in range(idx.shape[0]):
+            for r in range(top_k):
+                keepers[base + i].insert(vals[i, r], key=f"{name}-{idx[i, r]}")
+
+    update = update_responsive if responsive else update_stimulus
+    hooks = [m.register_forward_hook(lambda mod, inp, out, name=name: update(name, out))
+             for name, m in convs]
+    last = list(model.children())[-1]  # the reference's last layer is not run
+
+    def stop(mod, inp):
+        raise _StopForward
+
+    hooks.append(last.register_forward_pre_hook(stop))
+    params = [p for p in model.parameters()]
+    grads = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(True)  # as the reference sets them
+    model.eval()
+    try:
+        for batch_idx, (x, _) in enumerate(batches):
+            state["batch_idx"] = batch_idx
+            try:
+                model(x)  # autograd on, as in the reference
+            except _StopForward:
+                pass
+    finally:
+        for h in hooks:
+            h.remove()
+        for p, g in zip(params, grads):
+            p.requires_grad_(g)
+    return keepers
+
+
+def _neuron_id(key: str, adapter: ModelAdapter) -> int:
+    """Our neuron id of the reference's "conv<i>-<channel>" key."""
+    layer, channel = key.split("-")
+    return adapter.layers_[int(layer[4:])].offset + int(channel)
+
+
 def build(name: str) -> torch.nn.Module:
     if name == "small_vgg":
         return build_model("conceptevo:small_vgg", {"num_classes": 12})
@@ -39,7 +158,8 @@ def build(name: str) -> torch.nn.Module:
 
 
 def measure(name: str, images: int, batch_size: int, repeats: int, channels_last: bool,
-            k: int = 20) -> dict:
+            k: int = 20, with_reference: bool = True, reference_batch: int | None = None
+            ) -> dict:
     torch.manual_seed(0)
     model = build(name).eval()
     data = torch.randn(images, 3, 64, 64)
@@ -50,23 +170,60 @@ def measure(name: str, images: int, batch_size: int, repeats: int, channels_last
                for s in range(0, images, batch_size)]
     adapter = ModelAdapter(model)
     adapter.describe(data[:1])
+    rb = reference_batch or batch_size
+    ref_batches = batches if rb == batch_size else [
+        (data[s:s + rb], torch.arange(s, min(s + rb, images))) for s in range(0, images, rb)]
     bare_forward(model, batches[:1])  # warm-up
     compute_stimuli(adapter, batches[:1], batch_size, k_stimuli=k, k_responsive=k)
-    t_bare, t_ours = [], []
+    if with_reference:
+        reference_pass(model, ref_batches[:1], len(ref_batches[0][0]), k)
+    t_bare, t_ours, t_ref, t_resp = [], [], [], []
     for _ in range(repeats):
         t = time.perf_counter()
         bare_forward(model, batches)
         t_bare.append(time.perf_counter() - t)
         t = time.perf_counter()
-        compute_stimuli(adapter, batches, images, k_stimuli=k, k_responsive=k).result()
+        result = compute_stimuli(adapter, batches, images, k_stimuli=k, k_responsive=k).result()
         t_ours.append(time.perf_counter() - t)
+        if with_reference:
+            t = time.perf_counter()
+            ref_stimuli = reference_pass(model, ref_batches, images, k)
+            t_ref.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            ref_responsive = reference_pass(model, ref_batches, images, k, responsive=True)
+            t_resp.append(time.perf_counter() - t)
     bare, ours = min(t_bare), min(t_ours)
     ratio = float(np.median(np.array(t_ours) / np.array(t_bare)))
-    return {"model": name, "layout": "channels_last" if channels_last else "contiguous",
-            "neurons": adapter.n_neurons, "images": images,
-            "batch_size": batch_size, "bare_forward_s": round(bare, 3),
-            "stimulus_pass_s": round(ours, 3), "ratio": round(ratio, 3),
-            "images_per_s": round(images / ours, 1)}
+    row = {"model": name, "layout": "channels_last" if channels_last else "contiguous",
+           "neurons": adapter.n_neurons, "images": images, "repeats": repeats,
+           "batch_size": batch_size, "bare_forward_s": round(bare, 3),
+           "stimulus_pass_s": round(ours, 3), "ratio": round(ratio, 3),
+           "ratio_per_repeat": [round(float(x), 3) for x in np.array(t_ours) / np.array(t_bare)],
+           "images_per_s": round(images / ours, 1)}
+    if with_reference:
+        ours_a = np.array(t_ours)
+        vs_ref = np.array(t_ref) / ours_a
+        vs_both = (np.array(t_ref) + np.array(t_resp)) / ours_a
+        row.update({
+            "reference_batch_size": rb,
+            "reference_stimulus_pass_s": round(min(t_ref), 3),
+            "reference_responsive_pass_s": round(min(t_resp), 3),
+            "vs_reference": round(float(np.median(vs_ref)), 3),
+            "vs_reference_per_repeat": [round(float(x), 3) for x in vs_ref],
+            "vs_reference_both_passes": round(float(np.median(vs_both)), 3),
+            "vs_reference_both_passes_per_repeat": [round(float(x), 3) for x in vs_both],
+            "reference_vs_bare": round(float(np.median(np.array(t_ref)
+                                                       / np.array(t_bare))), 3),
+            # the same answer: each neuron's stimulus set, each image's responsive set
+            "same_stimuli_as_reference": round(float(np.mean([
+                set(map(int, keeper.keys)) == set(map(int, ours_row))
+                for keeper, ours_row in zip((kp for layer in ref_stimuli.values()
+                                             for kp in layer), result.stimuli)])), 4),
+            "same_responsive_as_reference": round(float(np.mean([
+                {_neuron_id(key, adapter) for key in
+                 keeper.keys} == set(map(int, ours_row))
+                for keeper, ours_row in zip(ref_responsive, result.responsive)])), 4)})
+    return row
 
 
 def main() -> list[dict]:
@@ -76,20 +233,28 @@ def main() -> list[dict]:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--models", default="vgg16,resnet18,small_vgg",
                     help="comma-separated: vgg16, resnet18, small_vgg")
+    ap.add_argument("--no-reference", action="store_true",
+                    help="time only the bare forward and ours")
+    ap.add_argument("--reference-batch", type=int, default=None,
+                    help="batch size of the reference's passes (default: --batch-size)")
     ap.add_argument("--json", action="store_true", help="print JSON only")
     args = ap.parse_args()
-    rows = [measure(m, args.images, args.batch_size, args.repeats, cl)
+    rows = [measure(m, args.images, args.batch_size, args.repeats, cl,
+                    with_reference=not args.no_reference, reference_batch=args.reference_batch)
             for m in args.models.split(",") for cl in (True, False)]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, 64x64 images")
         print(f"{'model':<10} {'layout':<14} {'neurons':>7} {'bare (s)':>9} {'ours (s)':>9} "
-              f"{'ratio':>6} {'img/s':>7}")
+              f"{'ratio':>6} {'img/s':>7} {'ref (s)':>8} {'vs ref':>7} {'vs both':>8}")
         for r in rows:
+            ref = (f" {r['reference_stimulus_pass_s']:>8.3f} {r['vs_reference']:>7.3f} "
+                   f"{r['vs_reference_both_passes']:>8.3f}") if "vs_reference" in r else ""
             print(f"{r['model']:<10} {r['layout']:<14} {r['neurons']:>7} "
                   f"{r['bare_forward_s']:>9.3f} "
-                  f"{r['stimulus_pass_s']:>9.3f} {r['ratio']:>6.3f} {r['images_per_s']:>7.1f}")
+                  f"{r['stimulus_pass_s']:>9.3f} {r['ratio']:>6.3f} {r['images_per_s']:>7.1f}"
+                  + ref)
     return rows
 
 

@@ -1,8 +1,9 @@
 """The whole benchmark suite in one command, written to one JSON file.
 
-    .venv/bin/python benchmarks/run.py            # full: about 15 minutes on 2 CPU cores
+    .venv/bin/python benchmarks/run.py            # full: about 20 minutes on 2 CPU cores
     .venv/bin/python benchmarks/run.py --quick    # a few minutes: checks that it all works
     .venv/bin/python benchmarks/run.py --smoke    # seconds (the test suite runs it)
+    .venv/bin/python benchmarks/run.py --only stimuli --update   # re-measure one section
 
 Writes ``benchmarks/results/run.json`` (``--out`` to change; rewritten after each section, so
 an interrupted run keeps what it measured). Run the full suite on a quiet machine: every
@@ -14,7 +15,11 @@ figure is a time. Sections (``--only`` / ``--skip`` take their names):
   ``--quick`` runs a tiny demo of one epoch, importance for 2 classes and no evaluation;
 * ``stimuli``, ``monitor``, ``importance``, ``space``, ``concept_world``: the figures of
   bench_stimuli.py, bench_monitor.py, bench_importance.py, bench_space.py and
-  bench_concept_world.py (their functions, at the sizes of the mode);
+  bench_concept_world.py (their functions, at the sizes of the mode), the reference's
+  algorithms included (stimulus passes, per-image importance loop, per-pair neuron
+  embedding, image-embedding gradient descent; see each file);
+* ``memory``: bench_memory.py, the peak resident memory of a recorded stimulus pass
+  (activations kept) over two probe sizes, each in a fresh process, and their ratio;
 * ``diagnosis``: calibrate_diagnosis.py's confusion table, for the end-to-end study's seed;
 * ``scaling``: how time grows with the number of probe images (stimulus pass), of neurons
   (the pass's bookkeeping, and the unified space) and of checkpoints (the stimuli stage),
@@ -22,7 +27,12 @@ figure is a time. Sections (``--only`` / ``--skip`` take their names):
 * ``distributed``: bench_distributed.py, one process vs torchrun with 2 (gloo).
 
 Every ratio ends up in ``ratios`` at the top of the file, with its target where the project
-states one; ``throughput`` gathers the stimulus pass's images per second. Each section runs in
+states one; ``throughput`` gathers the stimulus pass's images per second; ``readme`` holds
+the rows of the README's Performance table, formatted from these results
+(benchmarks/check_readme.py checks the README against them, ``--write`` rewrites the table).
+``--update`` keeps the other sections of an existing output file and replaces only those
+measured now (``meta.sections`` records when and in which mode each section was measured,
+and the load average around it). Each section runs in
 a fresh process (spawned), so its memory peak, its threads and its one-off compilations
 (umap-learn's JIT) are its own (``--smoke`` runs them in one process); progress goes to
 stderr.
@@ -43,21 +53,24 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("end_to_end", "stimuli", "monitor", "importance", "space", "concept_world",
-            "diagnosis", "scaling", "distributed")
+SECTIONS = ("end_to_end", "stimuli", "memory", "monitor", "importance", "space",
+            "concept_world", "diagnosis", "scaling", "distributed")
 
-# Sizes per mode. Full: what fits in about 15 minutes on 2 cores; quick: a few minutes;
+# Sizes per mode. Full: what fits in about 20 minutes on 2 cores; quick: a few minutes;
 # smoke: seconds, the smallest sizes that still run every code path cheaply.
 MODES = {
     "full": {
         "end_to_end": {"demo": "full"},
         "stimuli": {"models": ["small_vgg", "resnet18", "vgg16"], "images": 256,
                     "batch_size": 128, "repeats": 3},
+        "memory": {"sizes": [512, 8192], "model": "resnet18", "image_size": 64,
+                   "batch_size": 128},
         "monitor": {"models": ["small_vgg", "resnet18"], "images": 900, "repeats": 3},
-        "importance": {"models": ["small_vgg", "resnet18", "vgg16"], "images": 32,
-                       "batch_size": 32},
+        "importance": {"models": ["small_vgg", "resnet18", "vgg16"], "images": 50,
+                       "batch_size": 50, "reference_images": 2, "reference_batch": 50},
         "space": {"neurons": 4224, "images": 45_000, "checkpoints": 10,
-                  "reference_epochs": 1, "seeds": 1},
+                  "reference_epochs": 20, "seeds": 2, "contention_epochs": 5,
+                  "contention_repeats": 3, "gd_iterations_timed": 3, "gd_max_iter": 30_000},
         "concept_world": {"n": 2048, "n_write": 1024, "repeats": 3},
         "scaling": {"images": [512, 1024, 2048], "neurons": [1000, 2000, 4000],
                     "checkpoints": [2, 4, 8], "checkpoint_images": 240, "space_images": 20_000,
@@ -68,10 +81,14 @@ MODES = {
     "quick": {
         "end_to_end": {"demo": "tiny", "importance_classes": 2, "skip_stages": ["evaluation"]},
         "stimuli": {"models": ["small_vgg"], "images": 128, "batch_size": 64, "repeats": 2},
+        "memory": {"sizes": [512, 2048], "model": "resnet18", "image_size": 64,
+                   "batch_size": 128},
         "monitor": {"models": ["small_vgg"], "images": 128, "repeats": 2},
-        "importance": {"models": ["small_vgg"], "images": 8, "batch_size": 8},
-        "space": {"neurons": 400, "images": 4000, "checkpoints": 3, "reference_epochs": 1,
-                  "seeds": 1},
+        "importance": {"models": ["small_vgg"], "images": 8, "batch_size": 8,
+                       "reference_images": 2, "reference_batch": 50},
+        "space": {"neurons": 400, "images": 4000, "checkpoints": 3, "reference_epochs": 20,
+                  "seeds": 1, "contention_epochs": 2, "contention_repeats": 1,
+                  "gd_iterations_timed": 2, "gd_max_iter": 30_000},
         "concept_world": {"n": 256, "n_write": 128, "repeats": 2},
         "scaling": {"images": [128, 256, 512], "neurons": [250, 500, 1000],
                     "checkpoints": [1, 2, 4], "checkpoint_images": 120, "space_images": 3000,
@@ -82,6 +99,8 @@ MODES = {
     "smoke": {
         "stimuli": {"models": ["small_vgg"], "images": 64, "batch_size": 32, "repeats": 1,
                     "layouts": [True]},
+        "memory": {"sizes": [64, 256], "model": "resnet18", "image_size": 32,
+                   "batch_size": 64},
         "monitor": {"models": ["small_vgg"], "images": 32, "repeats": 1},
         "concept_world": {"n": 32, "n_write": 16, "repeats": 1},
         "scaling": {"images": [32, 64, 96], "neurons": [100, 200, 400],
@@ -130,8 +149,17 @@ def section_stimuli(p: dict) -> dict:
             log(f"stimuli: {model}, {'channels-last' if layout else 'contiguous'}, "
                 f"{p['images']} images x {p['repeats']} repeats")
             rows.append(bench_stimuli.measure(model, p["images"], p["batch_size"],
-                                              p["repeats"], layout))
+                                              p["repeats"], layout,
+                                              with_reference=p.get("reference", True)))
     return {"rows": rows}
+
+
+def section_memory(p: dict) -> dict:
+    import bench_memory
+
+    log(f"memory: recorded stimulus pass of {p['model']} over {p['sizes']} images "
+        f"({p['image_size']}x{p['image_size']}), each in a fresh process")
+    return bench_memory.measure(p["sizes"], p["model"], p["image_size"], p["batch_size"])
 
 
 def section_monitor(p: dict) -> dict:
@@ -149,8 +177,10 @@ def section_importance(p: dict) -> dict:
 
     rows = []
     for model in p["models"]:
-        log(f"importance: {model}, {p['images']} images, batched then naive")
-        rows.append(bench_importance.measure(model, p["images"], p["batch_size"]))
+        log(f"importance: {model}, {p['images']} images, batched, our naive loop, the "
+            f"reference's loop ({p['reference_images']} images timed)")
+        rows.append(bench_importance.measure(model, p["images"], p["batch_size"],
+                                             p["reference_images"], p["reference_batch"]))
     return {"rows": rows}
 
 
@@ -158,9 +188,13 @@ def section_space(p: dict) -> dict:
     import bench_space
 
     log(f"space: {p['neurons']} neurons, {p['images']} images, {p['checkpoints']} checkpoints "
-        f"(reference loop: {p['reference_epochs']} of its 20 epochs, timed and scaled)")
+        f"(reference loop: {p['reference_epochs']} of its 20 epochs)")
     return bench_space.measure(p["neurons"], p["images"], p["checkpoints"],
-                               p["reference_epochs"], p["seeds"])
+                               p["reference_epochs"], p["seeds"],
+                               contention_epochs=p["contention_epochs"],
+                               contention_repeats=p["contention_repeats"],
+                               gd_iterations_timed=p["gd_iterations_timed"],
+                               gd_max_iter=p["gd_max_iter"])
 
 
 def section_concept_world(p: dict) -> dict:
@@ -515,19 +549,43 @@ def collect_ratios(results: dict) -> tuple[dict, dict]:
     for row in results.get("stimuli", {}).get("rows", []):
         add(f"stimulus_pass_vs_forward/{row['model']}/{row['layout']}", row["ratio"], "<= 1.25")
         throughput[f"stimulus_pass/{row['model']}/{row['layout']}"] = row["images_per_s"]
+        if "vs_reference" in row:
+            add(f"stimulus_pass_speedup_vs_reference/{row['model']}/{row['layout']}",
+                row["vs_reference"], "> 1: ours faster (its stimulus pass alone)")
+            add(f"stimulus_pass_speedup_vs_reference_both_passes/{row['model']}/"
+                f"{row['layout']}", row["vs_reference_both_passes"],
+                "> 1: ours faster (its stimulus and responsive-neuron passes)")
+    mem = results.get("memory")
+    if mem and "peak_ratio" in mem:
+        lo, hi = mem["sizes"][0], mem["sizes"][-1]
+        add(f"recorded_stimulus_pass_peak_rss/{hi}_vs_{lo}_images", mem["peak_ratio"], "<= 1.2")
     for row in results.get("monitor", {}).get("rows", []):
         add(f"monitor_snapshot_vs_forward/{row['model']}", row["ratio"], "<= 1.3")
     for row in results.get("importance", {}).get("rows", []):
         add(f"importance_batched_speedup/{row['model']}", row["speedup"], ">= 20")
         add(f"importance_batched_vs_naive_peak_rss/{row['model']}",
             round(row["batched_peak_rss_mb"] / max(row["naive_peak_rss_mb"], 1e-9), 3))
+        if "speedup_vs_reference" in row:
+            add(f"importance_batched_speedup_vs_reference/{row['model']}",
+                row["speedup_vs_reference"])
+            add(f"importance_sign_agreement_with_reference/{row['model']}",
+                row["sign_agreement_with_reference"])
     space = results.get("space")
     if space and "neuron_embedding" in space:
         ne, ie = space["neuron_embedding"], space["image_embedding"]
         add("space_neuron_embedding_speedup", ne["speedup"])
         add("space_neuron_embedding_loss_ours_vs_reference",
             round(ne["ours_loss"] / ne["reference_loss"], 4))
-        add("space_image_embedding_speedup", ie["speedup"])
+        if "speedup_to_reference_stop" in ie:
+            add("space_image_embedding_speedup/to_reference_stop_rmse_0.01",
+                ie["speedup_to_reference_stop"])
+            add("space_image_embedding_speedup/at_our_rmse", ie["speedup_at_our_rmse"])
+        for row in space.get("neuron_embedding_threads", {}).get("rows", []):
+            busy = row["cpu_bound_processes_alongside"]
+            add(f"space_neuron_embedding_process_threads_vs_1_thread/{busy}_busy",
+                row["slowdown_process_threads_vs_one"])
+            add(f"space_neuron_embedding_speedup_1_thread/{busy}_busy",
+                row["speedup_one_thread_vs_reference"])
     cw = results.get("concept_world")
     if cw:
         throughput["concept_world_generate"] = cw["generate_images_per_s"]
@@ -569,6 +627,9 @@ def main(argv: list[str] | None = None) -> dict:
                                       "temporary directory, removed at the end)")
     ap.add_argument("--keep", action="store_true",
                     help="keep the end-to-end study (in --workdir/demo): a demo workspace")
+    ap.add_argument("--update", action="store_true",
+                    help="keep the other sections of an existing --out file; replace only the "
+                         "sections measured now")
     args = ap.parse_args(argv)
     mode_name = "quick" if args.quick else "smoke" if args.smoke else "full"
     sizes = MODES[mode_name]
@@ -596,9 +657,28 @@ def main(argv: list[str] | None = None) -> dict:
                  "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
                  "sizes": {s: sizes.get(s) for s in chosen}},
         "ratios": {}, "throughput": {}, "results": {}, "peak_rss_mb": {}, "seconds": {}}
+    doc["meta"]["sections"] = {}
+    if args.update and out_path.exists():
+        old = json.loads(out_path.read_text())
+        for key in ("results", "peak_rss_mb", "seconds"):
+            doc[key] = {k: v for k, v in old.get(key, {}).items() if k not in chosen}
+        old_sections = old.get("meta", {}).get("sections", {})
+        for name in doc["results"]:
+            doc["meta"]["sections"][name] = old_sections.get(name) or {
+                "mode": old["meta"].get("mode"), "started": old["meta"].get("started"),
+                "load_average_at_start": old["meta"].get("load_average_at_start")}
+        doc["meta"]["updated_from"] = {"started": old["meta"].get("started"),
+                                       "mode": old["meta"].get("mode")}
+        doc["meta"]["sizes"] = {**old["meta"].get("sizes", {}), **doc["meta"]["sizes"]}
 
     def write() -> None:
         doc["ratios"], doc["throughput"] = collect_ratios(doc["results"])
+        try:
+            import check_readme
+
+            doc["readme"] = check_readme.rows(doc)
+        except Exception as e:  # noqa: BLE001  (a section missing or failed: say which)
+            doc["readme"] = {"error": repr(e)}
         doc["meta"]["total_s"] = round(time.perf_counter() - t0, 1)
         doc["meta"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
         out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -618,6 +698,9 @@ def main(argv: list[str] | None = None) -> dict:
     with keep as tmp:
         for name in chosen:
             t = time.perf_counter()
+            section_meta = {"mode": mode_name,
+                            "started": datetime.now(UTC).isoformat(timespec="seconds"),
+                            "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
             log(f"== {name}")
             try:
                 if name == "end_to_end":
@@ -644,6 +727,9 @@ def main(argv: list[str] | None = None) -> dict:
                 failed.append(name)
             doc["results"][name] = res
             doc["seconds"][name] = round(time.perf_counter() - t, 1)
+            doc["meta"]["sections"][name] = {
+                **section_meta, "seconds": doc["seconds"][name],
+                "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
             log(f"== {name}: {doc['seconds'][name]:.1f} s")
             write()
     doc["meta"]["failed_sections"] = failed

@@ -1,4 +1,6 @@
-"""benchmarks/run.py: its smallest path runs every section it has and writes valid JSON."""
+"""benchmarks/run.py: its smallest path runs every section it has and writes valid JSON; the
+README's Performance section quotes benchmarks/results/run.json; the neuron embedding's thread
+setting (the fix behind its figures under CPU contention)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = ROOT / "benchmarks" / "run.py"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import check_readme  # noqa: E402
 
 
 def test_benchmark_suite_smoke_run_writes_one_json(tmp_path):
@@ -19,14 +28,77 @@ def test_benchmark_suite_smoke_run_writes_one_json(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     doc = json.loads(out.read_text())
     assert doc["meta"]["mode"] == "smoke" and doc["meta"]["failed_sections"] == []
-    assert set(doc["results"]) == {"stimuli", "monitor", "concept_world", "scaling"}
+    assert set(doc["results"]) == {"stimuli", "memory", "monitor", "concept_world", "scaling"}
     ratios = doc["ratios"]
     assert ratios["stimulus_pass_vs_forward/small_vgg/channels_last"]["value"] > 0
+    assert ratios["stimulus_pass_speedup_vs_reference/small_vgg/channels_last"]["value"] > 0
+    row = doc["results"]["stimuli"]["rows"][0]
+    assert row["same_stimuli_as_reference"] == row["same_responsive_as_reference"] == 1.0
     assert ratios["monitor_snapshot_vs_forward/small_vgg"]["target"] == "<= 1.3"
+    assert ratios["recorded_stimulus_pass_peak_rss/256_vs_64_images"]["target"] == "<= 1.2"
     for name in ("probe_images", "neurons_bookkeeping", "checkpoints"):
         scaling = doc["results"]["scaling"][name]
         assert len(scaling["sizes"]) == len(scaling["seconds"]) == 3
         assert -1 <= ratios[f"scaling_r2/{name}"]["value"] <= 1
     assert doc["throughput"]["stimulus_pass/small_vgg/channels_last"] > 0
     assert all(v > 0 for v in doc["peak_rss_mb"].values())
+    assert doc["readme"] == check_readme.rows(doc) and len(doc["readme"]) >= 5
+    assert set(doc["meta"]["sections"]) == set(doc["results"])
     assert "[run]" in done.stderr  # progress on stderr
+
+
+def test_readme_performance_section_quotes_run_json():
+    doc = json.loads(check_readme.RUN_JSON.read_text(encoding="utf-8"))
+    readme = check_readme.README.read_text(encoding="utf-8")
+    assert check_readme.check(readme, doc) == []
+
+
+def test_readme_check_catches_a_drifted_number():
+    doc = json.loads(check_readme.RUN_JSON.read_text(encoding="utf-8"))
+    readme = check_readme.README.read_text(encoding="utf-8")
+    start, end = check_readme.section(readme)
+    body = check_readme.table(check_readme.rows(doc))
+    last = body.splitlines()[-1]
+    digits = [c for c in last if c.isdigit()]
+    assert digits
+    drifted = readme[:start] + readme[start:end].replace(
+        last, last.replace(digits[-1], str((int(digits[-1]) + 1) % 10))) + readme[end:]
+    assert check_readme.check(drifted, doc)
+    # a figure quoted in prose that run.json does not hold
+    stray = readme[:start] + readme[start:end].replace(
+        check_readme.END, check_readme.END + "\n\nWe are 123,457x faster.") + readme[end:]
+    assert any("123457" in p for p in check_readme.check(stray, doc))
+
+
+def test_neuron_embedding_runs_on_one_thread_and_restores_the_setting():
+    from conceptevo.space.coactivation import CoActivation
+    from conceptevo.space.neuron_embedding import NeuronEmbedding
+
+    rng = np.random.default_rng(0)
+    co = CoActivation.from_stimuli(rng.integers(0, 300, (120, 8)))
+    before = torch.get_num_threads()
+    seen = []
+    real_step = NeuronEmbedding._step
+
+    def step(self, *args):
+        seen.append(torch.get_num_threads())
+        return real_step(self, *args)
+
+    NeuronEmbedding._step = step
+    try:
+        runs = []
+        for threads in (2, 1, 2):
+            torch.set_num_threads(threads)
+            runs.append(NeuronEmbedding(dim=8, epochs=2, seed=3).fit(co).embedding_)
+            assert torch.get_num_threads() == threads  # restored
+        assert set(seen) == {1}  # every update of the default fit ran on one thread
+        mine = NeuronEmbedding(dim=8, epochs=2, seed=3, num_threads=None)
+        torch.set_num_threads(2)
+        seen.clear()
+        mine.fit(co)
+        assert set(seen) == {2}  # None keeps the process's setting
+    finally:
+        NeuronEmbedding._step = real_step
+        torch.set_num_threads(before)
+    # same seed -> same embedding, whatever the process's thread count
+    assert all(np.array_equal(runs[0], r) for r in runs[1:])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +13,7 @@ from torch import nn
 
 from conceptevo.errors import NonFiniteActivationError
 from conceptevo.models.adapter import ModelAdapter
-from conceptevo.stimuli import StimulusAccumulator, compute_stimuli, ranked_topk
+from conceptevo.stimuli import StimulusAccumulator, compute_stimuli, merge_shards, ranked_topk
 
 
 def brute_force(model: nn.Module, x: torch.Tensor, k_s: int, k_i: int):
@@ -171,3 +174,144 @@ def test_channels_last_layout_gives_the_same_stimuli():
     for name in ("stimuli", "stimuli_loc", "responsive"):
         np.testing.assert_array_equal(getattr(fast, name), getattr(plain, name))
     np.testing.assert_allclose(fast.stimuli_act, plain.stimuli_act, rtol=1e-5)
+
+
+# ------------------------------------------------------------ recorded activations (spilled)
+def _synthetic(n_img=41, n_neu=13, seed=0):
+    from conceptevo.models.adapter import LayerInfo
+
+    g = torch.Generator().manual_seed(seed)
+    acts = torch.randn(n_img, n_neu, generator=g) * 10.0 ** torch.randint(-6, 6, (n_img, n_neu),
+                                                                           generator=g)
+    acts[:, 2] = 0.0                       # a neuron that is 0 everywhere: scale 1
+    acts[:, 4] = -torch.rand(n_img, generator=g)  # negative only: scale = max |a|
+    acts[3, 5] = -torch.inf                # non-finite activations (already -inf, as
+    acts[7:9, 6] = -torch.inf              # count_nonfinite leaves them)
+    acts[:, 7] = -torch.inf                # a neuron with no finite activation at all
+    layers = [LayerInfo("a", "Conv2d", 8, 0, (3, 3)), LayerInfo("b", "Conv2d", n_neu - 8, 8,
+                                                                (2, 2))]
+    where = torch.randint(0, 4, (n_img, n_neu), generator=g)
+    return layers, acts.float(), where
+
+
+def _numpy_scaled(acts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The stored form written out in numpy: scale = max finite |a| per neuron (1 where 0),
+    float16(a / scale), non-finite as -inf."""
+    magnitude = np.abs(acts)
+    scale = np.where(np.isfinite(magnitude), magnitude, 0).max(0).astype(np.float32)
+    scale = np.where(scale > 0, scale, np.float32(1))
+    return (acts / scale).astype(np.float16).T.copy(), scale
+
+
+def _feed(acc, acts, where, order, batch):
+    for s in range(0, len(order), batch):
+        sel = torch.as_tensor(order[s:s + batch])
+        acc.update(acts[sel].clone(), where[sel], sel)
+    return acc
+
+
+@pytest.mark.parametrize("batch,shuffle,read_bytes", [(1, False, 64), (5, True, 200),
+                                                      (16, False, 1 << 20), (41, True, 52)])
+def test_spilled_activations_are_bit_identical_to_numpy(monkeypatch, tmp_path, batch, shuffle,
+                                                        read_bytes):
+    import conceptevo.stimuli as stimuli
+
+    monkeypatch.setattr(stimuli, "SPILL_READ_BYTES", read_bytes)  # many read-back blocks
+    layers, acts, where = _synthetic()
+    order = np.random.default_rng(batch).permutation(len(acts)) if shuffle \
+        else np.arange(len(acts))
+    acc = _feed(StimulusAccumulator(layers, len(acts), 4, 3, record_activations=True,
+                                    spill_dir=tmp_path), acts, where, order, batch)
+    r = acc.result()
+    want, scale = _numpy_scaled(acts.numpy())
+    assert r.activations.dtype == np.float16 and r.activations.shape == want.shape
+    assert np.array_equal(r.activations.view(np.uint16), want.view(np.uint16))  # bit for bit
+    assert np.array_equal(r.activation_scale, scale)
+    assert np.isneginf(r.activations[5, 3]) and np.isneginf(r.activations[7]).all()
+    assert acc.spill.closed and list(tmp_path.iterdir()) == []
+    again = acc.result()  # a second call returns the same matrix (the file is gone)
+    assert again.activations is r.activations
+
+
+def test_spilled_shards_merge_and_pickle_to_the_single_pass_bit_for_bit(tmp_path):
+    import pickle
+
+    layers, acts, where = _synthetic(seed=3)
+    n = len(acts)
+    single = _feed(StimulusAccumulator(layers, n, 4, 3, record_activations=True), acts, where,
+                   np.arange(n), 4).result()
+    parts = []
+    for block in (np.arange(0, 12), np.arange(12, 28), np.arange(28, n)):
+        acc = _feed(StimulusAccumulator(layers, n, 4, 3, record_batches=True,
+                                        record_activations=True, spill_dir=tmp_path),
+                    acts, where, block, 4)
+        parts.append(pickle.loads(pickle.dumps(acc)))  # as torchrun's gather sends it
+        acc.close()
+    merged = merge_shards(parts).result()
+    for name in ("activations", "activation_scale", *single.ARRAYS):
+        assert np.array_equal(getattr(merged, name), getattr(single, name)), name
+    assert all(p.spill.closed for p in parts)
+
+
+class _Boom(Exception):
+    pass
+
+
+@pytest.mark.parametrize("failure", [_Boom, KeyboardInterrupt, NonFiniteActivationError])
+def test_the_temporary_file_is_removed_on_error_and_interrupt(monkeypatch, tmp_path, failure):
+    import tempfile as tempfile_module
+
+    import conceptevo.stimuli as stimuli
+
+    opened = []
+    real = tempfile_module.TemporaryFile
+
+    def recording(*args, **kwargs):
+        f = real(*args, **kwargs)
+        opened.append((f, kwargs.get("dir")))
+        return f
+
+    monkeypatch.setattr(stimuli.tempfile, "TemporaryFile", recording)
+    torch.manual_seed(0)
+    model = randomise(TinyVGG(), 1).eval()
+    if failure is NonFiniteActivationError:
+        with torch.no_grad():
+            model.features[3].weight[1, 0, 0, 0] = float("nan")
+    x = torch.randn(12, 3, 16, 16)
+    spill = tmp_path / "spill"
+    spill.mkdir()
+
+    def batches():
+        for s in range(0, 12, 4):
+            if s == 8 and failure is not NonFiniteActivationError:
+                assert opened and not opened[0][0].closed  # the file is open mid-pass
+                raise failure()
+            yield x[s:s + 4], torch.arange(s, s + 4)
+
+    with pytest.raises(failure):
+        compute_stimuli(ModelAdapter(model), batches(), 12, k_stimuli=2, k_responsive=2,
+                        record_activations=True, spill_dir=spill)
+    if failure is not NonFiniteActivationError:
+        assert len(opened) == 1
+    assert all(f.closed for f, _ in opened) and all(d == str(spill) for _, d in opened)
+    assert list(spill.iterdir()) == []
+    # success: the result is built, then the file is closed
+    opened.clear()
+    model = randomise(TinyVGG(), 1).eval()
+    acc = compute_stimuli(ModelAdapter(model), [(x, torch.arange(12))], 12, k_stimuli=2,
+                          k_responsive=2, record_activations=True, spill_dir=spill)
+    assert len(opened) == 1 and not opened[0][0].closed
+    acc.result()
+    assert opened[0][0].closed and list(spill.iterdir()) == []
+
+
+def test_the_temporary_file_lives_in_the_chosen_directory(tmp_path):
+    layers, acts, where = _synthetic()
+    acc = _feed(StimulusAccumulator(layers, len(acts), 4, 3, record_activations=True,
+                                    spill_dir=tmp_path), acts, where, np.arange(20), 5)
+    link = f"/proc/self/fd/{acc.spill._file.fileno()}"
+    if not Path(link).exists():
+        pytest.skip("no /proc here")
+    assert os.readlink(link).startswith(str(tmp_path))
+    acc.close()
+    assert acc.spill.closed

@@ -226,6 +226,7 @@ class Monitor:
                                   k_responsive=self.k_responsive, device=device,
                                   on_nonfinite="record",
                                   record_activations=self.record_activations,
+                                  spill_dir=self.ws.root,
                                   context=f"run {self.run!r} epoch {epoch}")
             result = acc.result({"run": self.run, "epoch": int(epoch), "source": "monitor",
                                  "key": f"monitor-{time.time_ns()}"})

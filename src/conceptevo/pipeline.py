@@ -361,6 +361,7 @@ def _stimuli_passes(cfg: StudyConfig, ws: Workspace, probe: ProbeSet, rm: RunMod
             device=device, on_nonfinite=cfg.stimuli.on_nonfinite,
             context=f"run {rm.name!r} epoch {ckpt.epoch} ({ckpt.path})", channels_last=True,
             record_batches=shard, record_activations=cfg.space.records_activations,
+            spill_dir=ws.root,  # the recorded activations' scratch file: the workspace's disk
             progress=bar.update)
 
     def save(ckpt: Checkpoint, key: str, result) -> None:

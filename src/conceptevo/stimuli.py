@@ -12,7 +12,13 @@
 * Optionally (``record_activations``), every activation a_n(x): the input of the
   activation-weighted projection into the unified space (docs/space.md). It is stored as
   float16 relative to each neuron's largest absolute activation (``activation_scale``), so a
-  checkpoint costs 2 bytes per neuron and probe image.
+  checkpoint costs 2 bytes per neuron and probe image. While the pass runs, each batch's
+  float32 activations are appended to an anonymous temporary file (sequential writes; the
+  page cache, not the process's memory, holds them) and each neuron's running maximum |a| is
+  kept; :meth:`StimulusAccumulator.result` then reads the file back in blocks of images into
+  the float16 matrix. The pass's memory is that matrix, 2 bytes per neuron and image, plus a
+  batch; the file takes 4 bytes per neuron and image on disk until the result is built
+  (docs/scaling.md).
 
 The pass keeps a running top-k buffer per neuron and merges each batch into it with
 ``torch.topk``, so memory is ``n_neurons x k`` plus one batch of activations. Ties are broken
@@ -28,6 +34,8 @@ in the order a single pass adds them.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -39,6 +47,8 @@ from .models.adapter import LayerInfo, ModelAdapter
 
 NONFINITE_POLICIES = ("raise", "record")
 _NO_ID = torch.iinfo(torch.int64).max
+#: bytes of float32 activations read back at a time when the recorded pass builds its result
+SPILL_READ_BYTES = 16 * 2**20
 
 
 def ranked_topk(values: torch.Tensor, ids: torch.Tensor, k: int
@@ -82,6 +92,109 @@ def ranked_topk(values: torch.Tensor, ids: torch.Tensor, k: int
         by_value = sub_v.gather(1, by_id).argsort(dim=1, descending=True, stable=True)
         cols[tied] = by_id.gather(1, by_value)[:, :k]
     return values.gather(1, cols), ids.gather(1, cols), cols
+
+
+class ActivationSpill:
+    """The float32 activations of a recorded pass, batch by batch, in a temporary file.
+
+    Rows (one per image, ``n_neurons`` float32 each) are appended in arrival order with their
+    image ids kept in memory (8 bytes per image). The file is anonymous
+    (``tempfile.TemporaryFile``: on POSIX systems it has no name, or loses it as soon as it is
+    created; on Windows it is deleted when closed), so the operating system reclaims it when
+    it is closed or the process ends; :meth:`close` releases it at once. ``directory`` is
+    where it lives (default: the system's temporary directory, ``TMPDIR``).
+
+    Pickling (a shard sent to rank 0) carries the rows themselves; unpickling spills them to
+    a new file in ``directory`` if it exists there, else in the default temporary directory.
+    """
+
+    def __init__(self, n_neurons: int, directory: str | os.PathLike | None = None):
+        self.n_neurons = n_neurons
+        self.directory = None if directory is None else str(directory)
+        self._file = None
+        self.records: list[np.ndarray] = []  # image ids of each appended block, in file order
+        self.rows = 0
+
+    def _open(self):
+        if self._file is None:
+            self._file = tempfile.TemporaryFile(dir=self.directory)
+        return self._file
+
+    @property
+    def closed(self) -> bool:
+        return self._file is None or self._file.closed
+
+    def append(self, rows: np.ndarray, ids: np.ndarray) -> None:
+        """Append float32 ``rows`` [b, n_neurons] of images ``ids`` [b]."""
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        if rows.shape != (len(ids), self.n_neurons):
+            raise ValueError(f"rows of shape {rows.shape} for {len(ids)} images of "
+                             f"{self.n_neurons} neurons")
+        if not len(ids):
+            return
+        f = self._open()
+        f.seek(self.rows * self.n_neurons * 4)
+        f.write(memoryview(rows).cast("B"))
+        self.records.append(np.array(ids, dtype=np.int64))
+        self.rows += len(ids)
+
+    def blocks(self, max_rows: int | None = None):
+        """Yield (image ids [r], float32 rows [r, n_neurons]) in file order, at most
+        ``max_rows`` rows at a time (default: about ``SPILL_READ_BYTES``). The rows are a view
+        of one buffer that the next block overwrites: use them before asking for the next."""
+        if max_rows is None:
+            max_rows = max(1, SPILL_READ_BYTES // (4 * max(self.n_neurons, 1)))
+        if not self.rows:
+            return
+        f = self._file
+        f.flush()
+        f.seek(0)
+        row_bytes = self.n_neurons * 4
+        buf = np.empty((min(max_rows, max(len(r) for r in self.records)), self.n_neurons),
+                       dtype=np.float32)
+        for ids in self.records:
+            for s in range(0, len(ids), max_rows):
+                part = ids[s:s + max_rows]
+                view = buf[:len(part)]
+                target = memoryview(view).cast("B")
+                got = 0
+                while got < len(part) * row_bytes:
+                    n = f.readinto(target[got:])
+                    if not n:
+                        raise OSError("the activations' temporary file ended early")
+                    got += n
+                yield part, view
+
+    def extend(self, other: ActivationSpill) -> None:
+        """Append every row of ``other`` (in its order)."""
+        for ids, rows in other.blocks():
+            self.append(rows, ids)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_file"] = None
+        data = np.empty((self.rows, self.n_neurons), np.float32)
+        start = 0
+        for _, rows in self.blocks():  # (each block is a view of one reused buffer)
+            data[start:start + len(rows)] = rows
+            start += len(rows)
+        state["_rows_data"] = data
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        data = state.pop("_rows_data")
+        records = state["records"]
+        self.__dict__.update(state, records=[], rows=0, _file=None)
+        if self.directory is not None and not os.path.isdir(self.directory):
+            self.directory = None
+        start = 0
+        for ids in records:
+            self.append(data[start:start + len(ids)], ids)
+            start += len(ids)
 
 
 @dataclass
@@ -166,13 +279,21 @@ class StimulusAccumulator:
     record_batches : also keep each batch's activation sums (float64 [n_neurons] per batch,
         keyed by the batch's first image id), so that :func:`merge_shards` can add them in the
         order of a single pass. For a shard of a distributed pass.
-    record_activations : also keep every activation (float32, image by image: [n_images,
-        n_neurons] on the CPU), for the activation-weighted projection.
+    record_activations : also keep every activation, for the activation-weighted
+        projection: each batch's float32 activations go to an :class:`ActivationSpill` (a
+        temporary file, 4 bytes per neuron and image on disk) and each neuron's largest
+        finite |a| is tracked; :meth:`result` builds the float16 matrix from them and closes
+        the file. Call :meth:`close` (or use the accumulator as a context manager) to drop
+        an accumulator without building its result; :func:`compute_stimuli` does so itself
+        when the pass fails or is interrupted.
+    spill_dir : directory of that temporary file (default: the system's temporary
+        directory, i.e. ``TMPDIR``).
     """
 
     def __init__(self, layers: list[LayerInfo], n_images: int, k_stimuli: int,
                  k_responsive: int, device: torch.device | str = "cpu",
-                 record_batches: bool = False, record_activations: bool = False):
+                 record_batches: bool = False, record_activations: bool = False,
+                 spill_dir: str | os.PathLike | None = None):
         n = sum(li.channels for li in layers)
         if k_stimuli > n_images:
             raise ValueError(f"k_stimuli={k_stimuli} exceeds the {n_images} probe images")
@@ -192,8 +313,10 @@ class StimulusAccumulator:
         self.n_nonfinite = torch.zeros(n, dtype=torch.long, device=dev)
         self.n_seen = 0
         self.batch_sums: list[tuple[int, torch.Tensor]] | None = [] if record_batches else None
-        self.activations = torch.full((n_images, n), -torch.inf) if record_activations \
-            else None
+        # recorded activations: float32 rows in a temporary file, and max |a| per neuron
+        self.spill = ActivationSpill(n, spill_dir) if record_activations else None
+        self.abs_max = torch.zeros(n, dtype=torch.float32) if record_activations else None
+        self._built: dict | None = None  # the float16 activations once result() built them
         self.seen = torch.zeros(n_images, dtype=torch.bool)
         self.predicted = torch.full((n_images,), -1, dtype=torch.int32)
         self._neuron_ids = torch.arange(n, device=dev)
@@ -233,8 +356,35 @@ class StimulusAccumulator:
             top = logits.detach().argmax(dim=1).to(torch.int32)
             top[~torch.isfinite(logits.detach()).all(dim=1)] = -1
             self.predicted[rows] = top.cpu()
-        if self.activations is not None:
-            self.activations[rows] = acts.float().cpu()
+        if self.spill is not None:
+            self._record(acts, rows)
+
+    @property
+    def records_activations(self) -> bool:
+        return self.spill is not None
+
+    def _record(self, acts: torch.Tensor, rows: torch.Tensor) -> None:
+        """Spill a batch's activations and fold it into each neuron's largest finite |a|."""
+        if self._built is not None:
+            raise RuntimeError("this accumulator's activations were already read out by "
+                               "result(); start a new accumulator")
+        a = acts.detach().float().cpu().contiguous()
+        if a.shape[0]:
+            magnitude = a.abs().nan_to_num_(nan=0.0, posinf=0.0)
+            self.abs_max = torch.maximum(self.abs_max, magnitude.amax(dim=0))
+            self.spill.append(a.numpy(), rows.numpy())
+
+    def close(self) -> None:
+        """Remove the temporary file of the recorded activations (if any); the result can
+        then no longer be built unless it was already."""
+        if self.spill is not None:
+            self.spill.close()
+
+    def __enter__(self) -> StimulusAccumulator:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def count_nonfinite(self, acts: torch.Tensor) -> torch.Tensor:
         """Count NaN/inf per neuron and replace them by -inf in place; returns the mask."""
@@ -258,8 +408,18 @@ class StimulusAccumulator:
         self.n_positive += other.n_positive.to(self.n_positive.device)
         self.n_nonfinite += other.n_nonfinite.to(self.n_nonfinite.device)
         self.n_seen += other.n_seen
-        if self.activations is not None:
-            self.activations[other.seen] = other.activations[other.seen]
+        if (self.spill is None) != (other.spill is None):
+            raise ValueError("cannot merge an accumulator that records activations with one "
+                             "that does not")
+        if self.spill is not None:
+            if self._built is not None:
+                raise RuntimeError("this accumulator's activations were already read out by "
+                                   "result(); merge before building the result")
+            if other._built is not None:
+                raise RuntimeError("the other accumulator's activations were already read "
+                                   "out by result(); merge before building the result")
+            self.spill.extend(other.spill)
+            self.abs_max = torch.maximum(self.abs_max, other.abs_max)
         self.predicted[other.seen] = other.predicted[other.seen]
         self.seen |= other.seen
 
@@ -299,16 +459,28 @@ class StimulusAccumulator:
         )
 
     def _scaled_activations(self) -> dict:
-        if self.activations is None:
+        """float16 [n_neurons, n_images] a / scale (scale: each neuron's largest finite |a|,
+        1 where it is 0; images never seen stay -inf), built from the spilled rows block by
+        block; the temporary file is closed afterwards and the matrix kept for later calls."""
+        if self.spill is None:
             return {}
-        a = self.activations
-        magnitude = a.abs()
-        if not bool(torch.isfinite(magnitude).all()):
-            magnitude = torch.where(torch.isfinite(magnitude), magnitude, 0.0)
-        scale = magnitude.amax(dim=0)
-        scale = torch.where(scale > 0, scale, 1.0)
-        return {"activations": (a / scale).t().contiguous().half().numpy(),
-                "activation_scale": scale.numpy().astype(np.float32)}
+        if self._built is None:
+            if self.spill.closed and self.spill.rows:
+                raise RuntimeError("the recorded activations were discarded (close() was "
+                                   "called before result())")
+            scale = torch.where(self.abs_max > 0, self.abs_max, 1.0)
+            out = np.full((self.n_neurons, self.n_images), -np.inf, dtype=np.float16)
+            for ids, rows in self.spill.blocks():
+                half = (torch.from_numpy(rows) / scale).half().numpy()
+                lo, hi = int(ids[0]), int(ids[-1]) + 1
+                if hi - lo == len(ids) and np.array_equal(ids, np.arange(lo, hi)):
+                    out[:, lo:hi] = half.T
+                else:
+                    out[:, ids] = half.T
+            self.spill.close()
+            self._built = {"activations": out,
+                           "activation_scale": scale.numpy().astype(np.float32)}
+        return dict(self._built)
 
 
 def merge_shards(shards: list[StimulusAccumulator | None]) -> StimulusAccumulator:
@@ -328,6 +500,7 @@ def merge_shards(shards: list[StimulusAccumulator | None]) -> StimulusAccumulato
     out = parts[0]
     for other in parts[1:]:
         out.merge(other)
+        other.close()  # its activations, if recorded, are in out's file now
     recorded = [s.batch_sums for s in parts]
     if all(r is not None for r in recorded):
         batches = sorted((item for r in recorded for item in r), key=lambda item: item[0])
@@ -355,6 +528,7 @@ def compute_stimuli(adapter: ModelAdapter,
                     context: str = "", accumulator: StimulusAccumulator | None = None,
                     channels_last: bool = False, record_batches: bool = False,
                     record_activations: bool = False,
+                    spill_dir: str | os.PathLike | None = None,
                     progress: Callable[[int], None] | None = None) -> StimulusAccumulator:
     """Stream ``batches`` of (images [B, C, H, W], image ids [B]) through the model.
 
@@ -368,7 +542,12 @@ def compute_stimuli(adapter: ModelAdapter,
     accumulator : continue an existing accumulator.
     record_batches : keep each batch's sums in the new accumulator, for :func:`merge_shards`
         (a shard of a distributed pass: ``batches`` are then whole batches of the full pass).
-    record_activations : keep every activation (see :class:`StimulusAccumulator`).
+    record_activations : keep every activation (see :class:`StimulusAccumulator`): about
+        2 bytes per neuron and image of memory for the result, and a temporary file of 4 bytes
+        per neuron and image in ``spill_dir`` (default: the system's temporary directory)
+        until ``.result()`` is built. If the pass fails or is interrupted (KeyboardInterrupt
+        too), the file of an accumulator this call created is removed before the exception
+        propagates.
     channels_last : feed the images in channels-last layout (about 2x faster convolutions on
         CPUs when the model's weights are channels-last too; results are the same).
     progress : called with the number of images of each finished batch.
@@ -393,7 +572,7 @@ def compute_stimuli(adapter: ModelAdapter,
                 if acc is None:
                     acc = StimulusAccumulator(adapter.layers_, n_images, k_stimuli,
                                               k_responsive, device, record_batches,
-                                              record_activations)
+                                              record_activations, spill_dir)
                 # locations are needed only where an image can enter a neuron's top-k
                 acts, where, logits = adapter.activations(images, acc.top_act[:, -1].float())
                 if not torch.isfinite(acts).all():
@@ -407,6 +586,10 @@ def compute_stimuli(adapter: ModelAdapter,
                 acc.update(acts, where, ids, logits)
                 if progress is not None:
                     progress(images.shape[0])
+    except BaseException:
+        if acc is not None and acc is not accumulator:
+            acc.close()  # the temporary file of the recorded activations goes with it
+        raise
     finally:
         model.train(was_training)
     if acc is None:

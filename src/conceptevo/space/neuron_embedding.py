@@ -11,10 +11,20 @@ updates one pair at a time in Python; here a mini-batch of pairs is processed wi
 operations and the updates are scattered back with ``index_add_`` (updates of a neuron that
 appears several times in a batch add up, as they would, one after the other, in the per-pair
 loop, up to second-order terms of the small learning rate).
+
+On the CPU ``fit`` runs with one PyTorch thread (``num_threads``), whatever the process's
+setting, and restores that setting afterwards. Each batch's operations are tiny (2,048 pairs x
+30 dimensions), so extra threads never pay; worse, when other processes compete for the
+cores, OpenMP's worker threads wait for each other at every one of the thousands of small
+operations. On the 2-core machine of benchmarks/bench_space.py (4,224 neurons, 20 epochs,
+``neuron_embedding_threads``), with 0, 1 and 2 CPU-bound processes alongside, the 2-thread fit
+took 28, 85 and 157 s, the 1-thread fit 1.3, 2.3 and 3.3 s (and the reference's per-pair
+loop 28, 63 and 96 s). The result is the same with any thread count.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import numpy as np
@@ -48,6 +58,10 @@ class NeuronEmbedding:
     init_range : embeddings start uniform in [-init_range, init_range] (reference 0.5).
     seed : seeds the initialisation, the pairing and the negatives.
     device : "cpu" or a CUDA device.
+    num_threads : PyTorch CPU threads while fitting (default 1, see the module docstring);
+        the process's setting is restored afterwards. None keeps the process's setting.
+        The embedding is deterministic for a seed; with 1 thread it does not depend on the
+        process's thread count either.
 
     Attributes
     ----------
@@ -60,10 +74,26 @@ class NeuronEmbedding:
 
     def __init__(self, dim: int = 30, epochs: int = 20, lr: float = 0.01, negatives: int = 3,
                  batch_size: int = 2048, init_range: float = 0.5, seed: int = 0,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", num_threads: int | None = 1):
         self.dim, self.epochs, self.lr, self.negatives = dim, epochs, lr, negatives
         self.batch_size, self.init_range, self.seed, self.device = (batch_size, init_range,
                                                                     seed, device)
+        self.num_threads = num_threads
+
+    @contextlib.contextmanager
+    def _threads(self):
+        """``num_threads`` PyTorch threads for the block (CPU only), then the previous count."""
+        if self.num_threads is None or torch.device(self.device).type != "cpu":
+            yield
+            return
+        previous = torch.get_num_threads()
+        if previous != self.num_threads:
+            torch.set_num_threads(self.num_threads)
+        try:
+            yield
+        finally:
+            if torch.get_num_threads() != previous:
+                torch.set_num_threads(previous)
 
     def fit(self, coact: CoActivation, progress: Callable[[int], None] | None = None,
             init: np.ndarray | None = None) -> NeuronEmbedding:
@@ -71,6 +101,11 @@ class NeuronEmbedding:
 
         ``init`` (float [n_neurons, dim]) replaces the random initialisation (a warm start).
         """
+        with self._threads():
+            return self._fit(coact, progress, init)
+
+    def _fit(self, coact: CoActivation, progress: Callable[[int], None] | None,
+             init: np.ndarray | None) -> NeuronEmbedding:
         g = torch.Generator().manual_seed(self.seed)
         n = coact.n_neurons
         emb = (torch.rand(n, self.dim, generator=g) * 2 - 1) * self.init_range

@@ -98,6 +98,7 @@ def ensure_base_stimuli(cfg: StudyConfig, ws: Workspace, probe: ProbeSet,
                                  len(probe), k_stimuli=cfg.stimuli.k_stimuli,
                                  k_responsive=cfg.stimuli.k_responsive, device=device,
                                  context=f"base model {ckpt}", record_activations=activations,
+                                 spill_dir=ws.root,
                                  progress=bar.update).result()
     arrays = {name: getattr(result, name) for name in StimuliResult.ARRAYS}
     if activations:
