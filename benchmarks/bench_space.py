@@ -226,18 +226,7 @@ def reference_gd_trajectory(stimuli: np.ndarray, v: np.ndarray, n_images: int, l
     iterations it needs to stop (RMSE < ``stop`` within ``max_iter``), then run on to
     ``target`` (our RMSE) within ``extra_max_iter`` iterations in all."""
     order, stimulated_by = reference_image_order(stimuli)
-    n, k = stimuli.shape
-    ptr = np.zeros(n_images + 1, dtype=np.int64)
-    for x, ns in stimulated_by.items():
-        ptr[x + 1] = len(ns)
-    ptr = np.cumsum(ptr)
-    neurons_of = np.zeros(ptr[-1], dtype=np.int64)
-    for x, ns in stimulated_by.items():
-        neurons_of[ptr[x]:ptr[x + 1]] = ns
-    inv_k = np.full(n, 1.0 / k)
-    a = sp.csr_matrix((np.repeat(inv_k, k), (np.repeat(np.arange(n), k),
-                                             np.asarray(stimuli).reshape(-1))),
-                      shape=(n, n_images))
+    ptr, neurons_of, inv_k, a = _gd_layout(stimuli, stimulated_by, n_images)
     e = np.random.default_rng(seed).random((n_images, v.shape[1])) - 0.5
     order_arr = np.asarray(order, dtype=np.int64)
     sweep = _gd_kernel()
@@ -268,14 +257,9 @@ def reference_gd_trajectory(stimuli: np.ndarray, v: np.ndarray, n_images: int, l
     return out
 
 
-def check_gd_kernel(stimuli: np.ndarray, v: np.ndarray, n_images: int, lr: float = 0.1,
-                    seed: int = 0) -> float:
-    """Max |difference| between one iteration of the compiled update and of the reference's
-    Python loops, from the same start."""
-    traj_e = np.random.default_rng(seed).random((n_images, v.shape[1])) - 0.5
-    loop_e = traj_e.copy()
-    order, stimulated_by = reference_image_order(stimuli)
-    reference_gd_iteration_loop(stimuli, stimulated_by, v, loop_e, lr)
+def _gd_layout(stimuli: np.ndarray, stimulated_by: dict, n_images: int):
+    """What the compiled update reads: for each image the neurons it stimulates (CSR:
+    ``ptr``, ``neurons_of``), 1/k per neuron, and the averaging matrix A [n, n_images]."""
     n, k = stimuli.shape
     ptr = np.zeros(n_images + 1, dtype=np.int64)
     for x, ns in stimulated_by.items():
@@ -288,6 +272,18 @@ def check_gd_kernel(stimuli: np.ndarray, v: np.ndarray, n_images: int, lr: float
     a = sp.csr_matrix((np.repeat(inv_k, k), (np.repeat(np.arange(n), k),
                                              np.asarray(stimuli).reshape(-1))),
                       shape=(n, n_images))
+    return ptr, neurons_of, inv_k, a
+
+
+def check_gd_kernel(stimuli: np.ndarray, v: np.ndarray, n_images: int, lr: float = 0.1,
+                    seed: int = 0) -> float:
+    """Max |difference| between one iteration of the compiled update and of the reference's
+    Python loops, from the same start."""
+    traj_e = np.random.default_rng(seed).random((n_images, v.shape[1])) - 0.5
+    loop_e = traj_e.copy()
+    order, stimulated_by = reference_image_order(stimuli)
+    reference_gd_iteration_loop(stimuli, stimulated_by, v, loop_e, lr)
+    ptr, neurons_of, inv_k, a = _gd_layout(stimuli, stimulated_by, n_images)
     residual = np.asarray(a @ traj_e) - v
     _gd_kernel()(np.asarray(order, dtype=np.int64), ptr, neurons_of, inv_k, traj_e, residual,
                  lr)

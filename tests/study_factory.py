@@ -9,7 +9,12 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -94,3 +99,34 @@ def check_version(arrays: dict) -> int:
     for name in ("embedding", "coords", "pad"):
         assert (arrays[name] == v).all(), f"{name} mixes versions"
     return int(v)
+
+
+@contextmanager
+def running(root: Path, **options):
+    """The uvicorn server exactly as ``serve(root, **options)`` configures it, in a thread on
+    a free port of ``options["host"]`` (127.0.0.1): yields (port, captured uvicorn options)."""
+    import uvicorn
+
+    from conceptevo.serve.app import serve
+
+    captured = {}
+    with mock.patch.object(uvicorn, "run", lambda app, **kw: captured.update(kw, app=app)):
+        serve(root, port=0, **options)
+    app = captured.pop("app")
+    sock = socket.socket(socket.AF_INET)
+    sock.bind((captured["host"], 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, **{k: v for k, v in captured.items()
+                                    if k not in ("host", "port")})
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive()
+            time.sleep(0.02)
+        yield port, captured
+    finally:
+        server.should_exit = True
+        thread.join(30)

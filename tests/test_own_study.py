@@ -214,14 +214,18 @@ def test_layers_infers_the_input_size_or_names_the_one_that_fits(tmp_path, cli):
     assert "does not take 64x64 images" in err and "--input-size 28" in err
 
 
-def lenet_study(tmp_path, image_size: str = "") -> object:
-    images = write_image_folder(tmp_path / "images", size=40)
+def model_study(tmp_path, images, model_class, arch: str, epochs: int = 2):
+    """Checkpoints of ``model_class`` (random weights per epoch) and a study of them."""
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
-    for epoch in range(2):
-        torch.save(randomise(LeNet(), epoch).state_dict(), ckpt / f"epoch_{epoch}.pt")
-    cfg = write_study(tmp_path, images, (ckpt / "epoch_{epoch}.pt").as_posix(),
-                      arch="conftest:build_lenet")
+    for epoch in range(epochs):
+        torch.save(randomise(model_class(), epoch).state_dict(), ckpt / f"epoch_{epoch}.pt")
+    return write_study(tmp_path, images, (ckpt / "epoch_{epoch}.pt").as_posix(), arch=arch)
+
+
+def lenet_study(tmp_path, image_size: str = "") -> object:
+    images = write_image_folder(tmp_path / "images", size=40)
+    cfg = model_study(tmp_path, images, LeNet, "conftest:build_lenet")
     cfg.write_text(cfg.read_text().replace("image_size = 16\n", image_size) + SPACE)
     return cfg
 
@@ -392,12 +396,7 @@ def test_logits_are_found_in_tuples_dicts_and_by_key():
 def test_a_model_returning_a_dict_builds_and_ranks_importance(tmp_path, cli, image_folder):
     from conftest import DictOutputVGG
 
-    ckpt = tmp_path / "ckpt"
-    ckpt.mkdir()
-    for epoch in range(2):
-        torch.save(randomise(DictOutputVGG(), epoch).state_dict(), ckpt / f"epoch_{epoch}.pt")
-    cfg = write_study(tmp_path, image_folder, (ckpt / "epoch_{epoch}.pt").as_posix(),
-                      arch="conftest:build_dict_vgg")
+    cfg = model_study(tmp_path, image_folder, DictOutputVGG, "conftest:build_dict_vgg")
     cfg.write_text(cfg.read_text() + SPACE)
     assert cli("build", "--config", cfg)[0] == 0
     code, _, err = cli("importance", "--config", cfg, "--run", "a", "--class", "cat")

@@ -7,14 +7,13 @@ from __future__ import annotations
 import os
 import pickle
 import socket
-import threading
 import time
 import warnings
 
 import pytest
 import torch
 from conftest import TinyVGG, randomise, write_study
-from study_factory import served_workspace
+from study_factory import running, served_workspace
 
 from conceptevo.cli import build_parser, main
 from conceptevo.config import load_config
@@ -239,25 +238,8 @@ def _raw(port: int, request: bytes, trickle: bool = False) -> bytes:
 
 def test_the_real_server_refuses_huge_requests_and_traversal(served, monkeypatch):
     """The uvicorn server as ``conceptevo serve`` configures it, on a free local port."""
-    import uvicorn
-
     ws, _ = served
-    captured = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: captured.update(kwargs, app=app))
-    serve_app.serve(ws.root, port=0)
-    app = captured.pop("app")
-    sock = socket.socket()
-    sock.bind((captured.pop("host"), 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, **{k: v for k, v in captured.items()
-                                                   if k != "port"}))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert time.monotonic() < deadline and thread.is_alive()
-            time.sleep(0.02)
+    with running(ws.root) as (port, _):
         ok = _raw(port, b"GET /api/study HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         assert ok.startswith(b"HTTP/1.1 200") and b"access-control" not in ok.lower()
         close = b"Host: 127.0.0.1\r\nConnection: close\r\n"
@@ -280,9 +262,6 @@ def test_the_real_server_refuses_huge_requests_and_traversal(served, monkeypatch
             status = reply.split(b" ", 2)[1] if reply else b"000"
             assert status.startswith(b"4"), (path, reply[:200])
             assert not _leaks(reply.decode("latin-1"))
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 def test_study_data_builds_paths_from_validated_values_only(served):

@@ -15,10 +15,9 @@ import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from unittest import mock
 
 import pytest
-from study_factory import served_workspace, write_version
+from study_factory import running, served_workspace, write_version
 
 from conceptevo.errors import ConfigError
 from conceptevo.serve import app as serve_app
@@ -46,35 +45,6 @@ def served(tmp_path_factory):
     files restore them."""
     ws = served_workspace(tmp_path_factory.mktemp("hardening") / "ws")
     return ws, TestClient(serve_app.create_app(ws.root))
-
-
-@contextmanager
-def running(root: Path, **options):
-    """The uvicorn server exactly as ``serve(root, **options)`` configures it, in a thread on
-    a free port of ``options["host"]`` (127.0.0.1): yields (port, captured uvicorn options)."""
-    import uvicorn
-
-    captured = {}
-    with mock.patch.object(uvicorn, "run", lambda app, **kw: captured.update(kw, app=app)):
-        serve_app.serve(root, port=0, **options)
-    app = captured.pop("app")
-    sock = socket.socket(socket.AF_INET)
-    sock.bind((captured["host"], 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, **{k: v for k, v in captured.items()
-                                    if k not in ("host", "port")})
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert time.monotonic() < deadline and thread.is_alive()
-            time.sleep(0.02)
-        yield port, captured
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 def _get(port: int, path: str, host: str = "127.0.0.1", timeout: float = 10):
