@@ -39,7 +39,7 @@ def test_selection_errors_name_the_layer_and_suggest():
         select_layers(model, "layer1.0.conv")
     with pytest.raises(LayerSelectionError, match="matches no module"):
         select_layers(model, "block*.conv")
-    with pytest.raises(LayerSelectionError, match="no nn.Conv2d"):
+    with pytest.raises(LayerSelectionError, match="neither an nn.Conv2d nor a transformer MLP"):
         select_layers(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)))
 
 

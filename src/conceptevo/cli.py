@@ -12,17 +12,20 @@ from . import __version__
 from .errors import ConceptEvoError, ConfigError
 
 
-def _kwargs(text: str | None) -> dict:
+def _json_table(text: str | None, option: str, example: str) -> dict:
     if not text:
         return {}
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ConfigError(f"--kwargs must be a JSON object like '{{\"num_classes\": 10}}': {e}"
-                          ) from None
+        raise ConfigError(f"{option} must be a JSON object like '{example}': {e}") from None
     if not isinstance(value, dict):
-        raise ConfigError("--kwargs must be a JSON object like '{\"num_classes\": 10}'")
+        raise ConfigError(f"{option} must be a JSON object like '{example}'")
     return value
+
+
+def _kwargs(text: str | None) -> dict:
+    return _json_table(text, "--kwargs", '{"num_classes": 10}')
 
 
 @contextmanager
@@ -55,15 +58,24 @@ def cmd_layers(args) -> int:
     size = _layers_input_size(model, args.arch, args.input_size)
     output = int(args.output) if args.output and args.output.lstrip("-").isdigit() \
         else args.output
-    adapter = ModelAdapter(model, args.layers, "max", output)
+    layouts = _json_table(args.layouts, "--layouts", '{"blocks.0.mlp.act": "tokens"}')
+    adapter = ModelAdapter(model, args.layers, "max", output, layouts, args.tokens)
     infos = adapter.describe(torch.zeros(1, 3, size, size))
+    if adapter.default_rule:
+        print(f"layers: {adapter.default_rule} (the default for this model; --layers to "
+              "choose)")
     width = max(len(i.name) for i in infos)
-    print(f"{'layer':<{width}}  {'type':<12} {'channels':>8}  {'map':>9}  neurons")
+    print(f"{'layer':<{width}}  {'type':<12} {'layout':<9} {'channels':>8}  {'map':>9}  "
+          "neurons")
     for info in infos:
         hw = f"{info.map_size[0]}x{info.map_size[1]}"
-        print(f"{info.name:<{width}}  {info.type:<12} {info.channels:>8}  {hw:>9}  "
-              f"{info.offset}-{info.offset + info.channels - 1}")
+        layout = info.layout + (f"+{info.prefix}" if info.prefix else "")
+        print(f"{info.name:<{width}}  {info.type:<12} {layout:<9} {info.channels:>8}  "
+              f"{hw:>9}  {info.offset}-{info.offset + info.channels - 1}")
     print(f"{len(infos)} layers, {sum(i.channels for i in infos)} neurons "
+          f"(input {size}x{size}; layout tokens+N: N class/register tokens before the patch "
+          "grid)" if any(i.prefix for i in infos) else
+          f"{len(infos)} layers, {sum(i.channels for i in infos)} neurons "
           f"(input {size}x{size})")
     return 0
 
@@ -320,6 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "head takes)")
     p.add_argument("--output", help="key or index of the logits when the model returns a "
                                     "tuple or a dict")
+    p.add_argument("--layouts", help="JSON object: layer (or glob) -> conv, nhwc, tokens or "
+                                     "flat, for layers whose layout cannot be detected")
+    p.add_argument("--tokens", default="patches", choices=("patches", "all", "cls"),
+                   help="how a token layer's neurons are read (default: over its patch "
+                        "tokens)")
     p.add_argument("--trust-checkpoints", action="store_true",
                    help="allow checkpoints that contain arbitrary pickled objects")
     p.set_defaults(func=cmd_layers)

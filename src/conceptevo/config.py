@@ -110,6 +110,25 @@ class ModelConfig:
     layers: str | list[str] | None = None
     reduction: str = "max"
     output: str | int | None = bounded(None, -64, 63)
+    layouts: dict | None = None
+    tokens: str = "patches"
+    patch_margin: float = bounded(0.5, 0, 16, why="patches around a token's patch")
+
+    def adapter_options(self) -> dict:
+        """Keyword arguments of :class:`~conceptevo.models.adapter.ModelAdapter` besides the
+        model: what to probe and how."""
+        return {"layers": self.layers, "reduction": self.reduction, "output": self.output,
+                "layouts": self.layouts, "tokens": self.tokens}
+
+    def neuron_key(self) -> dict:
+        """What defines the neurons, for cache keys (defaults left out: keys of workspaces
+        built before layouts existed stay valid)."""
+        key = {"layers": self.layers, "reduction": self.reduction}
+        if self.layouts:
+            key["layouts"] = self.layouts
+        if self.tokens != "patches":
+            key["tokens"] = self.tokens
+        return key
 
     def validate(self, where: str) -> None:
         if not self.arch:
@@ -121,6 +140,15 @@ class ModelConfig:
         if self.reduction not in ("max", "mean"):
             raise ConfigError(f"[{where}] reduction must be \"max\" or \"mean\", "
                               f"not {self.reduction!r}")
+        from .models.layouts import LAYOUTS, TOKEN_MODES
+
+        if self.tokens not in TOKEN_MODES:
+            raise ConfigError(f"[{where}] tokens must be one of "
+                              f"{', '.join(map(repr, TOKEN_MODES))}, not {self.tokens!r}")
+        for layer, kind in (self.layouts or {}).items():
+            if kind not in LAYOUTS:
+                raise ConfigError(f"[{where}] layouts: {layer!r} = {kind!r} is not a layout; "
+                                  f"use one of {', '.join(map(repr, LAYOUTS))}")
 
 
 @dataclass

@@ -80,7 +80,8 @@ class Monitor:
         when the space projects by stimuli or when no space will be built.
     classes : the class folder names of ``probe`` (a directory) in the model's output order
         (default: ``classes.txt`` in it, else the sorted folder names; see docs).
-    output : where the logits are in the model's output (see :class:`ModelAdapter`).
+    output, layouts, tokens : where the logits are in the model's output, the layout of
+        layers that cannot be detected, how token layers are read (see :class:`ModelAdapter`).
     verbose : print one line per snapshot with its cost.
 
     A Monitor started again on the same workspace and run (a resumed training) continues the
@@ -97,7 +98,8 @@ class Monitor:
                  on_flag: Callable[[Flag], None] | None = None,
                  thresholds: DiagnosisThresholds | None = None,
                  record_activations: bool = True, classes: Sequence[str] | None = None,
-                 output: str | int | None = None, verbose: bool = True):
+                 output: str | int | None = None, layouts: dict | None = None,
+                 tokens: str = "patches", verbose: bool = True):
         if every < 1 or (every_steps is not None and every_steps < 1):
             raise ConfigError("every and every_steps must be >= 1")
         if any(c in run for c in "/\\:*?\"<>|") or run.startswith("."):
@@ -107,6 +109,7 @@ class Monitor:
         atomic.clean_temporaries(self.ws.path("stimuli", run))
         self.probe = self._probe(probe, per_class, image_size, mean, std, classes)
         self.run, self.layers, self.reduction, self.output = run, layers, reduction, output
+        self.layouts, self.tokens = layouts, tokens
         self.every, self.every_steps = every, every_steps
         self.k_stimuli, self.k_responsive, self.batch_size = k_stimuli, k_responsive, batch_size
         self.save_checkpoints, self.on_flag, self.verbose = save_checkpoints, on_flag, verbose
@@ -218,7 +221,8 @@ class Monitor:
         device = next(model.parameters()).device
         if self._adapter is None or self._adapter.model is not model:
             self._check_input_size(model)
-            self._adapter = ModelAdapter(model, self.layers, self.reduction, self.output)
+            self._adapter = ModelAdapter(model, self.layers, self.reduction, self.output,
+                                         self.layouts, self.tokens)
         with preserved_rng():
             t = time.perf_counter()
             acc = compute_stimuli(self._adapter, self.probe.batches(self.batch_size, device),

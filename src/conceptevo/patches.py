@@ -7,6 +7,11 @@ gradient along one path per input; over many inputs every path is taken). The fi
 at (h, w) is that of the centre unit shifted by the layer's stride. A field cut by the image
 border is as large as the image in that direction.
 
+A token of a vision transformer sees the whole image (attention), so its gradient support is
+no useful crop: a patch token's field is its patch, widened by ``margin`` patches on each side
+(``[model] patch_margin``, default 0.5: a crop two patches wide). A class token's field is the
+whole image.
+
 Patches are cropped from the probe images as the model saw them (``ProbeSet.images``), clipped
 at the image border (a field larger than the image gives the whole image).
 """
@@ -62,13 +67,26 @@ class ReceptiveField:
         return top, left, bottom, right
 
 
+def token_field(grid: tuple[int, int], image_size: tuple[int, int], margin: float = 0.5
+                ) -> ReceptiveField:
+    """The field of a patch token on a ``grid`` of patches: its patch and ``margin`` patches
+    around it."""
+    sh, sw = image_size[0] / grid[0], image_size[1] / grid[1]
+    size = (int(round(sh * (1 + 2 * margin))), int(round(sw * (1 + 2 * margin))))
+    return ReceptiveField((min(size[0], image_size[0]), min(size[1], image_size[1])),
+                          (sh, sw), (sh / 2, sw / 2))
+
+
 def receptive_fields(adapter: ModelAdapter, image_size: tuple[int, int], n_inputs: int = 16,
-                     seed: int = 0, device: torch.device | str = "cpu"
+                     seed: int = 0, device: torch.device | str = "cpu", margin: float = 0.5
                      ) -> list[ReceptiveField]:
-    """The receptive field of every probed layer of ``adapter`` (see the module docstring)."""
+    """The receptive field of every probed layer of ``adapter`` (see the module docstring);
+    ``margin``: patches around a token's patch."""
     model = adapter.model
     was_training = model.training
     model.eval()
+    if adapter.layers_ is None:
+        adapter.describe(torch.zeros(1, 3, *image_size, device=device))
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n_inputs, 3, *image_size, generator=g).to(device).requires_grad_(True)
     outs: dict[int, torch.Tensor] = {}
@@ -81,9 +99,15 @@ def receptive_fields(adapter: ModelAdapter, image_size: tuple[int, int], n_input
         with torch.enable_grad(), adapter.hooks(keep):
             model(x)
             fields = []
-            for i in range(len(adapter.layer_names)):
-                out = outs[i]
-                if out.dim() != 4:
+            for i, info in enumerate(adapter.layers_):
+                if info.layout == "tokens":
+                    fields.append(token_field(info.map_size, image_size, margin)
+                                  if info.map_size != (1, 1) else
+                                  ReceptiveField(tuple(image_size), (1.0, 1.0),
+                                                 (image_size[0] / 2, image_size[1] / 2)))
+                    continue
+                out = adapter.maps(i, outs[i])
+                if info.layout == "flat":
                     fields.append(ReceptiveField(tuple(image_size), (1.0, 1.0),
                                                  (image_size[0] / 2, image_size[1] / 2)))
                     continue
@@ -108,7 +132,9 @@ def receptive_fields(adapter: ModelAdapter, image_size: tuple[int, int], n_input
 
 
 def cached_receptive_fields(ws, arch: str, kwargs: dict, layers, image_size: tuple[int, int],
-                            allow_code: bool = False) -> list[ReceptiveField]:
+                            allow_code: bool = False, layouts: dict | None = None,
+                            tokens: str = "patches", margin: float = 0.5
+                            ) -> list[ReceptiveField]:
     """The receptive fields of ``arch``'s probed layers, cached in the workspace
     (``patches/receptive_fields.json``).
 
@@ -124,6 +150,9 @@ def cached_receptive_fields(ws, arch: str, kwargs: dict, layers, image_size: tup
     from .workspace import atomic
 
     key = json.dumps([arch, kwargs, layers, list(image_size)], sort_keys=True)
+    if layouts or tokens != "patches" or margin != 0.5:  # (keys of earlier stores unchanged)
+        key = json.dumps([arch, kwargs, layers, list(image_size), layouts or {}, tokens,
+                          margin], sort_keys=True)
     path = ws.path("patches", "receptive_fields.json")
     try:
         cache = ws.read_json(path, {})
@@ -142,8 +171,10 @@ def cached_receptive_fields(ws, arch: str, kwargs: dict, layers, image_size: tup
         from .models.registry import build_model
 
         torch.manual_seed(0)
-        adapter = ModelAdapter(build_model(arch, kwargs), layers, "max")
-        cache[key] = [f.to_dict() for f in receptive_fields(adapter, tuple(image_size))]
+        adapter = ModelAdapter(build_model(arch, kwargs), layers, "max", layouts=layouts,
+                               tokens=tokens)
+        cache[key] = [f.to_dict() for f in receptive_fields(adapter, tuple(image_size),
+                                                            margin=margin)]
         atomic.write_json(ws.contained(path, write=True), cache)
     return [ReceptiveField.from_dict(d) for d in cache[key]]
 

@@ -184,7 +184,7 @@ def run_model(cfg: StudyConfig, run_name: str, device: torch.device | str = "cpu
     # channels-last weights (and inputs, see compute_stimuli) make convolutions about twice as
     # fast on CPUs; checkpoints load into them unchanged
     model = cfg.build_model(arch, kwargs).to(device, memory_format=torch.channels_last).eval()
-    adapter = ModelAdapter(model, cfg.model.layers, cfg.model.reduction, cfg.model.output)
+    adapter = ModelAdapter(model, **cfg.model.adapter_options())
     return RunModel(run.name, arch, kwargs, checkpoints, model, adapter)
 
 
@@ -273,8 +273,8 @@ def stimuli_key(cfg: StudyConfig, probe: ProbeSet, rm: RunModel, ckpt: Checkpoin
     stat = ckpt.path.stat()
     return stable_hash({
         "probe": probe.info.get("fingerprint") or probe.fingerprint(),
-        "arch": rm.arch, "kwargs": rm.kwargs, "layers": cfg.model.layers,
-        "reduction": cfg.model.reduction, "k_stimuli": cfg.stimuli.k_stimuli,
+        "arch": rm.arch, "kwargs": rm.kwargs, **cfg.model.neuron_key(),
+        "k_stimuli": cfg.stimuli.k_stimuli,
         "k_responsive": cfg.stimuli.k_responsive, "checkpoint": str(ckpt.path.resolve()),
         "activations": cfg.space.records_activations,
         "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
@@ -439,8 +439,8 @@ def preflight(cfg: StudyConfig) -> None:
         if stable_hash([arch, kwargs]) in seen:
             continue
         seen.add(stable_hash([arch, kwargs]))
-        adapter = ModelAdapter(cfg.build_model(arch, kwargs).eval(), cfg.model.layers,
-                               cfg.model.reduction, cfg.model.output)
+        adapter = ModelAdapter(cfg.build_model(arch, kwargs).eval(),
+                               **cfg.model.adapter_options())
         adapter.describe(torch.zeros(1, 3, size, size))
         if cfg.stimuli.k_responsive > adapter.n_neurons:
             raise ConfigError(f"[stimuli] k_responsive = {cfg.stimuli.k_responsive} exceeds "
@@ -700,7 +700,9 @@ def store_receptive_fields(cfg: StudyConfig, ws: Workspace) -> None:
     size = (cfg.probe.image_size, cfg.probe.image_size)
     for run in cfg.runs:
         arch, kwargs = cfg.arch_of(run)
-        cached_receptive_fields(ws, arch, kwargs, cfg.model.layers, size, allow_code=cfg.allow_code)
+        cached_receptive_fields(ws, arch, kwargs, cfg.model.layers, size,
+                                allow_code=cfg.allow_code, layouts=cfg.model.layouts,
+                                tokens=cfg.model.tokens, margin=cfg.model.patch_margin)
 
 
 def run_build(cfg: StudyConfig) -> dict:

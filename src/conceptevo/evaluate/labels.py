@@ -50,7 +50,10 @@ class ConceptLabels:
 
 
 def _maps(adapter: ModelAdapter, x: torch.Tensor) -> list[torch.Tensor]:
-    """Every probed layer's output maps [B, C, h, w] (before in-place ops)."""
+    """Every probed layer's output maps [B, C, h, w] (before in-place ops; a token layer's
+    patch tokens reshaped to the patch grid, a [B, H, W, C] layer's channels moved first)."""
+    if adapter.layers_ is None:
+        adapter.describe(x[:1])
     outs: dict[int, torch.Tensor] = {}
 
     def keep(i: int, out: torch.Tensor) -> torch.Tensor:
@@ -59,8 +62,8 @@ def _maps(adapter: ModelAdapter, x: torch.Tensor) -> list[torch.Tensor]:
 
     with torch.no_grad(), adapter.hooks(keep):
         adapter.model(x)
-    return [(outs[i] if outs[i].dim() == 4 else outs[i][:, :, None, None]).float()
-            for i in range(len(outs))]
+    # every layout as maps [B, C, h, w]: a token layer's patch tokens on their grid
+    return [adapter.maps(i, outs[i]).float() for i in range(len(outs))]
 
 
 def bilinear_matrix(size_in: int, size_out: int) -> torch.Tensor:

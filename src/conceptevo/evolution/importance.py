@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..models.adapter import LayerInfo, ModelAdapter
+from ..models.layouts import Layout, index_channels, spatial_sum
 
 
 @contextmanager
@@ -55,9 +56,14 @@ def _check_finite(logits: torch.Tensor, which: str) -> None:
             "choose other epochs (--from / --to)")
 
 
-def _check_pair(adapter_t: ModelAdapter, adapter_t2: ModelAdapter) -> None:
+def _check_pair(adapter_t: ModelAdapter, adapter_t2: ModelAdapter,
+                x: torch.Tensor | None = None) -> None:
+    """Same layers; both described (their layouts known), on ``x[:1]`` if needed."""
     if adapter_t.layer_names != adapter_t2.layer_names:
         raise ValueError("the two checkpoints must be probed on the same layers")
+    for adapter in (adapter_t, adapter_t2):
+        if adapter.layers_ is None and x is not None:
+            adapter.describe(x[:1])
 
 
 def batch_sensitivity(adapter_t: ModelAdapter, adapter_t2: ModelAdapter, x: torch.Tensor,
@@ -67,7 +73,7 @@ def batch_sensitivity(adapter_t: ModelAdapter, adapter_t2: ModelAdapter, x: torc
     Both models must be in eval mode. One forward pass of M^t' (no gradient), one forward
     and one backward pass of M^t.
     """
-    _check_pair(adapter_t, adapter_t2)
+    _check_pair(adapter_t, adapter_t2, x)
     n_layers = len(adapter_t.layer_names)
     after: dict[int, torch.Tensor] = {}
 
@@ -96,7 +102,8 @@ def batch_sensitivity(adapter_t: ModelAdapter, adapter_t2: ModelAdapter, x: torc
     parts = []
     for i, g in enumerate(grads):
         delta = after[i] - before[i].detach()
-        parts.append((g * delta).flatten(2).sum(2) if g.dim() > 2 else g * delta)
+        # summed over every position of the map (every token of a token layer)
+        parts.append(spatial_sum(g * delta, adapter_t.layers_[i].shape_layout))
     return torch.cat(parts, dim=1)
 
 
@@ -210,12 +217,15 @@ def replace_channels(adapter: ModelAdapter, layer: int, channels: torch.Tensor,
     """While active, ``layer``'s output has ``channels`` replaced by ``source()`` (a tensor of
     the same shape, e.g. the other checkpoint's output for the same batch)."""
     module = adapter.modules[layer]
+    if adapter.layers_ is None:
+        raise RuntimeError("call adapter.describe(example_batch) first")
+    index = index_channels(adapter.layers_[layer].shape_layout, channels)
 
     def hook(mod, inputs, out):
         if channels.numel() == 0:
             return None
         new = out.clone()
-        new[:, channels] = source()[:, channels].to(new.dtype)
+        new[index] = source()[index].to(new.dtype)
         return new
 
     handle = module.register_forward_hook(hook)
@@ -256,6 +266,7 @@ def reversion_hits(adapter_t: ModelAdapter, adapter_t2: ModelAdapter, x: torch.T
     batch is repeated once per set (up to ``max_batch`` images), and a hook on each layer
     swaps the channels of its sets' copies.
     """
+    _check_pair(adapter_t, adapter_t2, x)
     maps_t, _ = capture_outputs(adapter_t, x)
     b = len(x)
     per_pass = max(1, max_batch // max(b, 1))
@@ -269,7 +280,8 @@ def reversion_hits(adapter_t: ModelAdapter, adapter_t2: ModelAdapter, x: torch.T
             if channels.numel():
                 swaps.setdefault(layer, []).append((k, channels.to(x.device)))
         handles = [adapter_t2.modules[layer].register_forward_hook(
-            _swap_hook(maps_t[layer], todo, g)) for layer, todo in swaps.items()]
+            _swap_hook(maps_t[layer], todo, g, adapter_t2.layers_[layer].shape_layout))
+            for layer, todo in swaps.items()]
         try:
             with torch.no_grad():
                 logits = adapter_t2.logits(x.repeat(g, *([1] * (x.dim() - 1))))
@@ -282,10 +294,13 @@ def reversion_hits(adapter_t: ModelAdapter, adapter_t2: ModelAdapter, x: torch.T
     return top1, top5
 
 
-def _swap_hook(source: torch.Tensor, swaps: list[tuple[int, torch.Tensor]], groups: int):
+def _swap_hook(source: torch.Tensor, swaps: list[tuple[int, torch.Tensor]], groups: int,
+               layout: Layout):
     """A forward hook for a batch of ``groups`` copies of the images: copy k takes the given
-    channels from ``source`` (the earlier checkpoint's output for the same images)."""
+    channels (on the layer's channel axis, ``layout``) from ``source`` (the earlier
+    checkpoint's output for the same images)."""
     b = source.shape[0]
+    last = layout.channel_axis != 1
 
     def hook(module, inputs, out):
         # no gradient here: swap in place, unless the module passed an input through (an
@@ -293,7 +308,11 @@ def _swap_hook(source: torch.Tensor, swaps: list[tuple[int, torch.Tensor]], grou
         if any(isinstance(i, torch.Tensor) and i.data_ptr() == out.data_ptr() for i in inputs):
             out = out.clone()
         for k, channels in swaps:
-            out[k * b:(k + 1) * b, channels] = source[:, channels].to(out.dtype)
+            rows = slice(k * b, (k + 1) * b)
+            if last:
+                out[rows, ..., channels] = source[..., channels].to(out.dtype)
+            else:
+                out[rows, channels] = source[:, channels].to(out.dtype)
         return out
 
     return hook

@@ -222,7 +222,7 @@ def _key(cfg: StudyConfig, ckpts: dict[int, Checkpoint], t: int, t2: int, class_
                         "probe": probe.info.get("fingerprint"),
                         "heldout": heldout.info.get("fingerprint") if heldout else None,
                         "bins": ic.bins, "draws": ic.random_draws, "seed": cfg.seed,
-                        "layers": cfg.model.layers, "reduction": cfg.model.reduction})
+                        **cfg.model.neuron_key()})
 
 
 def ensure_importance(cfg: StudyConfig, ws: Workspace, probe: ProbeSet,
@@ -261,9 +261,8 @@ def ensure_importance(cfg: StudyConfig, ws: Workspace, probe: ProbeSet,
             m = cfg.build_model(arch, kwargs)
             load_checkpoint(m, ckpts[e].path, cfg.trust_checkpoints, arch)
             models[e] = m.to(device, memory_format=torch.channels_last).eval()
-        a_t = ModelAdapter(models[t], cfg.model.layers, cfg.model.reduction, cfg.model.output)
-        a_t2 = ModelAdapter(models[t2], cfg.model.layers, cfg.model.reduction,
-                            cfg.model.output)
+        a_t = ModelAdapter(models[t], **cfg.model.adapter_options())
+        a_t2 = ModelAdapter(models[t2], **cfg.model.adapter_options())
         example = probe.tensor([0], device).contiguous(memory_format=torch.channels_last)
         a_t.describe(example)
         a_t2.describe(example)

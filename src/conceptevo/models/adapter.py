@@ -1,9 +1,10 @@
 """Probe the layers of any ``torch.nn.Module``.
 
 A *layer* is a module named by its qualified name in ``model.named_modules()`` (the names
-``print(model)`` shows). A *neuron* is one output channel of a layer. Its activation on an
-image is a single number obtained by reducing the channel's feature map over the spatial
-dimensions:
+``print(model)`` shows). A *neuron* is one output channel (hidden unit) of a layer, wherever
+the layer keeps its channels: [B, C, H, W], [B, H, W, C], [B, T, C] tokens or [B, C]
+(:mod:`.layouts` detects which). Its activation on an image is a single number obtained by
+reducing the channel's feature map (for tokens: the patch tokens) over its positions:
 
 * ``"max"`` (default, as in the paper's reference implementation): the largest value of the
   map. A neuron that detects a small part fires strongly wherever the part appears, so the
@@ -17,6 +18,11 @@ reference), because the reduction happens inside the forward hook.
 
 Neurons of all selected layers are numbered globally, layer after layer in the order of
 ``named_modules()``: neuron ``offset(layer) + channel``.
+
+Without a selection, a CNN is probed at every ``Conv2d`` and a transformer (a model with
+attention modules) at the MLP hidden layer of every block: the activation function after the
+expanding ``Linear`` (torchvision's ``mlp.1``, timm's ``mlp.act``, Hugging Face's
+``intermediate.intermediate_act_fn``).
 
 The model's logits are its output when that is a tensor. A model that returns a tuple or
 list (torchvision's GoogLeNet / Inception in training mode, many research models) gives its
@@ -37,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import LayerSelectionError
+from .layouts import TOKEN_MODES, Layout, as_maps, channels_of, detect_layouts
 
 LayerSelection = None | str | Sequence[str] | Callable[[str, nn.Module], bool]
 REDUCTIONS = ("max", "mean")
@@ -99,8 +106,10 @@ class LayerInfo:
     type : class name of the module (``Conv2d``, ...).
     channels : number of neurons (output channels).
     offset : global index of the layer's first neuron.
-    map_size : (H, W) of the layer's feature map for the probe image size; (1, 1) for a
-        layer whose output has no spatial dimensions.
+    map_size : (H, W) of the map a neuron's location indexes, for the probe image size: the
+        feature map, a token layer's patch grid, or (1, 1) for a layer without positions.
+    layout : where the layer's output keeps its channels (:data:`.layouts.LAYOUTS`).
+    prefix : class / register tokens before the patch tokens (a ``tokens`` layer).
     """
 
     name: str
@@ -108,6 +117,12 @@ class LayerInfo:
     channels: int
     offset: int
     map_size: tuple[int, int]
+    layout: str = "conv"
+    prefix: int = 0
+
+    @property
+    def shape_layout(self) -> Layout:
+        return Layout(self.layout, self.prefix, tuple(self.map_size))
 
     def to_dict(self) -> dict:
         return {
@@ -116,12 +131,15 @@ class LayerInfo:
             "channels": self.channels,
             "offset": self.offset,
             "map_size": list(self.map_size),
+            "layout": self.layout,
+            "prefix": self.prefix,
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> LayerInfo:
         return cls(d["name"], d["type"], int(d["channels"]), int(d["offset"]),
-                   (int(d["map_size"][0]), int(d["map_size"][1])))
+                   (int(d["map_size"][0]), int(d["map_size"][1])), str(d.get("layout", "conv")),
+                   int(d.get("prefix", 0)))
 
 
 def _is_glob(pattern: str) -> bool:
@@ -134,20 +152,14 @@ def select_layers(model: nn.Module, selection: LayerSelection = None) -> list[st
     Parameters
     ----------
     selection : None, str, sequence of str, or callable
-        ``None``: every ``nn.Conv2d``. A string is an exact module name, a glob
+        ``None``: :func:`default_layers`. A string is an exact module name, a glob
         (``"layer*.conv2"``) or several of those separated by commas. A sequence combines
         names and globs. A callable ``(name, module) -> bool`` is a predicate.
     """
     modules = [(name, m) for name, m in model.named_modules() if name]
     names = [name for name, _ in modules]
     if selection is None:
-        chosen = [name for name, m in modules if isinstance(m, nn.Conv2d)]
-        if not chosen:
-            raise LayerSelectionError(
-                f"{type(model).__name__} has no nn.Conv2d module to probe by default; "
-                "pass a layer selection (module names, a glob or a predicate). "
-                f"Its modules include: {', '.join(names[:12])}")
-        return chosen
+        return default_layers(model)[0]
     if callable(selection) and not isinstance(selection, str):
         chosen = [name for name, m in modules if selection(name, m)]
         if not chosen:
@@ -180,6 +192,54 @@ def select_layers(model: nn.Module, selection: LayerSelection = None) -> list[st
     return [name for name in names if name in wanted]
 
 
+_ACTIVATIONS = (nn.GELU, nn.ReLU, nn.ReLU6, nn.SiLU, nn.Mish, nn.Hardswish, nn.LeakyReLU,
+                nn.ELU, nn.SELU, nn.CELU, nn.Tanh, nn.Sigmoid, nn.Softplus)
+
+
+def _is_activation(module: nn.Module) -> bool:
+    name = type(module).__name__
+    return isinstance(module, _ACTIVATIONS) or name.endswith(("Activation", "GELU", "QuickGELU",
+                                                               "SiLU", "Swish"))
+
+
+def is_transformer(model: nn.Module) -> bool:
+    """Whether the model has attention modules (``nn.MultiheadAttention``, or a module whose
+    class name says attention: timm's, Hugging Face's, Swin's window attention)."""
+    return any(isinstance(m, nn.MultiheadAttention) or "attention" in type(m).__name__.lower()
+               for m in model.modules())
+
+
+def mlp_hidden_layers(model: nn.Module) -> list[str]:
+    """The MLP hidden layer of every block: an activation module that directly follows an
+    expanding ``nn.Linear`` among its siblings (fc1 -> act)."""
+    chosen = []
+    for parent_name, parent in model.named_modules():
+        children = list(parent.named_children())
+        for (_, a), (name_b, b) in zip(children, children[1:]):
+            if isinstance(a, nn.Linear) and a.out_features > a.in_features and \
+                    _is_activation(b):
+                chosen.append(f"{parent_name}.{name_b}" if parent_name else name_b)
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    return sorted(chosen, key=order.__getitem__)
+
+
+def default_layers(model: nn.Module) -> tuple[list[str], str]:
+    """The layers probed without a selection, and the rule that chose them: every
+    ``nn.Conv2d`` of a CNN; the MLP hidden layer of every block of a transformer (or of a
+    model without convolutions)."""
+    convs = [n for n, m in model.named_modules() if n and isinstance(m, nn.Conv2d)]
+    mlps = mlp_hidden_layers(model)
+    if mlps and (is_transformer(model) or not convs):
+        return mlps, "the MLP hidden layer (after the activation) of every block"
+    if convs:
+        return convs, "every Conv2d"
+    names = [n for n, _ in model.named_modules() if n]
+    raise LayerSelectionError(
+        f"{type(model).__name__} has neither an nn.Conv2d nor a transformer MLP (Linear -> "
+        "activation) to probe by default; pass a layer selection (module names, a glob or a "
+        f"predicate). Its modules include: {', '.join(names[:12])}")
+
+
 def _spatial_reduce(out: torch.Tensor, reduction: str, locate_at_least: torch.Tensor | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """[B, C, *spatial] -> (activation [B, C], flat arg-max index [B, C]).
@@ -210,19 +270,50 @@ def _spatial_reduce(out: torch.Tensor, reduction: str, locate_at_least: torch.Te
     return values, where
 
 
+def reduce_layer(out: torch.Tensor, info: LayerInfo, reduction: str = "max",
+                 tokens: str = "patches", locate_at_least: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One layer's output -> (activation [B, C], location [B, C]: flat index h * w_grid + w
+    of the arg-max in ``info.map_size``), whatever its layout. A token layer is reduced over
+    its patch tokens (``tokens="patches"``), all its tokens (``"all"``: the location is still
+    the arg-max patch token) or read at its class token (``"cls"``)."""
+    if info.layout == "conv":
+        return _spatial_reduce(out, reduction, locate_at_least)
+    if info.layout == "nhwc":  # an NCHW view in channels-last memory: pooled without a copy
+        return _spatial_reduce(out.permute(0, 3, 1, 2), reduction, locate_at_least)
+    if info.layout == "flat":
+        return out, torch.zeros_like(out, dtype=torch.long)
+    if tokens == "cls":
+        values = out[:, 0, :]
+        return values, torch.zeros_like(values, dtype=torch.long)
+    patches = out[:, info.prefix:, :]                       # [B, P, C]
+    if reduction == "mean":
+        whole = out if tokens == "all" else patches
+        values = whole.mean(dim=1)
+        return values, patches.argmax(dim=1)
+    values, where = patches.max(dim=1)
+    if tokens == "all" and info.prefix:
+        values = torch.maximum(values, out[:, :info.prefix, :].amax(dim=1))
+    return values, where
+
+
 class ModelAdapter:
     """Hooks on the selected layers of a model, reducing each channel to one activation.
 
     Parameters
     ----------
     model : nn.Module
-        Any module whose selected layers output tensors shaped [B, C, H, W] (or [B, C]).
+        Any module whose selected layers output tensors shaped [B, C, H, W], [B, H, W, C],
+        [B, T, C] or [B, C].
     layers : LayerSelection
         See :func:`select_layers`. Default: every ``nn.Conv2d``.
     reduction : {"max", "mean"}
         How a channel's feature map becomes one activation (see the module docstring).
     output : where the logits are in the model's output: None (the rule of the module
         docstring), a key or an attribute name, or an index.
+    layouts : layout of layers (names or globs) that cannot be detected
+        (:mod:`.layouts`); ``tokens``: how a token layer's neurons are read ("patches",
+        "all" or "cls").
 
     Attributes
     ----------
@@ -232,13 +323,19 @@ class ModelAdapter:
     """
 
     def __init__(self, model: nn.Module, layers: LayerSelection = None, reduction: str = "max",
-                 output: OutputRule = None):
+                 output: OutputRule = None, layouts: Mapping[str, str] | None = None,
+                 tokens: str = "patches"):
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, not {reduction!r}")
+        if tokens not in TOKEN_MODES:
+            raise ValueError(f"tokens must be one of {TOKEN_MODES}, not {tokens!r}")
         self.model = model
         self.reduction = reduction
         self.output = output
+        self.layouts = dict(layouts or {})
+        self.tokens = tokens
         self.n_outputs: int | None = None
+        self.default_rule = default_layers(model)[1] if layers is None else None
         self.layer_names = select_layers(model, layers)
         modules = dict(model.named_modules())
         self.modules = [modules[name] for name in self.layer_names]
@@ -283,38 +380,58 @@ class ModelAdapter:
                     f"layer(s) {', '.join(twice)} ran more than once in one forward pass (a "
                     "shared module); probe modules that run once per image")
 
-    def describe(self, example: torch.Tensor) -> list[LayerInfo]:
-        """Run one forward pass on ``example`` [B, 3, H, W] and record each layer's shape."""
-        shapes: dict[int, tuple[int, ...]] = {}
-
-        def record(i: int, out: torch.Tensor) -> None:
-            shapes.setdefault(i, tuple(out.shape))
-
+    def describe(self, example: torch.Tensor, other_size: int | None = None
+                 ) -> list[LayerInfo]:
+        """Run one forward pass on ``example`` [B, 3, H, W] and record each layer's shape and
+        layout (:func:`.layouts.detect_layouts`; ``other_size``: an input size for the second
+        pass that settles a layout the modules do not declare, default H + H // 2)."""
         was_training = self.model.training
         self.model.eval()
+        h = example.shape[-1]
+        other = torch.zeros(1, 3, other_size or h + max(h // 2, 8), other_size or
+                            h + max(h // 2, 8), device=example.device, dtype=example.dtype)
         try:
-            with torch.no_grad(), self.hooks(record):
-                logits = self.logits(example)
+            with torch.no_grad():
+                found = detect_layouts(self.model, self.layer_names, example, self.model,
+                                       self.layouts, self.tokens, other)
+                shapes: dict[int, tuple[int, ...]] = {}
+
+                def record(i: int, out: torch.Tensor) -> None:
+                    shapes.setdefault(i, tuple(out.shape))
+
+                with self.hooks(record):
+                    output = self.model(example)
         finally:
             self.model.train(was_training)
-        self.n_outputs = int(logits.shape[1])
+        from ..errors import ConfigError
+
+        try:  # (a model probed for its features only may have no logits)
+            self.n_outputs = int(select_logits(output, self.output).shape[1])
+        except ConfigError:
+            if self.output is not None:
+                raise
+            self.n_outputs = None
         infos, offset = [], 0
         for i, (name, module) in enumerate(zip(self.layer_names, self.modules)):
-            if i not in shapes:
+            if i not in shapes or name not in found:
                 raise LayerSelectionError(
                     f"layer {name!r} did not run in the forward pass, so it has no activation "
                     "to probe; choose modules on the path from the input to the output")
-            shape = shapes[i]
+            shape, layout = shapes[i], found[name]
             if len(shape) > 4:
                 raise LayerSelectionError(
-                    f"layer {name!r} outputs shape {shape}; only [B, C] and [B, C, H, W] "
-                    "outputs can be probed")
-            hw = (shape[2], shape[3]) if len(shape) == 4 else (shape[2], 1) if len(shape) == 3 \
-                else (1, 1)
-            infos.append(LayerInfo(name, type(module).__name__, shape[1], offset, hw))
-            offset += shape[1]
+                    f"layer {name!r} outputs shape {shape}; only [B, C], [B, C, H, W], "
+                    "[B, H, W, C] and [B, T, C] outputs can be probed")
+            channels = channels_of(layout, shape)
+            infos.append(LayerInfo(name, type(module).__name__, channels, offset, layout.grid,
+                                   layout.kind, layout.prefix))
+            offset += channels
         self.layers_ = infos
         return infos
+
+    def maps(self, i: int, out: torch.Tensor) -> torch.Tensor:
+        """Layer ``i``'s output as maps [B, C, h, w] (the grid its locations index)."""
+        return as_maps(out, self.layers_[i].shape_layout, self.tokens)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """The model's logits [B, n_outputs] for images ``x`` (hooks that are active run)."""
@@ -356,7 +473,7 @@ class ModelAdapter:
             info = infos[i]
             sl = slice(info.offset, info.offset + info.channels)
             threshold = None if locate_at_least is None else locate_at_least[sl]
-            values, loc = _spatial_reduce(out, self.reduction, threshold)
+            values, loc = reduce_layer(out, info, self.reduction, self.tokens, threshold)
             acts[:, sl] = values
             where[:, sl] = loc
 

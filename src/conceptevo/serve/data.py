@@ -583,9 +583,10 @@ class StudyData:
         kwargs = spec.get("kwargs") if spec.get("kwargs") is not None else \
             model_cfg.get("kwargs", {})
         try:  # never imports code a workspace names (see cached_receptive_fields)
-            self._rf[run] = cached_receptive_fields(self.ws, arch, kwargs,
-                                                    model_cfg.get("layers"),
-                                                    tuple(self.probe.image_size))
+            self._rf[run] = cached_receptive_fields(
+                self.ws, arch, kwargs, model_cfg.get("layers"), tuple(self.probe.image_size),
+                layouts=model_cfg.get("layouts"), tokens=model_cfg.get("tokens", "patches"),
+                margin=model_cfg.get("patch_margin", 0.5))
         except WorkspaceError as e:
             raise NotServable(str(e), 404) from None
         return self._rf[run]

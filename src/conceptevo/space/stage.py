@@ -78,8 +78,8 @@ def ensure_base_stimuli(cfg: StudyConfig, ws: Workspace, probe: ProbeSet,
     ckpt = cfg.resolve(cfg.space.base_checkpoint)
     stat = ckpt.stat()
     key = _hash({"probe": probe.info.get("fingerprint"), "desc": desc, "size": stat.st_size,
-                 "mtime_ns": stat.st_mtime_ns, "layers": cfg.model.layers,
-                 "reduction": cfg.model.reduction, "k_s": cfg.stimuli.k_stimuli,
+                 "mtime_ns": stat.st_mtime_ns, **cfg.model.neuron_key(),
+                 "k_s": cfg.stimuli.k_stimuli,
                  "k_i": cfg.stimuli.k_responsive, "activations": activations})
     if ws.arrays_key(path) == key:
         meta, arrays = ws.load_arrays(path)
@@ -89,7 +89,7 @@ def ensure_base_stimuli(cfg: StudyConfig, ws: Workspace, probe: ProbeSet,
     model = cfg.build_model(desc["arch"], desc["kwargs"])
     load_checkpoint(model, ckpt, cfg.trust_checkpoints, desc["arch"])
     model = model.to(device).eval()
-    adapter = ModelAdapter(model, cfg.model.layers, cfg.model.reduction, cfg.model.output)
+    adapter = ModelAdapter(model, **cfg.model.adapter_options())
     from ..pipeline import check_ranking_sizes
 
     check_ranking_sizes(cfg, probe, adapter, f"the base model {desc['arch']}")
