@@ -303,7 +303,9 @@ class StudyData:
             runs.append({"name": run, "epochs": epochs,
                          "n_neurons": sum(li.channels for li in layers),
                          "layers": [{"name": li.name, "channels": li.channels,
-                                     "offset": li.offset} for li in layers]})
+                                     "offset": li.offset, "layout": li.layout,
+                                     "prefix": li.prefix, "map": list(li.map_size)}
+                                    for li in layers]})
         if not runs:
             raise WorkspaceError(f"workspace {self.ws.root} has no unified space yet; run "
                                  "`conceptevo build --config study.toml` first")

@@ -198,6 +198,21 @@
     return [...epochs].sort((a, b) => a - b);
   }
 
+  /** What a neuron of a layer is, by the layer's layout (docs/models.md). */
+  function unitText(layer) {
+    const grid = layer.map ? `${layer.map[0]}x${layer.map[1]}` : "";
+    switch (layer.layout) {
+      case "tokens":
+        return layer.map && layer.map[0] * layer.map[1] > 1
+          ? `hidden unit, max over ${grid} patch tokens` +
+            (layer.prefix ? ` (${layer.prefix} class/register token${layer.prefix > 1 ? "s" : ""} left out)` : "")
+          : "hidden unit at the class token";
+      case "nhwc": return `channel of a ${grid} map (channels last)`;
+      case "flat": return "unit (no positions)";
+      default: return grid ? `channel of a ${grid} map` : "channel";
+    }
+  }
+
   /** Run, epoch, layer, channel... of a neuron, from its checkpoint's points and the study. */
   function neuronInfo(run, epoch, neuron) {
     const points = store.points.get(pointsKey(run, epoch));
@@ -208,6 +223,7 @@
     return {
       run, epoch, neuron,
       layer: layer ? layer.name : `layer ${layerIndex}`,
+      unit: layer ? unitText(layer) : null,
       channel: layer ? neuron - layer.offset : neuron,
       dead: points ? points.dead[neuron] === 1 : false,
       concept: points && points.label ? {label: points.label[neuron], iou: points.labelIou[neuron]}
@@ -1487,6 +1503,7 @@
     facts(info, detail) {
       const rows = [["pinned at", `epoch ${info.epoch}`], ["layer", info.layer],
                     ["channel", info.channel]];
+      if (info.unit) rows.push(["neuron", info.unit]);
       const concept = detail ? detail.concept : info.concept;   // null: no labels here
       if (concept) {
         rows.push(["concept", conceptText(concept)]);
