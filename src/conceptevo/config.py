@@ -97,8 +97,10 @@ class ModelConfig:
     """The architecture and the layers to probe.
 
     ``arch``: ``torchvision:NAME`` (built with ``weights=None``: nothing is downloaded),
-    ``conceptevo:NAME`` (a model that ships with ConceptEvo) or ``package.module:function``
-    (your factory), called with ``kwargs``. ``layers``: module names, globs
+    ``timm:NAME`` (``pretrained=False``), ``hf:MODEL_TYPE`` or ``hf:PATH`` (a Hugging Face
+    image classifier from a local config), ``conceptevo:NAME`` (a model that ships with
+    ConceptEvo) or ``package.module:function`` (your factory), called with ``kwargs``
+    (docs/models.md). ``layers``: module names, globs
     (``"layer*.conv2"``) or a comma-separated string; default every ``Conv2d``. ``output``:
     where the logits are when the model returns a tuple, a dict or a Hugging Face
     ``ModelOutput`` (a key or an index; default: the tensor itself, a tuple's first element,
@@ -401,9 +403,14 @@ class StudyConfig:
             self.heldout.image_size = int(size)
 
     def build_model(self, arch: str, kwargs: dict | None = None):
-        """The model ``arch`` (a factory only when this configuration may run code)."""
+        """The model ``arch`` (a factory only when this configuration may run code). An
+        ``hf:PATH`` to a local config is relative to the config file, like every path."""
         from .models.registry import build_model
 
+        if isinstance(arch, str) and arch.startswith("hf:"):
+            local = self.resolve(arch[3:])
+            if ("/" in arch[3:] or arch[3:].endswith(".json")) and local.exists():
+                arch = f"hf:{local}"
         return build_model(arch, kwargs, allow_code=self.allow_code)
 
     def arch_of(self, run: RunConfig) -> tuple[str, dict]:

@@ -140,9 +140,10 @@ def cached_receptive_fields(ws, arch: str, kwargs: dict, layers, image_size: tup
 
     Computing them builds the model. The readers of a workspace (``serve``, ``report``) pass
     ``allow_code=False``: a workspace may have come from anyone, so they build only
-    ``torchvision:`` and ``conceptevo:`` models and never import the ``package.module:function``
-    factory its ``study.json`` names (that would run its code); ``conceptevo build``, which
-    runs the user's own config, stores the fields of every run so that readers find them.
+    ``torchvision:``, ``timm:``, ``hf:`` and ``conceptevo:`` models and never import the
+    ``package.module:function`` factory its ``study.json`` names (that would run its code);
+    ``conceptevo build``, which runs the user's own config, stores the fields of every run so
+    that readers find them.
     """
     import json
 

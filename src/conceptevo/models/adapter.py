@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -211,14 +212,24 @@ def is_transformer(model: nn.Module) -> bool:
 
 def mlp_hidden_layers(model: nn.Module) -> list[str]:
     """The MLP hidden layer of every block: an activation module that directly follows an
-    expanding ``nn.Linear`` among its siblings (fc1 -> act)."""
+    expanding ``nn.Linear`` among its siblings (fc1 -> act), or the one activation of a
+    module whose two ``nn.Linear`` expand and contract (C -> H -> C), registered in any order."""
     chosen = []
     for parent_name, parent in model.named_modules():
         children = list(parent.named_children())
-        for (_, a), (name_b, b) in zip(children, children[1:]):
-            if isinstance(a, nn.Linear) and a.out_features > a.in_features and \
-                    _is_activation(b):
-                chosen.append(f"{parent_name}.{name_b}" if parent_name else name_b)
+        found = [name_b for (_, a), (name_b, b) in zip(children, children[1:])
+                 if isinstance(a, nn.Linear) and a.out_features > a.in_features
+                 and _is_activation(b)]
+        if not found:  # one activation beside an MLP's fc1 (C -> H) and fc2 (H -> C), in any
+            # order of registration (Hugging Face registers the activation first)
+            acts = [name for name, m in children if _is_activation(m)]
+            linears = [m for _, m in children if isinstance(m, nn.Linear)]
+            if len(acts) == 1 and len(linears) == 2 and any(
+                    up.out_features > up.in_features
+                    and (up.out_features, up.in_features) == (down.in_features, down.out_features)
+                    for up, down in itertools.permutations(linears)):
+                found = acts
+        chosen += [f"{parent_name}.{name}" if parent_name else name for name in found]
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
     return sorted(chosen, key=order.__getitem__)
 

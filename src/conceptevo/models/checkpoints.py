@@ -3,19 +3,33 @@
 A run's checkpoints are a directory, a glob or a pattern with ``{epoch}``; the epoch of each
 file is read from its name (``epoch_7.pt``, ``model-7.pth``, Lightning's
 ``epoch=3-step=120.ckpt``). A file may hold a bare state_dict or a dict with a
-``state_dict`` / ``model_state_dict`` / ``model`` entry; prefixes added by wrappers
-(Lightning's ``model.``, DDP's ``module.``, ``torch.compile``'s ``_orig_mod.``) are detected
-and stripped.
+``state_dict`` / ``model_state_dict`` / ``model`` / ``state_dict_ema`` entry (timm's
+``train.py`` saves ``state_dict`` and, with EMA, ``state_dict_ema``: the first is used); prefixes
+added by wrappers (Lightning's ``model.``, DDP's ``module.``, ``torch.compile``'s
+``_orig_mod.``) are detected and stripped.
+
+A checkpoint may also be a directory written by Hugging Face's ``save_pretrained`` (or its
+``Trainer``: ``checkpoint-500/``) or by timm's hub export: it holds ``model.safetensors`` or
+``pytorch_model.bin`` (or the index of their shards), and its epoch is read from the
+directory's name. Such a directory stands for its weights file (``Checkpoint.path``). The
+keys of a Hugging Face model are read in the layout transformers saves them (which may differ
+from the model's module names, e.g. transformers 5 saves the layout of earlier versions): when
+they do not fit the model as they are, transformers' own loader renames them.
 
 Files are read with ``torch.load(weights_only=True)``, which refuses arbitrary pickled Python
-objects; ``trust=True`` (``--trust-checkpoints``) lifts that for files you trust.
+objects (the ``argparse.Namespace`` of timm's training arguments excepted: plain values only);
+``trust=True`` (``--trust-checkpoints``) lifts that for files you trust.
 """
 
 from __future__ import annotations
 
+import argparse
+import copy
 import glob
+import json
 import pickle
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +40,10 @@ from torch import nn
 from ..errors import CheckpointError
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar", ".safetensors")
-STATE_KEYS = ("state_dict", "model_state_dict", "model")
+STATE_KEYS = ("state_dict", "model_state_dict", "model", "state_dict_ema")
+#: the weights of a Hugging Face / timm model directory, in the order they are looked for
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
 WRAPPER_PREFIXES = ("model.", "module.", "_orig_mod.", "model.module.", "model._orig_mod.",
                     "net.", "network.")
 _EPOCH_WORD = re.compile(r"epoch[=_\-]?(\d+)", re.IGNORECASE)
@@ -36,7 +53,8 @@ _DIGITS = re.compile(r"(\d+)")
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """One checkpoint file and the epoch it was saved at."""
+    """One checkpoint file and the epoch it was saved at (for a checkpoint directory, the
+    weights file in it)."""
 
     epoch: int
     path: Path
@@ -91,14 +109,26 @@ def epoch_pattern(pattern: str) -> re.Pattern:
     return re.compile(r"(\d+)".join(_glob_regex(part) for part in pattern.split("{epoch}")))
 
 
+def weights_file(directory: str | Path) -> Path | None:
+    """The weights file of a checkpoint directory (:data:`WEIGHT_FILES`), or None."""
+    for name in WEIGHT_FILES:
+        f = Path(directory) / name
+        if f.is_file():
+            return f
+    return None
+
+
 def find_checkpoints(pattern: str | Path, run: str = "") -> list[Checkpoint]:
     """The checkpoints named by ``pattern``, sorted by epoch.
 
     Parameters
     ----------
-    pattern : a directory (every checkpoint file in it), a glob (``ckpt/*.pt``), or a path
-        with ``{epoch}`` standing for the epoch number, which may hold globs too
-        (``ckpt/epoch_{epoch}.pt``, ``ckpt/epoch={epoch}-step=*.ckpt``).
+    pattern : a directory (every checkpoint file in it, and every sub-directory holding a
+        model's weights, :data:`WEIGHT_FILES`), a glob (``ckpt/*.pt``), or a path with
+        ``{epoch}`` standing for the epoch number, which may hold globs too
+        (``ckpt/epoch_{epoch}.pt``, ``ckpt/epoch={epoch}-step=*.ckpt``,
+        ``out/checkpoint-{epoch}``). A directory that a glob or a pattern names is a
+        checkpoint when it holds a model's weights.
     run : the run's name, for error messages.
     """
     pattern = str(pattern)
@@ -109,12 +139,19 @@ def find_checkpoints(pattern: str | Path, run: str = "") -> list[Checkpoint]:
         regex = epoch_pattern(pattern)
     elif Path(pattern).is_dir():
         files = [str(p) for p in Path(pattern).iterdir()
-                 if p.is_file() and p.name.endswith(CHECKPOINT_SUFFIXES)]
+                 if (p.is_file() and p.name.endswith(CHECKPOINT_SUFFIXES))
+                 or (p.is_dir() and weights_file(p) is not None)]
     else:
         files = glob.glob(pattern)
     found: dict[int, Path] = {}
     for f in sorted(files):
         name = Path(f).name
+        if Path(f).is_dir():
+            weights = weights_file(f)
+            if weights is None:
+                continue  # a directory without a model's weights: no checkpoint
+        else:
+            weights = Path(f)
         if regex is not None:
             m = regex.fullmatch(f)
             if m is None or len(set(m.groups())) != 1:
@@ -122,6 +159,12 @@ def find_checkpoints(pattern: str | Path, run: str = "") -> list[Checkpoint]:
             epoch = int(m.group(1))
         else:
             epoch = epoch_from_name(name)
+        if epoch is None and name in WEIGHT_FILES:
+            raise CheckpointError(
+                f"{f}{label} is the weights file of one model directory (save_pretrained), "
+                "which has no epoch number; a run has one checkpoint per epoch: point "
+                "`checkpoints` at the directories that hold them, e.g. "
+                "\"out/checkpoint-{epoch}\" or \"ckpt/epoch_{epoch}\"")
         if epoch is None:
             raise CheckpointError(
                 f"cannot read an epoch number from checkpoint file {f}{label}; name files like "
@@ -130,7 +173,7 @@ def find_checkpoints(pattern: str | Path, run: str = "") -> list[Checkpoint]:
             raise CheckpointError(
                 f"two checkpoint files for epoch {epoch}{label}: {found[epoch]} and {f}; keep "
                 "one per epoch or narrow the pattern")
-        found[epoch] = Path(f)
+        found[epoch] = weights
     if not found and regex is not None and files:
         raise CheckpointError(
             f"checkpoint pattern {pattern!r}{label} matches no file: {len(files)} file(s) "
@@ -141,15 +184,26 @@ def find_checkpoints(pattern: str | Path, run: str = "") -> list[Checkpoint]:
         raise CheckpointError(
             f"checkpoint {where} {pattern!r}{label} matches no file; check the path (relative "
             f"paths start at the config file's directory) and the extension "
-            f"({', '.join(CHECKPOINT_SUFFIXES)})")
+            f"({', '.join(CHECKPOINT_SUFFIXES)}; or directories holding "
+            f"{' or '.join(WEIGHT_FILES[::2])})")
     return [Checkpoint(e, found[e]) for e in sorted(found)]
 
 
 def read_checkpoint(path: str | Path, trust: bool = False):
-    """``torch.load`` a file on the CPU, safely unless ``trust``; errors name the file."""
+    """``torch.load`` a file on the CPU, safely unless ``trust``; errors name the file. A
+    checkpoint directory is read from its weights file (:data:`WEIGHT_FILES`), the index of
+    sharded weights (``*.index.json``) from every shard it names."""
     path = Path(path)
+    if path.is_dir():
+        weights = weights_file(path)
+        if weights is None:
+            raise CheckpointError(f"checkpoint directory {path} holds no model weights; "
+                                  f"expected one of {', '.join(WEIGHT_FILES)}")
+        path = weights
     if not path.is_file():
         raise CheckpointError(f"checkpoint file {path} does not exist")
+    if path.name.endswith(".index.json"):
+        return _read_shards(path, trust)
     if path.suffix == ".safetensors":
         try:
             from safetensors import SafetensorError
@@ -162,7 +216,10 @@ def read_checkpoint(path: str | Path, trust: bool = False):
         except (SafetensorError, OSError) as e:
             raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {e}") from None
     try:
-        return torch.load(path, map_location="cpu", weights_only=not trust)
+        if trust:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        with _safe_extras():
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "weights_only" in str(e) or "Weights only load failed" in str(e):
             raise CheckpointError(
@@ -175,6 +232,42 @@ def read_checkpoint(path: str | Path, trust: bool = False):
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({e}); "
                               "re-save or re-download it") from None
+
+
+def _safe_extras():
+    """Safe loading that also accepts ``argparse.Namespace`` (timm's ``train.py`` saves its
+    arguments, plain values, beside the weights); without ``torch.serialization.safe_globals``
+    (torch < 2.5) the plain safe loading."""
+    from contextlib import nullcontext
+
+    allow = getattr(torch.serialization, "safe_globals", None)
+    return allow([argparse.Namespace]) if allow is not None else nullcontext()
+
+
+def _read_shards(index: Path, trust: bool) -> dict[str, torch.Tensor]:
+    """The weights of every shard named by a Hugging Face index (``weight_map``), merged."""
+    try:
+        with open(index, encoding="utf-8") as f:
+            weight_map = json.loads(f.read(1 << 26)).get("weight_map")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+        raise CheckpointError(f"checkpoint index {index} is unreadable ({e}); re-save the "
+                              "model") from None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"checkpoint index {index} has no \"weight_map\" of keys to "
+                              "shard files; re-save the model")
+    state: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(map(str, weight_map.values()))):
+        if Path(shard).name != shard or shard.startswith("."):
+            raise CheckpointError(f"checkpoint index {index} names the shard {shard!r}, which "
+                                  "is not a file beside it; shards are read from the index's "
+                                  "directory only")
+        part = read_checkpoint(index.parent / shard, trust)
+        state.update(extract_state_dict(part, index.parent / shard))
+    missing = [k for k in weight_map if k not in state]
+    if missing:
+        raise CheckpointError(f"the shards of {index} lack {len(missing)} of the keys its index "
+                              f"lists: {_first(missing)}; a shard is missing or truncated")
+    return state
 
 
 def extract_state_dict(obj, path: str | Path = "") -> dict[str, torch.Tensor]:
@@ -218,6 +311,8 @@ def fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor], path: str |
     """Load ``state`` into ``model``, or fail listing missing/unexpected/mis-shaped keys."""
     expected = model.state_dict()
     state = _strip_prefix(state, set(expected))
+    if set(state) != set(expected) and _is_transformers_model(model):
+        state = _transformers_layout(model, state, path, arch)
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in expected]
     mismatched = [f"{k} (file {tuple(state[k].shape)} vs model {tuple(v.shape)})"
@@ -238,6 +333,52 @@ def fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor], path: str |
         if k not in state:
             state[k] = v
     model.load_state_dict(state, strict=True)
+
+
+def _is_transformers_model(model: nn.Module) -> bool:
+    transformers = sys.modules.get("transformers")  # (never imported here for other models)
+    return transformers is not None and isinstance(model, transformers.PreTrainedModel)
+
+
+def _transformers_layout(model: nn.Module, state: dict[str, torch.Tensor], path, arch: str
+                         ) -> dict[str, torch.Tensor]:
+    """``state`` (keys as transformers saves them) under ``model``'s module names: loaded by
+    transformers' own ``from_pretrained`` (its renamings and conversions of earlier layouts)
+    into a copy of the model, from this in-memory state dict (nothing else is read). Raises a
+    :class:`CheckpointError` naming the keys (in the checkpoint's layout) that do not fit."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        loaded, info = type(model).from_pretrained(
+            None, config=copy.deepcopy(model.config), state_dict=state,
+            output_loading_info=True, ignore_mismatched_sizes=True)
+    except Exception:  # transformers cannot convert it: the plain key check reports why
+        return state
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+    missing = sorted(map(str, info.get("missing_keys") or ()))
+    unexpected = sorted(map(str, info.get("unexpected_keys") or ()))
+    mismatched = sorted(f"{m[0]} (file {tuple(m[1])} vs model {tuple(m[2])})"
+                        if isinstance(m, tuple) and len(m) == 3 else str(m)
+                        for m in info.get("mismatched_keys") or ())
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys: {_first(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys: {_first(unexpected)}")
+        if mismatched:
+            parts.append(f"{len(mismatched)} shape mismatches: {_first(mismatched, 3)}")
+        raise CheckpointError(
+            f"checkpoint {path} does not fit {arch or type(model).__name__} (keys read as "
+            "transformers saves them): " + "; ".join(parts)
+            + ". Check the architecture and its kwargs (e.g. num_labels) in the config.")
+    return dict(loaded.state_dict())
 
 
 def load_checkpoint(model: nn.Module, path: str | Path, trust: bool = False,

@@ -16,13 +16,14 @@ layout      output            examples
 
 :func:`detect_layouts` tells them apart from the model itself, in one traced forward pass: the
 feature size a module declares (``out_channels``, ``out_features``, ``num_features``,
-``normalized_shape``, ``embed_dim``) says which axis holds the channels; a module that
-declares none (an activation, a dropout, a custom block) has the layout of the module that ran
-just before it with an output of the same shape. What is still ambiguous (a custom module
-first in a chain, a map whose channel count equals its width) is decided by a second pass at
-another input size (the axes that change are positions), and otherwise is an error that names
-the layer and the setting to use (``[model] layouts = { "<layer>" = "tokens" }``): a layout
-is never guessed.
+``normalized_shape``; a width such as ``embed_dim`` or timm's ``dim``, which may be the
+module's input width, only for a channels-last output) says which axis holds the channels; a
+module that declares none (an activation, a dropout, a custom block) has the layout of the
+module that ran just before it with an output of the same shape. What is still ambiguous (a
+custom module first in a chain, a map whose channel count equals its width) is decided by a
+second pass at another input size (the axes that change are positions), and otherwise is an
+error that names the layer and the setting to use (``[model] layouts = { "<layer>" =
+"tokens" }``): a layout is never guessed.
 
 For a token layer the activation of a neuron is reduced over the patch tokens (``tokens =
 "patches"``, the default: class and register tokens excluded), over all tokens (``"all"``) or
@@ -75,20 +76,42 @@ _AXIS_TYPES = (nn.Softmax, nn.Softmin, nn.LogSoftmax, nn.GLU, nn.CosineSimilarit
                nn.PairwiseDistance, nn.Flatten, nn.Unflatten)
 
 
+#: attributes that name the size of a module's output
+_OUTPUT_SIZES = ("out_channels", "out_features", "num_features")
+#: attributes that name a width which may be the module's input, not its output (a patch
+#: merging's ``dim`` is its input width, its output has twice as many channels; Hugging
+#: Face's ``num_channels`` is the image's 3 channels): trusted on the last axis only, where a
+#: channels-last block keeps its width
+_WIDTHS = ("embed_dim", "hidden_size", "num_channels", "dim")
+
+
 def feature_size(module: nn.Module) -> int | None:
-    """The number of channels a module says it outputs, or None."""
-    attrs = ["out_channels", "out_features", "num_features", "embed_dim", "hidden_size",
-             "num_channels"]
-    if not isinstance(module, _AXIS_TYPES):
-        attrs += ["out_dim", "dim"]  # timm's blocks and stages
-    for attr in attrs:
+    """The number of channels a module says it outputs, or None (see
+    :func:`declared_size`)."""
+    return declared_size(module)[0]
+
+
+def declared_size(module: nn.Module) -> tuple[int | None, bool]:
+    """(the channel count a module declares, whether it names its output for sure) or
+    (None, False): ``out_channels`` / ``out_features`` / ``num_features`` /
+    ``normalized_shape`` / timm's ``out_dim`` name the output; ``embed_dim``,
+    ``hidden_size``, ``num_channels`` and timm's ``dim`` (:data:`_WIDTHS`) may name the
+    input."""
+    axis_type = isinstance(module, _AXIS_TYPES)  # (their ``dim`` is an axis)
+    for attr in _OUTPUT_SIZES + (() if axis_type else ("out_dim",)):
         value = getattr(module, attr, None)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
+            return value, True
     shape = getattr(module, "normalized_shape", None)
     if isinstance(shape, (tuple, list)) and shape:
-        return int(shape[-1])
-    return None
+        return int(shape[-1]), True
+    for attr in _WIDTHS:
+        if axis_type and attr == "dim":
+            continue
+        value = getattr(module, attr, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value, False
+    return None, False
 
 
 def _kind_from_module(module: nn.Module, shape: tuple[int, ...]) -> str | None:
@@ -97,11 +120,11 @@ def _kind_from_module(module: nn.Module, shape: tuple[int, ...]) -> str | None:
         return "flat"
     if isinstance(module, _CHANNEL_FIRST_TYPES):
         return "conv"
-    f = feature_size(module)
+    f, sure = declared_size(module)
     if f is None:
         return None
     first, last = shape[1] == f, shape[-1] == f
-    if first and not last:
+    if first and not last and sure:
         return "conv"
     if last and not first:
         return "nhwc" if len(shape) == 4 else "tokens"
@@ -189,8 +212,13 @@ def detect_layouts(model: nn.Module, names: list[str], example: torch.Tensor, fo
     previous: tuple[tuple[int, ...], str | None] | None = None
     for name, module, shape in trace:
         kind = _override(name, layouts) or _kind_from_module(module, shape)
-        if kind is None and previous is not None and previous[0] == shape:
-            kind = previous[1]  # an activation, dropout or block after a module: its layout
+        if kind is None and previous is not None and previous[0] == shape \
+                and shape[1] != shape[-1]:
+            # an activation, dropout or block after a module: its layout. Not when the first
+            # and last axes have the same size: a permute in the forward code (ConvNeXt's
+            # [B, C, H, W] -> [B, H, W, C] before its LayerNorm, at C = H = W) would keep the
+            # shape and move the channels unseen; the second pass decides those
+            kind = previous[1]
         kinds[name], shapes[name] = kind, shape
         previous = (shape, kind)
     batch = example.shape[0]
