@@ -6,8 +6,8 @@ For torchvision's vgg16 and resnet18 and ConceptEvo's small_vgg on 64x64 images,
 memory layouts (the pipeline uses channels-last), times over the same batches:
 
 * ``bare``: a plain ``model(x)`` loop without gradients;
-* ``ours``: ConceptEvo's stimulus pass (hooks on every Conv2d, per-channel max and arg-max,
-  running top-k merges for stimuli and responsive neurons, summary statistics, top-1
+* ``ours``: ConceptEvo's stimulus pass (hooks on every default layer, per-channel max and
+  arg-max, running top-k merges for stimuli and responsive neurons, summary statistics, top-1
   predictions: one pass gives all of it);
 * ``reference``: the reference's stimulus pass as published (``stimulus.py``): the model in
   eval mode with autograd on (its parameters require gradients and it runs no
@@ -28,6 +28,14 @@ responsive neurons, locations, statistics or predictions, no classifier); and
 that give what our one pass gives. The passes alternate ``--repeats`` times so that all see
 the same machine state; ratios are the medians of the per-repeat ratios, times the best of
 each. ``--reference-batch`` runs the reference at another batch size (its script uses 512).
+
+Vision transformers (``--models small_vit,vit_b_16``): ConceptEvo's small_vit (64x64, patch 8,
+4 blocks, 512 MLP hidden units) and torchvision's vit_b_16 built for 64x64 inputs (patch 16:
+a 4x4 grid and a class token; 12 blocks, 36,864 MLP hidden units). Their default layers are
+the MLP hidden activation of every block, [B, T, C] tokens, each unit reduced over the patch
+tokens. The reference probes Conv2d layers only, so they have no reference pass.
+``profile_tokens`` splits a transformer's stimulus pass into its parts (the forward with
+hooks that do nothing, the hooks' token reduction, the bookkeeping) for the same batches.
 """
 
 from __future__ import annotations
@@ -151,9 +159,15 @@ def _neuron_id(key: str, adapter: ModelAdapter) -> int:
     return adapter.layers_[int(layer[4:])].offset + int(channel)
 
 
+#: the transformers measured (no reference pass: the reference probes Conv2d layers only)
+TRANSFORMERS = ("small_vit", "vit_b_16")
+
+
 def build(name: str) -> torch.nn.Module:
-    if name == "small_vgg":
-        return build_model("conceptevo:small_vgg", {"num_classes": 12})
+    if name in ("small_vgg", "small_vit"):
+        return build_model(f"conceptevo:{name}", {"num_classes": 12})
+    if name.startswith("vit_"):  # torchvision's ViTs, their position embedding for 64x64
+        return torchvision.models.get_model(name, weights=None, num_classes=10, image_size=64)
     return torchvision.models.get_model(name, weights=None, num_classes=10)
 
 
@@ -161,6 +175,7 @@ def measure(name: str, images: int, batch_size: int, repeats: int, channels_last
             k: int = 20, with_reference: bool = True, reference_batch: int | None = None
             ) -> dict:
     torch.manual_seed(0)
+    with_reference = with_reference and name not in TRANSFORMERS
     model = build(name).eval()
     data = torch.randn(images, 3, 64, 64)
     if channels_last:
@@ -226,13 +241,69 @@ def measure(name: str, images: int, batch_size: int, repeats: int, channels_last
     return row
 
 
+def profile_tokens(name: str, images: int, batch_size: int, repeats: int, k: int = 20
+                   ) -> dict:
+    """Where a transformer's stimulus pass spends its time, on the same batches (contiguous):
+
+    * ``bare``: ``model(x)``;
+    * ``hooks``: the forward with a hook on every probed layer that does nothing;
+    * ``reduce``: the hooks computing the activations and locations as the pass does
+      (``ModelAdapter.activations``: ``reduce_layer`` over the patch tokens);
+    * ``ours``: the whole stimulus pass (``compute_stimuli``).
+
+    Times are the best of ``repeats`` interleaved rounds; ``*_share`` are the differences
+    between consecutive steps as fractions of ``ours``."""
+    torch.manual_seed(0)
+    model = build(name).eval()
+    data = torch.randn(images, 3, 64, 64)
+    batches = [(data[s:s + batch_size], torch.arange(s, min(s + batch_size, images)))
+               for s in range(0, images, batch_size)]
+    adapter = ModelAdapter(model)
+    adapter.describe(data[:1])
+
+    def hooks_only():
+        with torch.no_grad(), adapter.hooks(lambda i, out: None, once=False):
+            for x, _ in batches:
+                model(x)
+
+    def reduce_only():
+        with torch.no_grad():
+            for x, _ in batches:
+                adapter.activations(x)
+
+    def ours():
+        compute_stimuli(adapter, batches, images, k_stimuli=k, k_responsive=k).result()
+
+    steps = {"bare": lambda: bare_forward(model, batches), "hooks": hooks_only,
+             "reduce": reduce_only, "ours": ours}
+    for fn in steps.values():  # warm-up
+        fn()
+    best = {key: float("inf") for key in steps}
+    for _ in range(repeats):
+        for key, fn in steps.items():
+            t = time.perf_counter()
+            fn()
+            best[key] = min(best[key], time.perf_counter() - t)
+    ours_s = best["ours"]
+    return {"model": name, "images": images, "batch_size": batch_size, "repeats": repeats,
+            "neurons": adapter.n_neurons,
+            "layers": [f"{li.name} {li.layout}+{li.prefix} {li.map_size[0]}x{li.map_size[1]}"
+                       for li in adapter.layers_][:2] + (["..."] if len(adapter.layers_) > 2
+                                                         else []),
+            **{f"{key}_s": round(v, 4) for key, v in best.items()},
+            "hooks_share": round((best["hooks"] - best["bare"]) / ours_s, 3),
+            "reduce_share": round((best["reduce"] - best["hooks"]) / ours_s, 3),
+            "bookkeeping_share": round((ours_s - best["reduce"]) / ours_s, 3),
+            "ratio_ours_vs_bare": round(ours_s / best["bare"], 3)}
+
+
 def main() -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=1024)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--models", default="vgg16,resnet18,small_vgg",
-                    help="comma-separated: vgg16, resnet18, small_vgg")
+                    help="comma-separated: vgg16, resnet18, small_vgg, small_vit, vit_b_16")
     ap.add_argument("--no-reference", action="store_true",
                     help="time only the bare forward and ours")
     ap.add_argument("--reference-batch", type=int, default=None,

@@ -126,6 +126,23 @@ def rows(doc: dict) -> list[list[str]]:
             out.append(["the reference's two passes (stimuli, then responsive neurons) / ours",
                         per_layout("vs_reference_both_passes")])
 
+    vrows = res.get("stimuli_vit", {}).get("rows", [])
+    if vrows:
+        out.append([f"stimulus pass / bare forward, vision transformers (MLP hidden layers, "
+                    f"tokens reduced over the patch tokens; 64x64, batch "
+                    f"{vrows[0]['batch_size']}; median of {vrows[0]['repeats']} interleaved "
+                    "repeats)",
+                    ", ".join(f"{r['model']} **{r['ratio']:.2f}** ({n(r['images'])} images, "
+                              f"{n(r['neurons'])} neurons, {n(r['images_per_s'])} images/s)"
+                              for r in vrows) + " (target <= 1.3)"])
+        profiles = res["stimuli_vit"].get("profiles", [])
+        if profiles:
+            out.append(["transformer stimulus pass, share of its time (forward hooks, token "
+                        "reduction, top-k bookkeeping; the rest is the forward)",
+                        "; ".join(f"{p['model']} {p['hooks_share']:.0%}, "
+                                  f"{p['reduce_share']:.0%}, {p['bookkeeping_share']:.0%}"
+                                  for p in profiles)])
+
     mem = res.get("memory", {})
     if "peak_ratio" in mem:
         lo, hi = mem["rows"][0], mem["rows"][-1]

@@ -18,6 +18,9 @@ figure is a time. Sections (``--only`` / ``--skip`` take their names):
   bench_concept_world.py (their functions, at the sizes of the mode), the reference's
   algorithms included (stimulus passes, per-image importance loop, per-pair neuron
   embedding, image-embedding gradient descent; see each file);
+* ``stimuli_vit``: bench_stimuli.py for vision transformers: the stimulus pass of
+  ConceptEvo's small_vit and of torchvision's vit_b_16 (64x64 inputs, fewer images) against a
+  bare forward pass (target <= 1.3), and where the pass spends its time (profile_tokens);
 * ``memory``: bench_memory.py, the peak resident memory of a recorded stimulus pass
   (activations kept) over two probe sizes, each in a fresh process, and their ratio;
 * ``diagnosis``: calibrate_diagnosis.py's confusion table, for the end-to-end study's seed;
@@ -53,7 +56,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("end_to_end", "stimuli", "memory", "monitor", "importance", "space",
+SECTIONS = ("end_to_end", "stimuli", "stimuli_vit", "memory", "monitor", "importance", "space",
             "concept_world", "diagnosis", "scaling", "distributed")
 
 # Sizes per mode. Full: what fits in about 20 minutes on 2 cores; quick: a few minutes;
@@ -63,6 +66,8 @@ MODES = {
         "end_to_end": {"demo": "full"},
         "stimuli": {"models": ["small_vgg", "resnet18", "vgg16"], "images": 256,
                     "batch_size": 128, "repeats": 3},
+        "stimuli_vit": {"models": {"small_vit": 256, "vit_b_16": 64}, "batch_size": 64,
+                        "repeats": 3},
         "memory": {"sizes": [512, 8192], "model": "resnet18", "image_size": 64,
                    "batch_size": 128},
         "monitor": {"models": ["small_vgg", "resnet18"], "images": 900, "repeats": 3},
@@ -81,6 +86,8 @@ MODES = {
     "quick": {
         "end_to_end": {"demo": "tiny", "importance_classes": 2, "skip_stages": ["evaluation"]},
         "stimuli": {"models": ["small_vgg"], "images": 128, "batch_size": 64, "repeats": 2},
+        "stimuli_vit": {"models": {"small_vit": 128, "vit_b_16": 32}, "batch_size": 32,
+                        "repeats": 2},
         "memory": {"sizes": [512, 2048], "model": "resnet18", "image_size": 64,
                    "batch_size": 128},
         "monitor": {"models": ["small_vgg"], "images": 128, "repeats": 2},
@@ -99,6 +106,7 @@ MODES = {
     "smoke": {
         "stimuli": {"models": ["small_vgg"], "images": 64, "batch_size": 32, "repeats": 1,
                     "layouts": [True]},
+        "stimuli_vit": {"models": {"small_vit": 32}, "batch_size": 32, "repeats": 1},
         "memory": {"sizes": [64, 256], "model": "resnet18", "image_size": 32,
                    "batch_size": 64},
         "monitor": {"models": ["small_vgg"], "images": 32, "repeats": 1},
@@ -152,6 +160,23 @@ def section_stimuli(p: dict) -> dict:
                                               p["repeats"], layout,
                                               with_reference=p.get("reference", True)))
     return {"rows": rows}
+
+
+def section_stimuli_vit(p: dict) -> dict:
+    """The stimulus pass of each transformer of ``p["models"]`` (name: probe images) against
+    a bare forward pass (contiguous, as the pipeline runs a model without convolutions), and
+    its profile (bench_stimuli.profile_tokens)."""
+    import bench_stimuli
+
+    rows, profiles = [], []
+    for model, images in p["models"].items():
+        log(f"stimuli (transformers): {model}, {images} images x {p['repeats']} repeats")
+        rows.append(bench_stimuli.measure(model, images, p["batch_size"], p["repeats"], False,
+                                          with_reference=False))
+        log(f"stimuli (transformers): profile of {model}")
+        profiles.append(bench_stimuli.profile_tokens(model, images, p["batch_size"],
+                                                     p["repeats"]))
+    return {"rows": rows, "profiles": profiles}
 
 
 def section_memory(p: dict) -> dict:
@@ -555,6 +580,9 @@ def collect_ratios(results: dict) -> tuple[dict, dict]:
             add(f"stimulus_pass_speedup_vs_reference_both_passes/{row['model']}/"
                 f"{row['layout']}", row["vs_reference_both_passes"],
                 "> 1: ours faster (its stimulus and responsive-neuron passes)")
+    for row in results.get("stimuli_vit", {}).get("rows", []):
+        add(f"stimulus_pass_vs_forward/{row['model']}/{row['layout']}", row["ratio"], "<= 1.3")
+        throughput[f"stimulus_pass/{row['model']}/{row['layout']}"] = row["images_per_s"]
     mem = results.get("memory")
     if mem and "peak_ratio" in mem:
         lo, hi = mem["sizes"][0], mem["sizes"][-1]

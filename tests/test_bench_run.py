@@ -28,7 +28,8 @@ def test_benchmark_suite_smoke_run_writes_one_json(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     doc = json.loads(out.read_text())
     assert doc["meta"]["mode"] == "smoke" and doc["meta"]["failed_sections"] == []
-    assert set(doc["results"]) == {"stimuli", "memory", "monitor", "concept_world", "scaling"}
+    assert set(doc["results"]) == {"stimuli", "stimuli_vit", "memory", "monitor",
+                                   "concept_world", "scaling"}
     ratios = doc["ratios"]
     assert ratios["stimulus_pass_vs_forward/small_vgg/channels_last"]["value"] > 0
     assert ratios["stimulus_pass_speedup_vs_reference/small_vgg/channels_last"]["value"] > 0
@@ -41,6 +42,11 @@ def test_benchmark_suite_smoke_run_writes_one_json(tmp_path):
         assert len(scaling["sizes"]) == len(scaling["seconds"]) == 3
         assert -1 <= ratios[f"scaling_r2/{name}"]["value"] <= 1
     assert doc["throughput"]["stimulus_pass/small_vgg/channels_last"] > 0
+    # the transformer's pass: no reference (it probes Conv2d only), a profile of its parts
+    assert ratios["stimulus_pass_vs_forward/small_vit/contiguous"]["target"] == "<= 1.3"
+    profile = doc["results"]["stimuli_vit"]["profiles"][0]
+    assert profile["model"] == "small_vit" and profile["neurons"] == 512
+    assert profile["ours_s"] > 0 and "vs_reference" not in doc["results"]["stimuli_vit"]["rows"][0]
     assert all(v > 0 for v in doc["peak_rss_mb"].values())
     assert doc["readme"] == check_readme.rows(doc) and len(doc["readme"]) >= 5
     assert set(doc["meta"]["sections"]) == set(doc["results"])

@@ -692,3 +692,113 @@ def test_a_damaged_checkpoint_is_left_out_and_named(browser, tiny_demo, tmp_path
         status = p.page.evaluate("fetch('/api/points/healthy/1').then(r => r.status)")
         assert status == 503
         p.shot("damaged-checkpoint")
+
+
+# ------------------------------------------------------------------ a vision transformer
+@pytest.fixture(scope="module")
+def vit_site(tmp_path_factory):
+    """The tiny ViT demo (tests/test_demo.py builds it once per session), served."""
+    from test_demo import build_tiny_vit_demo
+
+    root, _, _ = build_tiny_vit_demo(tmp_path_factory)
+    with Server(root) as url:
+        yield url, root
+
+
+#: JavaScript: for the images matching a selector, [complete, width, spread of pixel values]
+#: (an image drawn on a canvas; spread = max - min over its RGB values: 0 for a blank image)
+IMAGE_CONTENT = """(selector) => Array.from(document.querySelectorAll(selector)).map(img => {
+  if (!img.complete || img.naturalWidth === 0) return [false, img.naturalWidth, 0];
+  const c = document.createElement('canvas');
+  c.width = img.naturalWidth; c.height = img.naturalHeight;
+  const ctx = c.getContext('2d');
+  ctx.drawImage(img, 0, 0);
+  const d = ctx.getImageData(0, 0, c.width, c.height).data;
+  let lo = 255, hi = 0;
+  for (let i = 0; i < d.length; i += 4) for (let k = 0; k < 3; k++) {
+    lo = Math.min(lo, d[i + k]); hi = Math.max(hi, d[i + k]);
+  }
+  return [true, img.naturalWidth, hi - lo];
+})"""
+
+
+def images_with_content(page, selector: str) -> list:
+    """[complete, width, spread] of every image matching ``selector`` (see IMAGE_CONTENT)."""
+    return page.evaluate(f"({IMAGE_CONTENT})({selector!r})")
+
+
+def all_loaded(selector: str) -> str:
+    return (f"Array.from(document.querySelectorAll({selector!r})).length > 0 && "
+            f"Array.from(document.querySelectorAll({selector!r}))"
+            ".every(i => i.complete && i.naturalWidth > 0)")
+
+
+def test_vit_space_view_shows_its_token_neurons_and_their_patches(browser, vit_site):
+    url, _ = vit_site
+    p = Page(browser, url + "/?view=space")
+    p.page.wait_for_timeout(300)
+    study = p.page.evaluate("fetch('/api/study').then(r => r.json())")
+    layers = [layer["name"] for layer in study["runs"][0]["layers"]]
+    assert layers == [f"blocks.{i}.mlp.act" for i in range(4)]
+    selected = p.state("runs")
+    assert p.state("drawnPoints") == sum(r["n_neurons"] for r in study["runs"]
+                                         if r["name"] in selected) > 0
+
+    # hovering a neuron of the last block shows its patches
+    epoch = study["runs"][0]["epochs"][-1]
+    neuron = study["runs"][0]["layers"][3]["offset"] + 5
+    x, y = p.page.evaluate(f"window.conceptevo.screenPosition('healthy', {epoch}, {neuron})")
+    box = p.page.locator("[data-testid=space-canvas]").bounding_box()
+    p.page.mouse.move(box["x"] + x, box["y"] + y)
+    wait(p.page, "window.conceptevo.state.hovered !== null")
+    p.page.locator("[data-testid=hover-patches]").wait_for(state="visible")
+    wait(p.page, all_loaded("[data-testid=hover-patches]"))
+    assert all(ok and width > 0 and spread > 0 for ok, width, spread in
+               images_with_content(p.page, "[data-testid=hover-patches]"))
+    p.shot("vit-space-hover")
+
+    # pinning it: its trajectory, its patches at every epoch, neighbours in other runs
+    hovered = p.state("hovered")
+    p.page.mouse.click(box["x"] + x, box["y"] + y)
+    wait(p.page, "window.conceptevo.state.pinned !== null")
+    run_epochs = next(r["epochs"] for r in study["runs"] if r["name"] == hovered["run"])
+    wait(p.page, f"window.conceptevo.state.trajectory.length === {len(run_epochs)}")
+    strip = "[data-testid=epoch-strip] img"
+    assert p.page.locator(strip).count() == len(run_epochs)
+    wait(p.page, all_loaded(strip))
+    assert all(ok and spread > 0 for ok, _, spread in images_with_content(p.page, strip))
+    p.page.locator("[data-testid=neighbours] .neighbour").first.wait_for(state="visible")
+    pinned = p.page.locator("[data-testid=pinned]").inner_text()
+    assert "blocks." in pinned and ".mlp.act" in pinned
+    p.shot("vit-space-pinned")
+    assert not p.errors, p.errors
+    assert all(u.startswith(url) for u in p.requests)
+
+
+def test_vit_class_view_shows_evolutions_with_patches_and_no_empty_panel(browser, vit_site):
+    url, _ = vit_site
+    p = Page(browser, url + "/?view=class")
+    p.page.locator("[data-testid=class-view] .evolution").first.wait_for(state="visible")
+    sections = p.page.locator("[data-testid=class-view] .layer-evolutions")
+    assert sections.count() == 4
+    for i in range(4):
+        assert sections.nth(i).locator("h3").inner_text().endswith(".mlp.act")
+        assert sections.nth(i).locator(".evolution").count() > 0   # no empty layer
+    images = "[data-testid=class-view] .evolution img"
+    wait(p.page, all_loaded(images))
+    content = images_with_content(p.page, images)
+    assert len(content) == 2 * p.page.locator("[data-testid=class-view] .evolution").count()
+    assert all(ok and spread > 0 for ok, _, spread in content)
+    assert p.page.locator("[data-testid=reversion-chart]").count() >= 1
+    assert p.page.locator("[data-testid=class-view] .empty").count() == 0
+    assert p.page.locator("[data-testid=class-view] .note.error").count() == 0
+    p.shot("vit-class")
+
+    # the other views of the ViT's workspace render too
+    p.page.locator("[data-testid=tab-training]").click()
+    p.page.locator("[data-testid=training-view] svg").first.wait_for(state="visible")
+    p.page.locator("[data-testid=tab-evaluation]").click()
+    p.page.locator("[data-testid=evaluation-methods] tbody tr").first.wait_for(state="visible")
+    p.shot("vit-evaluation")
+    assert not p.errors, p.errors
+    assert all(u.startswith(url) for u in p.requests)

@@ -220,6 +220,44 @@ def test_bootstrap_interval_narrows_with_more_queries():
     assert widths[1] < widths[0] / 2
 
 
+def test_a_method_whose_neighbours_never_share_a_concept_has_no_auc(tmp_path):
+    """A method with no positive candidate (the ViT demo's per-model spaces) has an undefined
+    AUC: reported as n/a, not a crash, and left out of the baselines to beat."""
+    from conceptevo.evaluate.alignment import StudyResult
+    from conceptevo.evaluate.stage import evaluation_text, headline
+    from conceptevo.viz import plot_auc_by_depth, plot_roc
+
+    groups = np.repeat(np.arange(20), 6)
+    none = StudyResult(np.linspace(0, 1, 120), np.zeros(120, bool), groups, groups % 2)
+    summary = none.auc(100)
+    assert summary["auc"] is None and summary["ci95"] == [None, None]
+    assert summary["undefined"] == "no candidate shares its query's concept"
+    assert summary["by_depth"] == {} and summary["positive_rate"] == 0.0
+    assert json.loads(json.dumps(summary)) == summary          # valid JSON: no NaN
+    assert np.isnan(bootstrap_auc(none.scores, none.positive, groups, 50)).all()
+    rng = np.random.default_rng(0)
+    positive = rng.random(120) < 0.3
+    some = StudyResult(positive + rng.standard_normal(120), positive, groups, groups % 2)
+    ours = dict(title="Unified space (ours)", **some.auc(100), roc={"fpr": [0, 1],
+                                                                    "tpr": [0, 1]})
+    alignment = {"order": ["unified", "separate"], "n_checkpoints": 2,
+                 "methods": {"unified": ours,
+                             "separate": dict(title="Per-model embeddings", **summary,
+                                              roc={"fpr": [0, 1], "tpr": [0, 1]})},
+                 "beats_all_baselines": True}
+    text = evaluation_text({"alignment": alignment, "settings": {"neighbours": 5,
+                                                                  "min_iou": 0.04},
+                            "labels": {"n_labelled": 3, "n_pool": 9},
+                            "faithfulness": {"fidelity": {"seeds": [0], "spread": {
+                                "top1": [0.5, 0.5], "top10": [1, 1],
+                                "mean_cosine": [0.9, 0.9]}}, "reversion": []},
+                            "headline": headline(alignment)})
+    assert "Per-model embeddings" in text and "n/a (no candidate shares" in text
+    assert headline(alignment).startswith(f"unified space AUC {ours['auc']:.3f}")
+    assert plot_roc(alignment, tmp_path / "roc.png").stat().st_size > 0
+    assert plot_auc_by_depth(alignment, tmp_path / "depth.png").stat().st_size > 0
+
+
 # ------------------------------------------------------------------------------- stage
 def test_demo_evaluation(tiny_demo):
     root, out, _ = tiny_demo

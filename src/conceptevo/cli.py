@@ -299,15 +299,16 @@ def cmd_train(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from .demo import demo_arch, run_demo
 
-    with _writing(args.workspace, "demo"):
-        run_demo(args.workspace, quick=args.quick)
+    workspace = args.workspace or demo_arch(args.arch).workspace
+    with _writing(workspace, "demo"):
+        run_demo(workspace, quick=args.quick, arch=args.arch)
     if args.serve:
         from .serve.app import serve
 
         print(f"serving the dashboard at http://127.0.0.1:{args.port}/ (Ctrl-C to stop)")
-        serve(args.workspace, port=args.port)
+        serve(workspace, port=args.port)
     return 0
 
 
@@ -416,9 +417,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="the whole method on generated data, no download")
-    p.add_argument("--workspace", default="demo-workspace",
-                   help="directory of the demo study (default demo-workspace)")
-    p.add_argument("--quick", action="store_true", help="a smaller demo (under 90 s)")
+    p.add_argument("--arch", choices=("cnn", "vit"), default="cnn",
+                   help="the classifier: cnn, a small VGG (default), or vit, a small vision "
+                        "transformer (conceptevo:small_vit)")
+    p.add_argument("--workspace", default=None,
+                   help="directory of the demo study (default demo-workspace, "
+                        "demo-workspace-vit for --arch vit)")
+    p.add_argument("--quick", action="store_true",
+                   help="a smaller demo (cnn: under 90 s)")
     p.add_argument("--serve", action="store_true", help="then serve the dashboard")
     p.add_argument("--port", type=int, default=8765, help="dashboard port (default 8765)")
     p.set_defaults(func=cmd_demo)

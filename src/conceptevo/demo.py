@@ -1,9 +1,12 @@
 """``conceptevo demo``: the whole method on the concept world, with no download.
 
-It generates the concept world, trains a small VGG in the paper's three regimes (healthy,
-learning rate too high, overfitting), and runs every stage of a study on them. Everything
-lives in one directory, which is both the demo's workspace and the home of its data, its
-checkpoints and its ``study.toml`` (a config you can copy for your own study).
+It generates the concept world, trains a small classifier in the paper's three regimes
+(healthy, learning rate too high, overfitting), and runs every stage of a study on them. The
+classifier is a small VGG (``--arch cnn``, the default) or a small vision transformer
+(``--arch vit``, :data:`ARCHES`). Everything lives in one directory, which is both the demo's
+workspace and the home of its data, its checkpoints and its ``study.toml`` (a config you can
+copy for your own study); each architecture has its own (``demo-workspace``,
+``demo-workspace-vit``).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class DemoSize:
     evaluation_queries: int = 200           # alignment study queries per layer
     importance_classes: int | None = None   # None: every class
     overfit_repeat: int | None = None       # None: the overfit regime's own (30)
+    evaluation_every: int = 2               # label every n-th epoch (and the last)
 
 
 FULL = DemoSize(n_train=4000, n_val=1000, epochs=8, probe_per_class=150, heldout_per_class=50,
@@ -40,8 +44,49 @@ FULL = DemoSize(n_train=4000, n_val=1000, epochs=8, probe_per_class=150, heldout
 QUICK = DemoSize(n_train=1200, n_val=360, epochs=3, probe_per_class=40, heldout_per_class=20,
                  importance_images=20, evaluation_images=10, evaluation_queries=60,
                  importance_classes=4, overfit_repeat=15)
+#: the ViT demo: the CNN's data and probe sizes, the ViT recipe's epochs (labelled every 5th:
+#: as many checkpoints as the CNN's); quick: twice the CNN's quick epochs
+FULL_VIT = DemoSize(n_train=4000, n_val=1000, epochs=20, probe_per_class=150,
+                    heldout_per_class=50, importance_images=100, evaluation_every=5)
+QUICK_VIT = DemoSize(n_train=1200, n_val=360, epochs=6, probe_per_class=40, heldout_per_class=20,
+                     importance_images=20, evaluation_images=10, evaluation_queries=60,
+                     importance_classes=4, overfit_repeat=15, evaluation_every=3)
 RUNS = (("healthy", "healthy", ""), ("lr-too-high", "lr-too-high", ""),
         ("overfit", "overfit", "dropout = 0.0, "))
+
+
+@dataclass(frozen=True)
+class DemoArch:
+    """One architecture of the demo: the model (``arch``, a registry name), the training
+    recipe of its regimes (:data:`conceptevo.train.RECIPES`), its sizes, its workspace, and
+    the healthy run's target validation accuracy (printed, not enforced)."""
+
+    name: str
+    arch: str
+    title: str
+    recipe: str
+    full: DemoSize
+    quick: DemoSize
+    workspace: str
+    healthy_target: float
+
+
+ARCHES = {
+    "cnn": DemoArch("cnn", "conceptevo:small_vgg", "a small VGG", "cnn", FULL, QUICK,
+                    "demo-workspace", 0.85),
+    "vit": DemoArch("vit", "conceptevo:small_vit", "a small vision transformer", "vit",
+                    FULL_VIT, QUICK_VIT, "demo-workspace-vit", 0.75),
+}
+
+
+def demo_arch(name: str) -> DemoArch:
+    """The :class:`DemoArch` called ``name`` ("cnn" or "vit")."""
+    from .errors import ConfigError
+
+    if name not in ARCHES:
+        raise ConfigError(f"the demo has no architecture {name!r}; choose one of "
+                          f"{', '.join(ARCHES)}")
+    return ARCHES[name]
 
 
 def importance_pairs(epochs: int) -> list[tuple[int, int]]:
@@ -49,9 +94,9 @@ def importance_pairs(epochs: int) -> list[tuple[int, int]]:
     return [(1, 2), (epochs - 1, epochs)] if epochs >= 3 else [(0, 1)]
 
 
-def evaluation_epochs(epochs: int) -> list[int]:
-    """Every other epoch and the last: the checkpoints whose neurons the demo labels."""
-    return sorted(set(range(0, epochs + 1, 2)) | {epochs})
+def evaluation_epochs(epochs: int, every: int = 2) -> list[int]:
+    """Every ``every``-th epoch and the last: the checkpoints whose neurons the demo labels."""
+    return sorted(set(range(0, epochs + 1, every)) | {epochs})
 
 
 def _more(regime: str, size: DemoSize) -> str:
@@ -60,15 +105,21 @@ def _more(regime: str, size: DemoSize) -> str:
     return ""
 
 
-def study_toml(size: DemoSize, n_classes: int, seed: int = 0) -> str:
+def study_toml(size: DemoSize, n_classes: int, seed: int = 0, arch: str = "cnn") -> str:
     """The demo's study configuration, written next to its data (``seed``: the training seed
-    of the three runs)."""
+    of the three runs; ``arch``: a key of :data:`ARCHES`)."""
+    spec = demo_arch(arch)
+    recipe = "" if spec.recipe == "cnn" else f'recipe = "{spec.recipe}", '
+    def train(regime: str) -> str:
+        return (f'{{ {recipe}regime = "{regime}", epochs = {size.epochs}, seed = {seed}'
+                f"{_more(regime, size)} }}")
+
     runs = "\n".join(f"""
 [[runs]]
 name = "{name}"
 checkpoints = "runs/{name}/checkpoints/epoch_{{epoch}}.pt"
 kwargs = {{ {extra}num_classes = {n_classes} }}
-train = {{ regime = "{regime}", epochs = {size.epochs}, seed = {seed}{_more(regime, size)} }}"""
+train = {train(regime)}"""
                      for name, regime, extra in RUNS)
     return f"""# The ConceptEvo demo study, written by `conceptevo demo`. Copy it for your study.
 # Paths are relative to this file. Reference: the README's configuration section.
@@ -88,7 +139,7 @@ root = "data/val"
 per_class = {size.heldout_per_class}
 
 [model]
-arch = "conceptevo:small_vgg"
+arch = "{spec.arch}"
 kwargs = {{ num_classes = {n_classes} }}
 
 [stimuli]
@@ -104,7 +155,7 @@ random_draws = 5
 [evaluation]                 # `conceptevo evaluate`: concept labels and the alignment study
 images_per_class = {size.evaluation_images}
 queries_per_layer = {size.evaluation_queries}
-epochs = {evaluation_epochs(size.epochs)}
+epochs = {evaluation_epochs(size.epochs, size.evaluation_every)}
 mask_size = 32               # IoU on 32x32 masks (the images are 64x64): 4x faster
 
 [training]                   # only for `conceptevo train`
@@ -130,8 +181,10 @@ def prepare_data(root: Path, size: DemoSize, seed: int = 0) -> list[str]:
     return list(world.class_names)
 
 
-def training_summary(ws: Workspace, runs: list[str]) -> tuple[str, dict]:
-    """A table of train/val accuracy per run and epoch, and the regime checks."""
+def training_summary(ws: Workspace, runs: list[str], healthy_target: float = 0.85
+                     ) -> tuple[str, dict]:
+    """A table of train/val accuracy per run and epoch, and the regime checks (the healthy
+    run's validation accuracy against ``healthy_target``)."""
     metrics = {run: ws.load_metrics(run) for run in runs}
     epochs = sorted({row["epoch"] for rows in metrics.values() for row in rows})
     lines = ["accuracy (train / val) by epoch", "epoch  " + "".join(f"{r:>18}" for r in runs)]
@@ -153,7 +206,8 @@ def training_summary(ws: Workspace, runs: list[str]) -> tuple[str, dict]:
         }
         lines += [
             "",
-            f"healthy      final val accuracy {h['val_acc']:.1%}  (target >= 85%)",
+            (f"healthy      final val accuracy {h['val_acc']:.1%}  "
+             f"(target >= {healthy_target:.0%})"),
             (f"overfit      train - val gap    {checks['overfit_gap_points']:.1f} points "
              "(target >= 20)"),
             f"lr-too-high  final val accuracy {hi['val_acc']:.1%}  (healthy: {h['val_acc']:.1%})",
@@ -161,19 +215,27 @@ def training_summary(ws: Workspace, runs: list[str]) -> tuple[str, dict]:
     return "\n".join(lines), checks
 
 
-def run_demo(directory: str | Path, quick: bool = False, size: DemoSize | None = None) -> dict:
-    """Run the demo study in ``directory``; returns the figures it printed.
+def run_demo(directory: str | Path, quick: bool = False, size: DemoSize | None = None,
+             arch: str = "cnn", seed: int = 0) -> dict:
+    """Run the demo study of architecture ``arch`` (a key of :data:`ARCHES`) in
+    ``directory``, its three runs trained with ``seed`` (the concept world is the same for
+    every seed); returns the figures it printed.
 
-    ``size`` overrides the full / quick presets (the tests use a tiny one).
+    ``size`` overrides the full / quick presets of the architecture (the tests use a tiny
+    one). A directory holding the demo of another architecture is an error (its runs would
+    be trained again over the other's checkpoints).
     """
     from . import pipeline
 
     t0 = time.perf_counter()
+    spec = demo_arch(arch)
     root = Path(directory).resolve()
-    size = size or (QUICK if quick else FULL)
+    size = size or (spec.quick if quick else spec.full)
+    check_demo_directory(root, spec)
     ws = Workspace(root, create=True)
     classes = prepare_data(root, size)
-    (root / "study.toml").write_text(study_toml(size, len(classes)), encoding="utf-8")
+    (root / "study.toml").write_text(study_toml(size, len(classes), seed=seed, arch=arch),
+                                     encoding="utf-8")
     cfg = load_config(root / "study.toml")
     timings = {"data": time.perf_counter() - t0}
 
@@ -220,8 +282,9 @@ def run_demo(directory: str | Path, quick: bool = False, size: DemoSize | None =
     timings["report"] = time.perf_counter() - t
 
     runs = [r.name for r in cfg.runs]
-    table, checks = training_summary(ws, runs)
+    table, checks = training_summary(ws, runs, spec.healthy_target)
     print()
+    print(f"{spec.title} ({spec.arch}): {len(runs)} runs of {size.epochs} epochs")
     print(table)
     print()
     n_ckpt = sum(len(ws.stimuli_epochs(r)) for r in runs)
@@ -273,7 +336,28 @@ def run_demo(directory: str | Path, quick: bool = False, size: DemoSize | None =
     print(f"open {report} in a browser, or explore it live:")
     print(f"  {_command()} serve {root}    (then http://127.0.0.1:8765/)")
     return {"checks": checks, "timings": timings, "total_s": total,
-            "fidelity": space_report["fidelity"]}
+            "fidelity": space_report["fidelity"], "arch": spec.arch}
+
+
+def check_demo_directory(root: Path, spec: DemoArch) -> None:
+    """Refuse a directory whose ``study.toml`` is the demo of another architecture."""
+    import tomllib
+
+    from .errors import ConfigError
+
+    path = root / "study.toml"
+    if not path.is_file():
+        return
+    try:
+        found = tomllib.loads(path.read_text(encoding="utf-8")).get("model", {}).get("arch")
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, AttributeError):
+        return  # not a demo's config: written again below
+    if found is not None and found != spec.arch:
+        other = next((a for a in ARCHES.values() if a.arch == found), None)
+        raise ConfigError(f"{root} holds the demo study of {found}"
+                          + (f" (--arch {other.name})" if other else "")
+                          + f", not of {spec.arch}: give another --workspace (the "
+                          f"{spec.name} demo's default is {spec.workspace})")
 
 
 def _command() -> str:

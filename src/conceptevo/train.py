@@ -29,14 +29,17 @@ from .schema import MAX_SEED, bounded
 class TrainConfig:
     """Hyper-parameters of one training run (a :data:`REGIMES` preset fills the defaults).
 
-    ``optimizer``: "adamw" or "sgd" (with ``momentum``). ``train_subset``: train on this
-    many images per class (None: all); ``repeat``: passes over those images per epoch (a
-    small subset still gets a healthy number of steps per epoch). ``augment``: random
-    translation by up to ``translate`` pixels (reflect padding). ``schedule``: "cosine"
-    decay to zero or "constant".
+    ``recipe``: the family of presets the ``regime`` is taken from (:data:`RECIPES`: "cnn",
+    the default, or "vit" for vision transformers). ``optimizer``: "adamw" or "sgd" (with
+    ``momentum``). ``train_subset``: train on this many images per class (None: all);
+    ``repeat``: passes over those images per epoch (a small subset still gets a healthy
+    number of steps per epoch). ``augment``: random translation by up to ``translate``
+    pixels (reflect padding). ``schedule``: "cosine" decay to zero or "constant", after
+    ``warmup_epochs`` of linear warm-up.
     """
 
     regime: str = "healthy"
+    recipe: str = "cnn"
     epochs: int = bounded(8, 1, 100_000)
     optimizer: str = "adamw"
     lr: float = bounded(3e-3, 0, 100, lo_open=True)
@@ -53,11 +56,16 @@ class TrainConfig:
 
     @classmethod
     def from_mapping(cls, values: dict) -> TrainConfig:  # (values are checked by the loader)
-        """Built from a config table: the ``regime`` preset, then the keys given."""
+        """Built from a config table: the ``regime`` preset of the ``recipe``, then the keys
+        given."""
         values = dict(values)
-        return train_config(values.pop("regime", "healthy"), **values)
+        return train_config(values.pop("regime", "healthy"), values.pop("recipe", "cnn"),
+                            **values)
 
     def validate(self, where: str = "train") -> None:
+        if self.recipe not in RECIPES:
+            raise ConfigError(f"[{where}] recipe must be one of {', '.join(map(repr, RECIPES))}, "
+                              f"not {self.recipe!r}")
         if self.epochs < 1:
             raise ConfigError(f"[{where}] epochs must be >= 1, not {self.epochs}")
         if self.lr <= 0 or not math.isfinite(self.lr):
@@ -89,12 +97,41 @@ REGIMES: dict[str, dict] = {
 }
 
 
-def train_config(regime: str = "healthy", **overrides) -> TrainConfig:
-    """A :class:`TrainConfig` from a regime preset plus explicit overrides."""
-    if regime not in REGIMES:
+#: The same three regimes for vision transformers, calibrated on the concept world with
+#: ``conceptevo:small_vit`` (the demo's 4,000 training images). A ViT from scratch wants more
+#: epochs than the CNN (20), a linear warm-up (2 epochs) before the cosine decay, and AdamW's
+#: decoupled weight decay at ViT strength (0.05). ``overfit`` is the CNN's overfitting recipe
+#: (10 images per class seen 30 times per epoch, no augmentation, no weight decay; run it with
+#: ``dropout = 0``) with the ViT's warm-up. ``lr-too-high`` is the healthy recipe with a
+#: learning rate 100x too large (a pre-norm transformer under AdamW is far more tolerant of a
+#: large rate than the CNN): it stays near chance for most of the run and recovers part of the
+#: way only once the cosine schedule has brought the rate back down. Measured per seed in
+#: benchmarks/results/architectures.json (``python benchmarks/demo_architectures.py``).
+VIT_REGIMES: dict[str, dict] = {
+    "healthy": {"epochs": 20, "lr": 2e-3, "augment": True, "train_subset": None,
+                "weight_decay": 0.05, "warmup_epochs": 2},
+    "lr-too-high": {"epochs": 20, "lr": 2e-1, "augment": True, "train_subset": None,
+                    "weight_decay": 0.05, "warmup_epochs": 2},
+    "overfit": {"epochs": 20, "lr": 2e-3, "augment": False, "train_subset": 10, "repeat": 30,
+                "batch_size": 32, "weight_decay": 0.0, "warmup_epochs": 2},
+}
+
+#: The regime presets of each architecture family (``TrainConfig.recipe``).
+RECIPES: dict[str, dict[str, dict]] = {"cnn": REGIMES, "vit": VIT_REGIMES}
+
+
+def train_config(regime: str = "healthy", recipe: str = "cnn", **overrides) -> TrainConfig:
+    """A :class:`TrainConfig` from the ``regime`` preset of ``recipe`` (:data:`RECIPES`)
+    plus explicit overrides."""
+    if recipe not in RECIPES:
+        raise ConfigError(f"unknown training recipe {recipe!r}; choose one of "
+                          f"{', '.join(RECIPES)} (cnn: convolutional networks, vit: vision "
+                          "transformers)")
+    presets = RECIPES[recipe]
+    if regime not in presets:
         raise ConfigError(f"unknown training regime {regime!r}; choose one of "
-                          f"{', '.join(REGIMES)}")
-    values = dict(REGIMES[regime], regime=regime)
+                          f"{', '.join(presets)}")
+    values = dict(presets[regime], regime=regime, recipe=recipe)
     values.update({k: v for k, v in overrides.items() if v is not None})
     known = {f.name for f in fields(TrainConfig)}
     unknown = set(values) - known
@@ -254,5 +291,16 @@ def train(model: nn.Module, train_images: np.ndarray, train_labels: np.ndarray,
     return history
 
 
+#: settings added after the first release, with the value that behaves as before: left out
+#: of :func:`config_dict` at that value, so that runs trained before keep their identity
+_LATER_SETTINGS = {"recipe": "cnn"}
+
+
 def config_dict(cfg: TrainConfig) -> dict:
-    return asdict(cfg)
+    """The settings that identify a run (what a finished run is recognised by): every field,
+    except those of :data:`_LATER_SETTINGS` at their original value."""
+    values = asdict(cfg)
+    for key, original in _LATER_SETTINGS.items():
+        if values.get(key) == original:
+            del values[key]
+    return values

@@ -76,8 +76,10 @@ def plot_roc(alignment: dict, path: str | Path) -> Path:
     ax.plot([0, 1], [0, 1], color="#d1d5db", lw=1, ls="--")
     for m, colour in zip(order, METHOD_COLOURS):
         r = methods[m]
+        label = (f"{r['title']}: n/a" if r["auc"] is None else
+                 f"{r['title']}: {r['auc']:.2f} [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]")
         ax.plot(r["roc"]["fpr"], r["roc"]["tpr"], color=colour, lw=2.2 if m == order[0] else 1.4,
-                label=f"{r['title']}: {r['auc']:.2f} [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]")
+                label=label)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1),
            ylim=(0, 1.01), title="Alignment study: do neighbours share the concept?")
     ax.legend(loc="lower right", fontsize=6.5, title="AUC [95% CI]", title_fontsize=7)
@@ -94,7 +96,8 @@ def plot_auc_by_depth(alignment: dict, path: str | Path) -> Path:
     width = 0.8 / len(order)
     for j, (m, colour) in enumerate(zip(order, METHOD_COLOURS)):
         points = [(d, methods[m]["by_depth"].get(str(d))) for d in depths]
-        points = [(d, v) for d, v in points if v and v["auc"] == v["auc"]]
+        points = [(d, v) for d, v in points if v and v["auc"] is not None
+                  and v["ci95"][0] is not None]
         xs = [d + (j - (len(order) - 1) / 2) * width for d, _ in points]
         ys = [v["auc"] for _, v in points]
         err = [[v["auc"] - v["ci95"][0] for _, v in points],

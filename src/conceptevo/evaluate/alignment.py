@@ -75,8 +75,15 @@ def bootstrap_auc(scores: np.ndarray, positive: np.ndarray, groups: np.ndarray,
     np.add.at(counts, (np.repeat(np.arange(n_boot), len(ids)), draws.ravel()), 1.0)
     values = weighted_auc(scores, positive, counts[:, inverse])
     values = values[np.isfinite(values)]
+    if values.size == 0:  # no positive or no negative candidate: the AUC is undefined
+        return float("nan"), float("nan")
     lo, hi = np.percentile(values, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
     return float(lo), float(hi)
+
+
+def _defined(value: float) -> float | None:
+    """``value``, or None where it is NaN (an undefined AUC: JSON has no NaN)."""
+    return float(value) if np.isfinite(value) else None
 
 
 @dataclass
@@ -106,11 +113,19 @@ class StudyResult:
     extra: dict = field(default_factory=dict)
 
     def auc(self, n_boot: int = 1000, seed: int = 0) -> dict:
-        out = {"auc": roc_auc(self.scores, self.positive),
-               "ci95": list(bootstrap_auc(self.scores, self.positive, self.query, n_boot, seed)),
+        """AUC, bootstrap interval and counts, overall and by depth. Where no candidate (or
+        every candidate) shares its query's concept the AUC is undefined: ``auc`` and the
+        interval are None and ``undefined`` says why."""
+        n_pos = int(self.positive.sum())
+        out = {"auc": _defined(roc_auc(self.scores, self.positive)),
+               "ci95": [_defined(v) for v in bootstrap_auc(self.scores, self.positive,
+                                                           self.query, n_boot, seed)],
                "n_queries": int(np.unique(self.query).size),
                "n_candidates": int(len(self.scores)),
-               "positive_rate": float(self.positive.mean())}
+               "positive_rate": float(self.positive.mean()) if len(self.scores) else 0.0}
+        if out["auc"] is None:
+            out["undefined"] = ("no candidate shares its query's concept" if n_pos == 0 else
+                                "every candidate shares its query's concept")
         out["by_depth"] = {}
         for d in np.unique(self.depth):
             sel = self.depth == d

@@ -324,8 +324,10 @@ def run_alignment(neurons: StudyNeurons, per_layer: int, k: int, n_boot: int, se
             bar.update(1)
     ours = out["methods"]["unified"]
     baselines = [m for m in methods if m != "unified"]
-    out["beats_all_baselines"] = bool(all(
-        ours["ci95"][0] > out["methods"][m]["ci95"][1] for m in baselines))
+    # a baseline whose AUC is undefined (none of its neighbours shares a concept) is beaten
+    defined = [m for m in baselines if out["methods"][m]["auc"] is not None]
+    out["beats_all_baselines"] = ours["auc"] is not None and bool(all(
+        ours["ci95"][0] > out["methods"][m]["ci95"][1] for m in defined))
     out["n_pool"] = int(len(neurons.index.label))
     out["n_checkpoints"] = len(neurons.checkpoints)
     return out
@@ -424,14 +426,25 @@ def label_summary(neurons: StudyNeurons, concept_names: list[str]) -> dict:
 def headline(alignment: dict) -> str:
     methods = alignment["methods"]
     ours = methods["unified"]
-    best = max((m for m in methods if m != "unified"), key=lambda m: methods[m]["auc"])
-    b = methods[best]
+    if ours["auc"] is None:
+        return f"unified space AUC undefined: {ours['undefined']}"
+    defined = [m for m in methods if m != "unified" and methods[m]["auc"] is not None]
     verdict = ("beats every baseline (non-overlapping 95% intervals)"
                if alignment["beats_all_baselines"] else
                "does not beat every baseline with non-overlapping 95% intervals")
-    return (f"unified space AUC {ours['auc']:.3f} [{ours['ci95'][0]:.3f}, "
-            f"{ours['ci95'][1]:.3f}]; best baseline {b['title'].lower()} {b['auc']:.3f} "
-            f"[{b['ci95'][0]:.3f}, {b['ci95'][1]:.3f}]; ours {verdict}")
+    text = f"unified space AUC {auc_text(ours)}"
+    if defined:
+        b = methods[max(defined, key=lambda m: methods[m]["auc"])]
+        text += f"; best baseline {b['title'].lower()} {auc_text(b)}"
+    return f"{text}; ours {verdict}"
+
+
+def auc_text(result: dict) -> str:
+    """"0.912 [0.901, 0.923]", or "n/a (why)" for an undefined AUC."""
+    if result["auc"] is None:
+        return f"n/a ({result.get('undefined', 'undefined')})"
+    lo, hi = result["ci95"]
+    return f"{result['auc']:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
 def run_evaluation(cfg: StudyConfig, ws: Workspace | None = None) -> dict:
@@ -493,8 +506,11 @@ def evaluation_text(report: dict) -> str:
              f"{'method':<46} {'AUC':>6} {'95% CI':>16}"]
     for m in a["order"]:
         r = a["methods"][m]
-        lines.append(f"{r['title']:<46} {r['auc']:>6.3f} "
-                     f"[{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]")
+        if r["auc"] is None:
+            lines.append(f"{r['title']:<46} {'n/a':>6} ({r['undefined']})")
+        else:
+            lines.append(f"{r['title']:<46} {r['auc']:>6.3f} "
+                         f"[{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]")
     lab = report["labels"]
     lines.append(f"concept labels: {lab['n_labelled']} of {lab['n_pool']} alive neurons "
                  f"labelled (IoU >= {report['settings']['min_iou']})")
