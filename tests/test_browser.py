@@ -790,6 +790,14 @@ def test_vit_class_view_shows_evolutions_with_patches_and_no_empty_panel(browser
     assert len(content) == 2 * p.page.locator("[data-testid=class-view] .evolution").count()
     assert all(ok and spread > 0 for ok, _, spread in content)
     assert p.page.locator("[data-testid=reversion-chart]").count() >= 1
+    # the layers of the reversion chart are told apart (every block's MLP layer ends in
+    # "mlp.act": the labels keep the block's number)
+    ticks = p.page.evaluate("""Array.from(document.querySelectorAll(
+        '[data-testid=reversion-chart] text.tick')).filter(t => t.querySelector('title'))
+        .map(t => [t.firstChild.textContent, t.querySelector('title').textContent])""")
+    first = [label for label, layer in ticks][:4]
+    assert first == [f"{i}.mlp.act" for i in range(4)], ticks
+    assert all(layer.endswith(label) for label, layer in ticks)
     assert p.page.locator("[data-testid=class-view] .empty").count() == 0
     assert p.page.locator("[data-testid=class-view] .note.error").count() == 0
     p.shot("vit-class")

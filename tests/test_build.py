@@ -203,7 +203,8 @@ def test_export_round_trips_through_the_python_api(study, tmp_path):
     ws = Workspace(root / "ws")
     table, emb, stim, act = ex.neurons(ws)
     read = ex.Table.read_csv(out / "neurons.csv")
-    assert read.columns == ["row", "run", "epoch", "layer", "channel", "x", "y"]
+    assert read.columns == ["row", "run", "epoch", "layer", "layout", "channel", "x", "y"]
+    assert set(read["layout"]) == {"conv"}
     assert len(read) == len(table) == 2 * 3 * 20
     for col in ("row", "epoch", "channel"):
         np.testing.assert_array_equal(read[col], table[col])

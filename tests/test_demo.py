@@ -93,6 +93,14 @@ def test_tiny_vit_demo_runs_every_stage_on_token_layers(tiny_vit_demo):
     assert 0 <= unified["ci95"][0] <= unified["auc"] <= unified["ci95"][1] <= 1
     assert (root / "importance" / "healthy" / "c001").is_dir()
     assert (root / "report.html").stat().st_size > 10_000
+    # the export says what each neuron is: a hidden unit of a token layer
+    from conceptevo import export
+
+    table, embeddings, _, _ = export.neurons(ws)
+    assert len(table["run"]) == 3 * 4 * 512 == len(embeddings)
+    assert set(table["layout"]) == {"tokens"}
+    assert sorted(set(table["layer"])) == [f"blocks.{i}.mlp.act" for i in range(4)]
+    assert max(table["channel"]) == 127
     printed = out["printed"]
     assert "a small vision transformer (conceptevo:small_vit): 3 runs of 3 epochs" in printed
     assert "(target >= 75%)" in printed

@@ -433,6 +433,20 @@ def test_a_reversion_ratio_without_a_random_drop_is_na():
     assert figures["1->2"]["ratio"] is None and figures["2->3"]["ratio"] is None
 
 
+def test_a_random_drop_left_by_rounding_is_no_drop():
+    """Random reverts whose drops cancel out leave a mean of about 1e-19 (the ViT demo's
+    19->20 pair): no ratio of 3e14, in the table and in the evaluation's faithfulness."""
+    from conceptevo.evolution.stage import reversion_ratio, verification_table
+
+    rows = [{"from": 19, "to": 20, "train": {"accuracy": 0.8, "top_bin_drop": 0.001,
+                                             "other_bins_drop": 0.0,
+                                             "random_drop": 3e-19, "random_drop_std": 0.001}}]
+    text, figures = verification_table(rows)
+    assert figures["19->20"]["ratio"] is None and "n/a" in text and "e+" not in text
+    assert reversion_ratio(0.02, 0.004) == pytest.approx(5.0)
+    assert reversion_ratio(0.02, 3e-19) is None and reversion_ratio(0.02, -0.01) is None
+
+
 def test_distinct_stimuli_reaches_one_when_every_image_is_a_stimulus():
     from conceptevo.evolution.diagnosis import snapshot_metrics
     from conceptevo.stimuli import StimuliResult

@@ -3,7 +3,7 @@
 ``conceptevo export WORKSPACE --out DIR`` writes (documented in docs/workspace.md):
 
 * ``images.csv``: image_id, path, label, class_name
-* ``neurons.csv``: row, run, epoch, layer, channel, x, y (the 2-D map)
+* ``neurons.csv``: row, run, epoch, layer, layout, channel, x, y (the 2-D map)
 * ``embeddings.npy``: float32 [rows, d], row-aligned with neurons.csv (the unified space)
 * ``stimuli.npy``: int64 [rows, k_s] image ids; ``stimuli_act.npy``: float32 [rows, k_s]
 * ``base_neurons.csv``: row, layer, channel, run, epoch (run/epoch empty for an external
@@ -134,13 +134,20 @@ def _layer_columns(layers) -> tuple[np.ndarray, np.ndarray]:
     return names, channels
 
 
+def _layout_column(layers) -> np.ndarray:
+    """Each neuron's layer layout (conv, nhwc, tokens, flat)."""
+    return np.concatenate([[li.layout] * li.channels for li in layers]).astype(object)
+
+
 def neurons(ws: Workspace) -> tuple[Table, np.ndarray, np.ndarray, np.ndarray]:
     """Every neuron of every run and epoch that has a projection.
 
-    Returns (table with row, run, epoch, layer, channel, x, y; embeddings float32 [rows, d];
+    Returns (table with row, run, epoch, layer, layout, channel, x, y; embeddings float32
+    [rows, d];
     stimuli int64 [rows, k_s]; stimuli_act float32 [rows, k_s]).
     """
-    parts: dict[str, list] = {k: [] for k in ("run", "epoch", "layer", "channel", "x", "y")}
+    parts: dict[str, list] = {k: [] for k in ("run", "epoch", "layer", "layout", "channel",
+                                              "x", "y")}
     emb, stim, act = [], [], []
     for run in run_order(ws):
         for epoch in ws.projection_epochs(run):
@@ -151,6 +158,7 @@ def neurons(ws: Workspace) -> tuple[Table, np.ndarray, np.ndarray, np.ndarray]:
             parts["run"].append(np.full(n, run, dtype=object))
             parts["epoch"].append(np.full(n, epoch, dtype=np.int64))
             parts["layer"].append(layer)
+            parts["layout"].append(_layout_column(s.layers))
             parts["channel"].append(channel)
             parts["x"].append(proj["coords"][:, 0].astype(np.float64))
             parts["y"].append(proj["coords"][:, 1].astype(np.float64))

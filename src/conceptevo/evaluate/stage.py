@@ -363,7 +363,7 @@ def fidelity_over_seeds(cfg: StudyConfig, ws: Workspace, probe: ProbeSet, seeds:
 
 def reversion_summary(ws: Workspace) -> list[dict]:
     """Top-bin vs random reversion drops of every stored (run, epoch pair), over classes."""
-    from ..evolution.stage import load_importance, stored_importance
+    from ..evolution.stage import NO_DROP, load_importance, reversion_ratio, stored_importance
 
     groups: dict[tuple[str, int, int], list] = {}
     for run, c, t, t2 in stored_importance(ws):
@@ -378,10 +378,11 @@ def reversion_summary(ws: Workspace) -> list[dict]:
                 continue
             top = np.array([s["top_bin_drop"] for s in sums])
             rand = np.array([s["random_drop"] for s in sums])
-            per_class = top[rand > 0] / rand[rand > 0]
+            hurt = rand > NO_DROP
+            per_class = top[hurt] / rand[hurt]
             figures = {"top_bin_drop": float(top.mean()), "random_drop": float(rand.mean()),
                        "random_drop_std": float(np.mean([s["random_drop_std"] for s in sums])),
-                       "ratio": float(top.mean() / rand.mean()) if rand.mean() > 0 else None}
+                       "ratio": reversion_ratio(top.mean(), rand.mean())}
             if per_class.size:
                 figures["ratio_per_class"] = {
                     "mean": float(per_class.mean()), "std": float(per_class.std()),

@@ -404,6 +404,18 @@ def _summary(ws: Workspace, run: str, c: int, t: int, t2: int, probe: ProbeSet) 
             "result": result, "reversion": rev}
 
 
+#: a random reversion drop at or below this is no drop: the mean of accuracy drops that
+#: cancel out leaves float rounding (1e-19), far below the smallest real drop (one image of
+#: one draw of one class: 1 / (images x draws x classes), about 1e-5 at most sizes)
+NO_DROP = 1e-9
+
+
+def reversion_ratio(top: float, random: float) -> float | None:
+    """Top-bin drop / random drop; None when random reverts did not hurt (a drop of zero or
+    below, up to rounding: :data:`NO_DROP`): such a ratio says nothing."""
+    return float(top / random) if random > NO_DROP else None
+
+
 def verification_table(summaries: list[dict], split: str = "train") -> tuple[str, dict]:
     """Mean top-1 drops over classes, per epoch pair: the demo's and the CLI's summary."""
     by_pair: dict[tuple[int, int], list[dict]] = {}
@@ -422,7 +434,7 @@ def verification_table(summaries: list[dict], split: str = "train") -> tuple[str
         rand = np.mean([r["random_drop"] for r in rows])
         spread = np.mean([r["random_drop_std"] for r in rows])
         # a ratio to a random drop of zero or below (random reverts did not hurt) says nothing
-        ratio = float(top / rand) if rand > 0 else None
+        ratio = reversion_ratio(top, rand)
         figures[f"{t}->{t2}"] = {"top_bin_drop": float(top), "random_drop": float(rand),
                                  "ratio": ratio, "accuracy": float(acc)}
         ratio_text = f"{ratio:>6.1f}" if ratio is not None else f"{'n/a':>6}"

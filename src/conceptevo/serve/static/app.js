@@ -281,10 +281,16 @@
   const percent = (v) => `${(100 * v).toFixed(1)}%`;
   const last = (array) => array[array.length - 1];
   const plural = (count, noun) => `${count} ${noun}${count === 1 ? "" : "s"}`;
-  const shortLayer = (name) => {
+  /** A layer's short name: its last component ("conv4_2"; "stage2.0" when that is a number),
+   *  lengthened while another name of `among` ends the same way ("0.mlp.act", "1.mlp.act" for
+   *  a transformer's blocks, whose MLP layers share their last components). */
+  const shortLayer = (name, among = []) => {
     const parts = name.split(".");
-    const tail = parts.pop();
-    return /^\d+$/.test(tail) && parts.length ? `${parts.pop()}.${tail}` : tail;
+    let n = /^\d+$/.test(parts[parts.length - 1]) && parts.length > 1 ? 2 : 1;
+    const tail = (other, k) => other.split(".").slice(-k).join(".");
+    while (n < parts.length &&
+           among.some((other) => other !== name && tail(other, n) === tail(name, n))) n += 1;
+    return parts.slice(-n).join(".");
   };
 
   /** A long text shortened in the middle ("features.blo…conv2"), so both ends stay readable. */
@@ -1968,7 +1974,8 @@
       }
       node.append(svg("text", {class: "tick", x: x0 + (groupWidth - BAR.groupGap) / 2,
                                y: CHART.height - CHART.bottom + 16, "text-anchor": "middle",
-                               text: shortLayer(d.layer)}, svg("title", {text: d.layer})));
+                               text: shortLayer(d.layer, drops.map((o) => o.layer))},
+                               svg("title", {text: d.layer})));
     });
     return node;
   }
@@ -2427,7 +2434,8 @@
         title: "AUC by layer depth", yLabel: "AUC", xLabel: "layer depth", width,
         testid: "auc-depth-canvas", yTicks: niceTicks(Math.min(0.5, ...values), Math.max(0.5, ...values), 5),
         xTicks: {ticks: depths.map((_, i) => i), domain: [-0.5, depths.length - 0.5], step: 1},
-        xTickText: (i) => (depthNames[depths[i]] ? shortLayer(depthNames[depths[i]]) : `depth ${depths[i]}`)});
+        xTickText: (i) => (depthNames[depths[i]]
+          ? shortLayer(depthNames[depths[i]], Object.values(depthNames)) : `depth ${depths[i]}`)});
       // The ticks may be short names: the full ones in the tooltip.
       node.title = depths.map((d) => `depth ${d}: ${depthNames[d] || "?"}`).join("\n");
       dashedLine(ctx, [x(-0.5), y(0.5)], [x(depths.length - 0.5), y(0.5)]);
