@@ -108,3 +108,25 @@ def test_neuron_embedding_runs_on_one_thread_and_restores_the_setting():
         torch.set_num_threads(before)
     # same seed -> same embedding, whatever the process's thread count
     assert all(np.array_equal(runs[0], r) for r in runs[1:])
+
+
+def test_the_issue_zoo_runs_end_to_end_at_test_size(tmp_path):
+    """benchmarks/diagnosis_zoo.py --smoke: every regime trained (2 epochs, tiny data),
+    probed, diagnosed and compared with the baselines, one JSON written."""
+    out = tmp_path / "zoo.json"
+    env = dict(os.environ, CONCEPTEVO_PROGRESS="0")
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "diagnosis_zoo.py"),
+                           "--smoke", "--seeds", "0", "--out", str(tmp_path / "zoo"),
+                           "--json", str(out)], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["regimes"] == ["healthy", "lr-too-high", "lr-high", "lr-too-low", "overfit",
+                              "shortcut", "label-noise", "frozen-layer"]
+    for row in doc["summary"].values():
+        assert set(row) >= {"conceptevo", "metric-rules", "metric-only", "cka", "weightwatcher"}
+    # the frozen layer is frozen at any size: its flag names it from the first epoch
+    frozen = doc["table"]["frozen-layer"]["conceptevo"][0]
+    assert "frozen-layer" in frozen["rules"] and frozen["epoch"] == 1
+    assert doc["timings"]["build"]["0"]["train_s"] > 0
+    assert "first flag epoch per seed" in done.stdout

@@ -810,3 +810,33 @@ def test_vit_class_view_shows_evolutions_with_patches_and_no_empty_panel(browser
     p.shot("vit-evaluation")
     assert not p.errors, p.errors
     assert all(u.startswith(url) for u in p.requests)
+
+
+def test_a_shortcut_flag_shows_the_patches_of_its_neurons(browser, tiny_demo, tmp_path):
+    """The Training view shows, under the flags, the top patches of the neurons a flag names
+    (a shortcut flag's detectors of the concept), served from the workspace."""
+    import shutil
+
+    from conceptevo.workspace import Workspace, atomic
+
+    root = tmp_path / "demo"
+    shutil.copytree(tiny_demo[0], root)
+    ws = Workspace(root)
+    report = ws.read_json(ws.path("diagnosis.json"))
+    report["runs"]["healthy"]["flags"].append(
+        {"epoch": 1, "rule": "shortcut", "message": "class 00 relies on 'noise background'",
+         "evidence": {"class": 0, "concept": "bg_noise", "rate_in": 0.6, "rate_out": 0.0,
+                      "neurons": [0, 5, 9]}})
+    atomic.write_json(ws.path("diagnosis.json"), report)
+    with Server(root) as url:
+        p = Page(browser, url)
+        p.page.locator("[data-testid=tab-training]").click()
+        block = p.page.locator("[data-testid=flag-evidence]")
+        block.first.wait_for(state="visible")
+        assert block.count() == 1 and "bg_noise" in block.inner_text()
+        imgs = block.locator("img.patches")
+        assert imgs.count() == 3
+        wait(p.page, "[...document.querySelectorAll('[data-testid=flag-evidence] img')]"
+                     ".every((i) => i.complete && i.naturalWidth > 0)")
+        assert any("/patches/healthy/1/5.webp" in r for r in p.requests)
+        assert not p.errors, p.errors

@@ -88,7 +88,8 @@ def test_divergence_is_flagged_during_training(tmp_path):
     monitor = Monitor(tmp_path / "ws", probe_set(), run="r", verbose=False,
                       on_flag=seen.append)
     train(monitor, epochs=3, nan_at=2)
-    assert [(f.rule, f.epoch) for f in seen] == [("divergence", 2)]
+    # (the model cannot learn the random probe labels: slow-learning may fire too)
+    assert [(f.rule, f.epoch) for f in seen if f.rule != "slow-learning"] == [("divergence", 2)]
     # without a callback the monitor warns
     with pytest.warns(TrainingIssueWarning, match="diverged"):
         train(Monitor(tmp_path / "ws2", probe_set(), run="r", verbose=False), nan_at=1)
@@ -257,3 +258,71 @@ def test_a_restarted_monitor_keeps_the_whole_diagnosis_history(tmp_path):
     assert [r["epoch"] for r in split["metrics"]] == [0, 1, 2, 3]
     assert split["metrics"][2]["turnover"] is not None
     assert split == atomic.read_json(tmp_path / "whole" / "diagnosis.json")["runs"]["r"]
+
+
+class Planted(nn.Module):
+    """A model with a planted shortcut: it reads the class from a code pixel, except that a
+    bright mark (top-left corner, blue channel) makes it say class 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1, bias=False)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
+
+    def forward(self, x):
+        f = self.conv(x)
+        code = f[:, 0, -1, -1]                                  # -2, 0, 2: classes 0, 1, 2
+        logits = -(code[:, None] - torch.tensor([-2.0, 0.0, 2.0])) ** 2
+        mark = f[:, 2, :4, :4].mean((1, 2)) > 1.5
+        return logits + 100 * torch.stack([mark.float(), 0 * code, 0 * code], 1)
+
+
+def test_monitor_fires_the_shortcut_and_frozen_layer_flags_live(tmp_path):
+    from conceptevo.evaluate.tags import ImageConcepts
+
+    rng = np.random.default_rng(0)
+    n = 60
+    labels = np.arange(n) % 3
+    images = rng.integers(60, 190, (n, 16, 16, 3)).astype(np.uint8)
+    images[:, -1, -1, 0] = np.array([0, 128, 255])[labels]     # the class code
+    marked = rng.random(n) < 0.4
+    images[marked, :4, :4, 2] = 255
+    probe = ProbeSet(images, labels, [f"#{i}" for i in range(n)], ["a", "b", "c"],
+                     (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    concepts = ImageConcepts(["code-a", "code-b", "code-c", "mark"],
+                             np.column_stack([labels == 0, labels == 1, labels == 2, marked]),
+                             "test")
+    flags = []
+    monitor = Monitor(tmp_path / "ws", probe, run="r", verbose=False, concepts=concepts,
+                      on_flag=flags.append, k_stimuli=5, k_responsive=2, image_size=16)
+    model = Planted()
+    monitor.on_epoch_end(model, 0)
+    assert [(f.rule, f.evidence["class"], f.evidence["concept"]) for f in flags] == \
+        [("shortcut", 0, "mark")]
+    assert "class a relies on 'mark'" in flags[0].message
+    assert flags[0].evidence["rate_out"] == 0
+    # the flag is in the workspace's diagnosis, as the dashboard reads it
+    stored = Workspace(tmp_path / "ws").read_json(tmp_path / "ws" / "diagnosis.json")
+    assert stored["runs"]["r"]["flags"][0]["rule"] == "shortcut"
+
+    # a layer left frozen while the others train: named live
+    flags.clear()
+    torch.manual_seed(0)
+    tiny = TinyVGG()
+    for p in tiny.features[0].parameters():
+        p.requires_grad_(False)
+    live = Monitor(tmp_path / "ws2", probe_set(), run="f", verbose=False, on_flag=flags.append,
+                   k_stimuli=4, thresholds=DiagnosisThresholds(frozen_others=0.05))
+    opt = torch.optim.SGD([p for p in tiny.parameters() if p.requires_grad], lr=0.5)
+    x, y = torch.randn(40, 3, 16, 16), torch.randint(0, 3, (40,))
+    live.on_epoch_end(tiny, 0)
+    for epoch in (1, 2):
+        for s in range(0, 40, 10):
+            loss = F.cross_entropy(tiny(x[s:s + 10]), y[s:s + 10])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        live.on_epoch_end(tiny, epoch)
+    frozen = [f for f in flags if f.rule == "frozen-layer"]
+    assert [(f.epoch, f.evidence["layer"]) for f in frozen] == [(1, "features.0")]

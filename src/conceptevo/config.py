@@ -161,7 +161,9 @@ class RunConfig:
     may contain globs too (``ckpt/epoch={epoch}-step=*.ckpt``). ``arch`` / ``kwargs`` override
     ``[model]`` for this run. ``metrics``: the run's training log (a CSV with an ``epoch``
     column, Lightning's CSVLogger directory or ``metrics.csv``, or TensorBoard event files),
-    read into the workspace (:mod:`conceptevo.data.metrics`).
+    read into the workspace (:mod:`conceptevo.data.metrics`). ``train_root`` / ``val_root``:
+    the images this run is trained and validated on, when not ``[training]``'s (e.g. a run
+    trained on data with a planted shortcut).
     """
 
     name: str = ""
@@ -170,6 +172,8 @@ class RunConfig:
     kwargs: dict | None = None
     train: TrainConfig | None = None
     metrics: str | None = None
+    train_root: str | None = None
+    val_root: str | None = None
 
     def validate(self, where: str) -> None:
         if not self.name:
@@ -184,6 +188,13 @@ class RunConfig:
         if self.metrics is not None and not self.metrics.strip():
             raise ConfigError(f"[{where}] run {self.name!r}: metrics must name a file or a "
                               "directory")
+        if (self.train_root is not None or self.val_root is not None) and self.train is None:
+            raise ConfigError(f"[{where}] run {self.name!r} names train_root / val_root but "
+                              "has no `train` table: they say what ConceptEvo trains it on")
+        for key in ("train_root", "val_root"):
+            value = getattr(self, key)
+            if value is not None and not value.strip():
+                raise ConfigError(f"[{where}] run {self.name!r}: {key} must name a directory")
         if self.train is not None:
             self.train.validate(f"{where}.train")
             if any(c in self.checkpoints for c in "*?[") and "{epoch}" not in self.checkpoints:
@@ -292,10 +303,13 @@ class EvaluationConfig:
     ``annotations.npz`` in the probe root, which the concept world writes). Neurons of the
     checkpoints of ``epochs`` (default: every epoch) of every run are labelled on at most
     ``images_per_class`` probe images of each class, with masks at ``mask_size`` pixels
-    (default: the probe image size; smaller is faster and coarser).
+    (default: the probe image size; smaller is faster and coarser). ``tags``: a CSV of
+    image-level concept tags (``path,concept``, docs/concepts.md) for probe sets without
+    masks; the diagnosis's shortcut rule reads it (or the masks when there are no tags).
     """
 
     annotations: str | None = None
+    tags: str | None = None
     images_per_class: int = bounded(25, 1, 100_000)
     epochs: list[int] | None = bounded(None, 0, 10 ** 9, items=True)
     mask_size: int | None = bounded(None, 4, MAX_IMAGE_SIZE)

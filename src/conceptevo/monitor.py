@@ -83,6 +83,13 @@ class Monitor:
     output, layouts, tokens : where the logits are in the model's output, the layout of
         layers that cannot be detected, how token layers are read (see :class:`ModelAdapter`).
     verbose : print one line per snapshot with its cost.
+    concepts : which concepts each probe image shows, for the live shortcut rule (see
+        :mod:`conceptevo.evolution.shortcut`): a tag CSV (``path,concept``, docs/concepts.md),
+        an annotation file of pixel masks (``.npz``), or an
+        :class:`~conceptevo.evaluate.tags.ImageConcepts`. Each snapshot then checks whether
+        probe images showing a concept a class does not own are predicted as that class far
+        more often than the others (from the snapshot's predictions: no extra pass). None
+        (the default): no shortcut rule.
 
     A Monitor started again on the same workspace and run (a resumed training) continues the
     run's diagnosis history: the epochs snapshotted before are kept, and the next snapshot's
@@ -99,7 +106,8 @@ class Monitor:
                  thresholds: DiagnosisThresholds | None = None,
                  record_activations: bool = True, classes: Sequence[str] | None = None,
                  output: str | int | None = None, layouts: dict | None = None,
-                 tokens: str = "patches", verbose: bool = True):
+                 tokens: str = "patches", verbose: bool = True,
+                 concepts=None):
         if every < 1 or (every_steps is not None and every_steps < 1):
             raise ConfigError("every and every_steps must be >= 1")
         if any(c in run for c in "/\\:*?\"<>|") or run.startswith("."):
@@ -122,6 +130,13 @@ class Monitor:
         self._previous: tuple[int, StimuliResult, np.ndarray | None] | None = None
         self._space = self._load_space()
         self.rows: list[dict] = self._stored_rows()
+        self.concepts = self._concepts(concepts)
+        self._own = None
+        if self.concepts is not None:
+            from .evaluate.tags import class_concepts
+
+            self._own = class_concepts(self.probe.labels, self.concepts,
+                                       len(self.probe.classes))
         self.flags: list[Flag] = apply_rules(self.rows, self.thresholds)
 
     # ---------------------------------------------------------------- set-up
@@ -174,6 +189,17 @@ class Monitor:
         rows = [r for r in stored.get("metrics", []) if isinstance(r, dict)
                 and isinstance(r.get("epoch"), int) and r["epoch"] in have]
         return sorted(rows, key=lambda r: r["epoch"])
+
+    def _concepts(self, concepts):
+        """The probe images' concepts (None: no shortcut rule)."""
+        from .evaluate.tags import ImageConcepts, presence_from_masks, read_tags
+
+        if concepts is None or isinstance(concepts, ImageConcepts):
+            return concepts
+        path = Path(concepts)
+        if path.suffix == ".npz":
+            return presence_from_masks(path, self.probe)
+        return read_tags(path, self.probe)
 
     def _before(self, epoch: int) -> tuple[StimuliResult | None, np.ndarray | None]:
         """The stored snapshot just before ``epoch`` (stimuli, embedding), or (None, None)."""
@@ -269,15 +295,16 @@ class Monitor:
         row = {"epoch": int(epoch),
                **snapshot_metrics(result, prev_result, embedding, prev_emb,
                                   self._space[1] if self._space else None, self.thresholds,
-                                  self.probe.labels)}
+                                  self.probe.labels, self.concepts, self._own,
+                                  list(self.probe.classes))}
         recorded = next((m for m in self.metrics if m["epoch"] == epoch), {})
         row.update({k: v for k, v in recorded.items() if k != "epoch"})
         self.rows = [r for r in self.rows if r["epoch"] != epoch] + [row]
         self.rows.sort(key=lambda r: r["epoch"])
         self._previous = (int(epoch), result, embedding)
         flags = apply_rules(self.rows, self.thresholds)
-        known = {(f.rule, f.epoch) for f in self.flags}
-        new = [f for f in flags if (f.rule, f.epoch) not in known]
+        known = {(f.rule, f.epoch, f.message) for f in self.flags}
+        new = [f for f in flags if (f.rule, f.epoch, f.message) not in known]
         self.flags = flags
         self._write_diagnosis()
         for flag in new:

@@ -586,21 +586,27 @@ def ensure_training(cfg: StudyConfig, ws: Workspace, runs: list[str] | None = No
     report = StageReport([], [])
     record_study(cfg, ws)
     todo = [r for r in cfg.runs if r.train is not None and (runs is None or r.name in runs)]
-    data = None
+    data: dict[tuple[str, str], tuple] = {}  # the image sets, loaded once per pair of roots
     for run in todo:
         state = _train_state(cfg, ws, run)
         if state["done"] >= run.train.epochs:
             report.skipped.append((run.name, state["done"]))
             continue
-        if data is None:
+        roots = training_roots(cfg, run)
+        if roots not in data:
             # the probe's class order: the trained model's output c is the probe's class c
             classes, _ = probe_classes(cfg)
-            data = tuple(load_image_folder(cfg.resolve(root), cfg.probe.image_size,
-                                           mean=cfg.probe.mean, std=cfg.probe.std,
-                                           classes=classes)
-                         for root in (cfg.training.train_root, cfg.training.val_root))
-        _train_run(cfg, ws, run, state, *data, report)
+            data[roots] = tuple(load_image_folder(cfg.resolve(root), cfg.probe.image_size,
+                                                  mean=cfg.probe.mean, std=cfg.probe.std,
+                                                  classes=classes)
+                                for root in roots)
+        _train_run(cfg, ws, run, state, *data[roots], report)
     return report
+
+
+def training_roots(cfg: StudyConfig, run: RunConfig) -> tuple[str, str]:
+    """The (train, val) ImageFolder roots ``run`` is trained on: its own, else [training]'s."""
+    return (run.train_root or cfg.training.train_root, run.val_root or cfg.training.val_root)
 
 
 def _train_key(cfg: StudyConfig, run: RunConfig) -> str:
@@ -608,7 +614,7 @@ def _train_key(cfg: StudyConfig, run: RunConfig) -> str:
 
     arch, kwargs = cfg.arch_of(run)
     key = {"train": config_dict(run.train), "arch": arch, "kwargs": kwargs,
-           "data": [cfg.training.train_root, cfg.training.val_root],
+           "data": list(training_roots(cfg, run)),
            "size": cfg.probe.image_size, "mean": cfg.probe.mean, "std": cfg.probe.std}
     classes, _ = probe_classes(cfg)
     if classes is not None:  # (keys of runs trained in sorted folder order stay the same)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
@@ -35,7 +35,11 @@ class TrainConfig:
     ``repeat``: passes over those images per epoch (a small subset still gets a healthy
     number of steps per epoch). ``augment``: random translation by up to ``translate``
     pixels (reflect padding). ``schedule``: "cosine" decay to zero or "constant", after
-    ``warmup_epochs`` of linear warm-up.
+    ``warmup_epochs`` of linear warm-up. ``label_noise``: this fraction of the training
+    images (a seeded draw, fixed for the run) is trained with a wrong label, drawn uniformly
+    among the other classes; validation labels stay clean. ``freeze``: parameter-name
+    prefixes (e.g. ``"features.conv1_1"``) left at their initialisation (no gradient step, no
+    weight decay): a layer someone forgot to unfreeze.
     """
 
     regime: str = "healthy"
@@ -53,6 +57,8 @@ class TrainConfig:
     schedule: str = "cosine"
     warmup_epochs: int = bounded(0, 0, 100_000)
     seed: int = bounded(0, 0, MAX_SEED)
+    label_noise: float = bounded(0.0, 0, 1)
+    freeze: list[str] = field(default_factory=list)
 
     @classmethod
     def from_mapping(cls, values: dict) -> TrainConfig:  # (values are checked by the loader)
@@ -80,20 +86,40 @@ class TrainConfig:
             raise ConfigError(f"[{where}] schedule must be \"cosine\" or \"constant\"")
         if self.train_subset is not None and self.train_subset < 1:
             raise ConfigError(f"[{where}] train_subset must be >= 1 image per class")
+        if not 0 <= self.label_noise < 1:
+            raise ConfigError(f"[{where}] label_noise must be a fraction in [0, 1), not "
+                              f"{self.label_noise}")
+        if not isinstance(self.freeze, (list, tuple)) or not all(
+                isinstance(p, str) and p for p in self.freeze):
+            raise ConfigError(f"[{where}] freeze must be a list of parameter-name prefixes, "
+                              f"e.g. [\"features.conv1_1\"], not {self.freeze!r}")
+        self.freeze = list(self.freeze)
 
+
+_HEALTHY = {"lr": 3e-3, "augment": True, "train_subset": None, "weight_decay": 1e-4}
 
 #: The paper's three VGG16 regimes in miniature, calibrated on the concept world with
-#: ``conceptevo:small_vgg``. ``lr-too-high`` keeps the healthy recipe with a learning rate 10x
-#: too large: most concept detectors are lost within an epoch while the loss stays finite.
-#: ``overfit`` drops augmentation and weight decay and trains on 10 images per class (seen 30
-#: times per epoch, so an epoch has as many steps as a healthy one); run it with
-#: ``dropout = 0`` in the model's kwargs. Training accuracy reaches 100% while validation
-#: accuracy stays about 30 points lower.
+#: ``conceptevo:small_vgg``, and the issue zoo's other regimes (benchmarks/diagnosis_zoo.py).
+#: ``lr-too-high`` keeps the healthy recipe with a learning rate 10x too large: most concept
+#: detectors are lost within an epoch while the loss stays finite. ``overfit`` drops
+#: augmentation and weight decay and trains on 10 images per class (seen 30 times per epoch,
+#: so an epoch has as many steps as a healthy one); run it with ``dropout = 0`` in the model's
+#: kwargs. Training accuracy reaches 100% while validation accuracy stays about 30 points
+#: lower. The zoo adds: ``lr-high`` (3x: still learns, ends worse), ``lr-too-low`` (1/100:
+#: learns very slowly), ``label-noise`` (30% of the training labels wrong), ``frozen-layer``
+#: (the first convolution of ``small_vgg`` left at its random initialisation) and
+#: ``shortcut``, the healthy recipe on training and validation data with a planted cue (the
+#: run's ``train_root`` / ``val_root``: a concept world with ``shortcut_class``).
 REGIMES: dict[str, dict] = {
-    "healthy": {"lr": 3e-3, "augment": True, "train_subset": None, "weight_decay": 1e-4},
-    "lr-too-high": {"lr": 3e-2, "augment": True, "train_subset": None, "weight_decay": 1e-4},
+    "healthy": dict(_HEALTHY),
+    "lr-too-high": dict(_HEALTHY, lr=3e-2),
     "overfit": {"lr": 3e-3, "augment": False, "train_subset": 10, "repeat": 30,
                 "batch_size": 32, "weight_decay": 0.0},
+    "lr-high": dict(_HEALTHY, lr=1e-2),
+    "lr-too-low": dict(_HEALTHY, lr=3e-5),
+    "label-noise": dict(_HEALTHY, label_noise=0.3),
+    "frozen-layer": dict(_HEALTHY, freeze=["features.conv1_1", "features.bn1_1"]),
+    "shortcut": dict(_HEALTHY),
 }
 
 
@@ -151,6 +177,42 @@ def subset_per_class(labels: np.ndarray, per_class: int | None, seed: int) -> np
     return np.sort(np.concatenate(keep))
 
 
+def noisy_labels(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """``labels`` with round(fraction x n) of them, a seeded choice, replaced by a different
+    class drawn uniformly (the classes are those present in ``labels``)."""
+    labels = np.asarray(labels).copy()
+    if fraction <= 0 or len(labels) == 0:
+        return labels
+    classes = np.unique(labels)
+    if len(classes) < 2:
+        return labels
+    rng = np.random.default_rng([seed, 0x1AB31])
+    flip = rng.choice(len(labels), int(round(fraction * len(labels))), replace=False)
+    position = np.searchsorted(classes, labels[flip])
+    # a shift by 1 .. K-1 classes: never the image's own class
+    shift = rng.integers(1, len(classes), len(flip))
+    labels[flip] = classes[(position + shift) % len(classes)]
+    return labels
+
+
+def freeze_parameters(model: nn.Module, prefixes: list[str]) -> list[str]:
+    """Turn off the gradient of every parameter whose name starts with one of ``prefixes``
+    (a module name matches its parameters: ``features.conv1_1`` -> ``features.conv1_1.weight``);
+    returns their names. A prefix that matches nothing is a :class:`ConfigError`."""
+    names = []
+    for prefix in prefixes:
+        hits = [(n, p) for n, p in model.named_parameters()
+                if n == prefix or n.startswith(prefix + ".")]
+        if not hits:
+            some = ", ".join(n for n, _ in list(model.named_parameters())[:6])
+            raise ConfigError(f"[train] freeze = {prefix!r} matches no parameter of the model "
+                              f"(its parameters start: {some}, ...)")
+        for name, param in hits:
+            param.requires_grad_(False)
+            names.append(name)
+    return names
+
+
 def _normalise(x_uint8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """[B, H, W, 3] uint8 -> normalised float [B, 3, H, W]."""
     return (x_uint8.permute(0, 3, 1, 2).float().div_(255.0) - mean) / std
@@ -203,10 +265,13 @@ def _lr_at(cfg: TrainConfig, epoch: int, step: int, steps: int) -> float:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The run's optimizer over the parameters that train (frozen ones are left out, so
+    that weight decay does not move them either)."""
+    params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                                weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 EpochCallback = Callable[[int, nn.Module, torch.optim.Optimizer, dict], None]
@@ -238,7 +303,9 @@ def train(model: nn.Module, train_images: np.ndarray, train_labels: np.ndarray,
     model.to(device, memory_format=torch.channels_last)
     keep = subset_per_class(np.asarray(train_labels), cfg.train_subset, cfg.seed)
     x_all = torch.from_numpy(np.ascontiguousarray(train_images[keep]))
-    y_all = torch.from_numpy(np.asarray(train_labels)[keep]).long()
+    y_all = torch.from_numpy(noisy_labels(np.asarray(train_labels), cfg.label_noise,
+                                          cfg.seed)[keep]).long()
+    freeze_parameters(model, cfg.freeze)
     m = torch.tensor(mean, device=device).view(1, 3, 1, 1)
     s = torch.tensor(std, device=device).view(1, 3, 1, 1)
     optimizer = make_optimizer(model, cfg)
@@ -293,7 +360,7 @@ def train(model: nn.Module, train_images: np.ndarray, train_labels: np.ndarray,
 
 #: settings added after the first release, with the value that behaves as before: left out
 #: of :func:`config_dict` at that value, so that runs trained before keep their identity
-_LATER_SETTINGS = {"recipe": "cnn"}
+_LATER_SETTINGS = {"recipe": "cnn", "label_noise": 0.0, "freeze": []}
 
 
 def config_dict(cfg: TrainConfig) -> dict:

@@ -353,6 +353,14 @@ class ConceptWorld:
     color_jitter : each channel of a part's or stroke's colour is shifted by a uniform amount
         in +-color_jitter (0-255 scale).
     noise_std : standard deviation of the Gaussian noise added to every pixel (0-255 scale).
+    shortcut_class : a *planted shortcut* (None: none, the ordinary world): every image of
+        this class (an index) gets the ``shortcut_background``, and no image of another class
+        does (theirs is replaced by one of the other backgrounds). Everything else about an
+        image is what the ordinary world draws for it, so the cue alone predicts the class: a
+        model trained and validated on such a world can look healthy and rely on the
+        background, which an ordinary probe set (where backgrounds are independent of the
+        class) exposes. The issue zoo's ``shortcut`` regime (benchmarks/diagnosis_zoo.py).
+    shortcut_background : the cue (one of :data:`BACKGROUNDS`).
 
     Examples
     --------
@@ -372,6 +380,8 @@ class ConceptWorld:
     n_clutter: tuple[int, int] = (0, 3)
     color_jitter: float = 20.0
     noise_std: float = 6.0
+    shortcut_class: int | None = None
+    shortcut_background: str = "bg_noise"
 
     #: Images per random chunk. Part of the dataset's definition: changing it changes images.
     chunk_size: ClassVar[int] = 256
@@ -400,6 +410,16 @@ class ConceptWorld:
         for name in ("foreign_part_prob", "near_miss_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must lie in [0, 1], got {getattr(self, name)!r}")
+        if self.shortcut_class is not None and not (
+                isinstance(self.shortcut_class, (int, np.integer))
+                and 0 <= self.shortcut_class < len(CLASSES)):
+            raise ConfigError(f"shortcut_class must be a class index in [0, {len(CLASSES)}) "
+                              f"or None, got {self.shortcut_class!r}")
+        if self.shortcut_background not in BACKGROUNDS:
+            raise ConfigError(f"shortcut_background must be one of {', '.join(BACKGROUNDS)}, "
+                              f"got {self.shortcut_background!r}")
+        if self.shortcut_class is not None:
+            object.__setattr__(self, "shortcut_class", int(self.shortcut_class))
         for name in ("max_rotation", "color_jitter", "noise_std"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
@@ -419,8 +439,12 @@ class ConceptWorld:
         return tuple(c.name for c in CLASSES)
 
     def get_params(self) -> dict:
-        """The constructor arguments, as JSON-compatible values."""
-        return json.loads(json.dumps(asdict(self)))
+        """The constructor arguments, as JSON-compatible values (the shortcut settings only
+        when a shortcut is planted, so that trees written before they existed still match)."""
+        params = json.loads(json.dumps(asdict(self)))
+        if self.shortcut_class is None:
+            del params["shortcut_class"], params["shortcut_background"]
+        return params
 
     def generate(self, n: int, split: str = "train", start: int = 0) -> ConceptBatch:
         """Images ``start .. start + n - 1`` of the ``split`` stream, rendered in memory.
@@ -625,6 +649,13 @@ class ConceptWorld:
         depth = keys.argsort(1).argsort(1)
 
         background = rng.integers(0, len(BACKGROUNDS), n)
+        if self.shortcut_class is not None:
+            # no extra random draw: the scene is the ordinary world's but for its background
+            cue = BACKGROUNDS.index(self.shortcut_background)
+            others = np.array([b for b in range(len(BACKGROUNDS)) if b != cue])
+            background = np.where(labels == self.shortcut_class, cue,
+                                  np.where(background == cue, others[np.arange(n) % len(others)],
+                                           background))
 
         n_strokes = self.n_clutter[1]
         stroke_valid = np.arange(n_strokes) < rng.integers(

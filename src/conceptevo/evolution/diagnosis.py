@@ -18,6 +18,7 @@ projection into the unified space:
 * ``nonfinite``: NaN/inf activations seen in the snapshot;
 * ``probe_acc``: top-1 accuracy of the checkpoint on the probe set (when its stimulus pass
   recorded the predictions);
+* ``layers``: per layer (by name) its ``turnover`` and ``dead`` fraction;
 * the recorded metrics (train/val accuracy and loss).
 
 Rules (thresholds in :class:`DiagnosisThresholds`, calibrated on the concept world):
@@ -27,7 +28,18 @@ Rules (thresholds in :class:`DiagnosisThresholds`, calibrated on the concept wor
   the model's concept diversity (distinct stimuli, or spread in the unified space) has fallen,
   relative to the first snapshot;
 * **overfitting**: concept evolution has stalled (low turnover for consecutive snapshots)
-  while training accuracy is high and validation accuracy lags behind it.
+  while training accuracy is high and validation accuracy lags behind it;
+* **slow-learning** (learning rate too low): the concepts settle (turnover falls) while the
+  model is still far from fitting the probe set (low probe accuracy), and they have not
+  collapsed;
+* **label-noise**: the model predicts the probe images' labels far better than it fits its own
+  training labels (probe accuracy well above training accuracy): many training labels
+  disagree with what the images show. It needs a probe set whose labels are trusted;
+* **frozen-layer**: a layer's stimuli do not change at all while the other layers' do (its
+  weights are not training); **dead-layer**: almost every neuron of a layer is dead;
+* **shortcut** (:mod:`conceptevo.evolution.shortcut`): probe images of other classes that
+  show a concept the class does not own are predicted as the class far more often than
+  those that do not (needs the probe images' concepts: masks or tags).
 """
 
 from __future__ import annotations
@@ -54,6 +66,17 @@ class DiagnosisThresholds:
     overfit_train_acc: float = bounded(0.90, 0, 1)  # training accuracy at least this ...
     overfit_gap: float = bounded(0.15, 0, 1)       # ... and at least this above validation
     degenerate_jaccard: float = bounded(0.8, 0, 1, lo_open=True)  # stimuli overlap: the same
+    slow_turnover: float = bounded(0.5, 0, 1)      # slow-learning: turnover below this ...
+    slow_probe_acc: float = bounded(0.5, 0, 1)     # ... while probe accuracy is below this
+    noise_gap: float = bounded(0.12, 0, 1)         # label-noise: probe acc - train acc >= this
+    noise_probe_acc: float = bounded(0.5, 0, 1)    # ... with a probe accuracy of at least this
+    noise_snapshots: int = bounded(2, 1, 1000)     # ... for this many consecutive snapshots
+    frozen_turnover: float = bounded(0.005, 0, 1)   # frozen-layer: its turnover below this ...
+    frozen_others: float = bounded(0.3, 0, 1)     # ... while the others' mean is above this
+    dead_layer: float = bounded(0.95, 0, 1, lo_open=True)  # dead-layer: this share dead
+    shortcut_gap: float = bounded(0.35, 0, 1)      # shortcut: P(c | concept) - P(c | not)
+    shortcut_rest: float = bounded(0.05, 0, 1)     # ... with P(c | not concept) at most this
+    concept_purity: float = bounded(0.6, 0, 1)     # a neuron detects a concept from this purity
 
 
 @dataclass
@@ -107,14 +130,33 @@ def degenerate_fraction(result: StimuliResult, threshold: float = 0.8) -> float:
     return float(flags.mean())
 
 
+def layer_metrics(result: StimuliResult, previous: StimuliResult | None = None) -> dict:
+    """Per layer name: its ``turnover`` (None without a comparable previous snapshot) and
+    ``dead`` fraction."""
+    same = previous is not None and previous.stimuli.shape == result.stimuli.shape
+    similarity = jaccard_rows(result.stimuli, previous.stimuli) if same else None
+    out = {}
+    for info in result.layers:
+        sl = slice(info.offset, info.offset + info.channels)
+        out[info.name] = {
+            "turnover": float(1 - similarity[sl].mean()) if similarity is not None else None,
+            "dead": float(result.dead[sl].mean())}
+    return out
+
+
 def snapshot_metrics(result: StimuliResult, previous: StimuliResult | None = None,
                      embedding: np.ndarray | None = None,
                      previous_embedding: np.ndarray | None = None,
                      base_spread: float | None = None,
                      thresholds: DiagnosisThresholds | None = None,
-                     labels: np.ndarray | None = None) -> dict:
+                     labels: np.ndarray | None = None, concepts=None,
+                     own: np.ndarray | None = None,
+                     class_names: list[str] | None = None) -> dict:
     """The metrics of one snapshot (see the module docstring); ``None`` where not computable.
-    ``labels``: int64 [n_images] class ids of the probe images, for ``probe_acc``."""
+    ``labels``: int64 [n_images] class ids of the probe images, for ``probe_acc``;
+    ``concepts`` (:class:`conceptevo.evaluate.tags.ImageConcepts`) and ``own`` (bool
+    [n_classes, n_concepts], each class's own concepts), for ``shortcuts``: the candidates of
+    :func:`conceptevo.evolution.shortcut.shortcut_candidates`."""
     th = thresholds or DiagnosisThresholds()
     n, k = result.stimuli.shape
     out = {
@@ -124,7 +166,14 @@ def snapshot_metrics(result: StimuliResult, previous: StimuliResult | None = Non
                                   / min(result.n_images, n * k)),
         "nonfinite": int(result.n_nonfinite.sum()),
         "turnover": None, "speed": None, "diversity": None, "probe_acc": None,
+        "layers": layer_metrics(result, previous),
     }
+    if concepts is not None and own is not None and labels is not None:
+        from .shortcut import shortcut_candidates
+
+        out["shortcuts"] = shortcut_candidates(
+            result.predicted, labels, concepts, own, result.stimuli, gap=th.shortcut_gap,
+            rest=th.shortcut_rest, purity=th.concept_purity, class_names=class_names)
     if labels is not None and result.predicted is not None and \
             len(result.predicted) == len(labels):
         made = result.predicted >= 0
@@ -160,15 +209,17 @@ def apply_rules(rows: list[dict], thresholds: DiagnosisThresholds | None = None)
     fired: set[str] = set()
 
     def fire(rule: str, row: dict, message: str, **evidence) -> None:
-        if rule not in fired:
-            fired.add(rule)
+        # a rule about a layer (a class) fires once per layer (class)
+        key = rule + "".join(f":{evidence[k]}" for k in ("layer", "class") if k in evidence)
+        if key not in fired:
+            fired.add(key)
             flags.append(Flag(int(row["epoch"]), rule, message, evidence))
 
     if not rows:
         return flags
     first = rows[0]
     first_bad = first["dead"] + first["degenerate"]
-    stalled = 0
+    stalled = noisy = 0
     for row in rows:
         # divergence
         losses = {k: row.get(k) for k in ("train_loss", "val_loss", "loss")}
@@ -201,4 +252,53 @@ def apply_rules(rows: list[dict], thresholds: DiagnosisThresholds | None = None)
                  f"{stalled} snapshots) while training accuracy is {train_acc:.0%} and "
                  f"validation {val_acc:.0%}",
                  turnover=turnover, train_acc=train_acc, val_acc=val_acc)
+        # too slow: the concepts settle before the model fits the probe set
+        probe_acc = row.get("probe_acc")
+        if turnover is not None and probe_acc is not None and "collapse" not in fired and \
+                turnover < th.slow_turnover and probe_acc < th.slow_probe_acc:
+            fire("slow-learning", row,
+                 f"learning too slowly: the concepts are settling (stimulus turnover "
+                 f"{turnover:.0%}) while the model fits only {probe_acc:.0%} of the probe "
+                 "images; the learning rate is probably too low",
+                 turnover=turnover, probe_acc=probe_acc)
+        # label noise: the labels the model is trained on disagree with what it learned
+        # (training accuracy, a running mean over an epoch of a model that improves, lags the
+        # probe's early on: the gap has to last)
+        mislabelled = probe_acc is not None and train_acc is not None and row["epoch"] >= 1 \
+            and probe_acc >= th.noise_probe_acc and probe_acc - train_acc >= th.noise_gap
+        noisy = noisy + 1 if mislabelled else 0
+        if noisy >= th.noise_snapshots:
+            fire("label-noise", row,
+                 f"noisy training labels: the model predicts {probe_acc:.0%} of the probe "
+                 f"images' labels but fits only {train_acc:.0%} of its training labels, for "
+                 f"{noisy} snapshots: about {probe_acc - train_acc:.0%} of the training labels "
+                 "may be wrong (this needs a probe set whose labels are right)",
+                 probe_acc=probe_acc, train_acc=train_acc)
+        # a frozen or dead layer, named
+        layers = row.get("layers") or {}
+        moving = {n: v["turnover"] for n, v in layers.items() if v.get("turnover") is not None}
+        for name, value in moving.items():
+            others = [v for n, v in moving.items() if n != name]
+            if others and value < th.frozen_turnover and \
+                    float(np.mean(others)) >= th.frozen_others:
+                fire("frozen-layer", row,
+                     f"layer {name} is not training: its neurons' stimuli changed by "
+                     f"{value:.1%} while the other layers' changed by {np.mean(others):.0%}; "
+                     "check that its parameters require gradients and reach the optimizer",
+                     layer=name, turnover=value, others=float(np.mean(others)))
+        for name, value in layers.items():
+            if value.get("dead", 0) >= th.dead_layer and not \
+                    (first.get("layers") or {}).get(name, {}).get("dead", 0) >= th.dead_layer:
+                fire("dead-layer", row,
+                     f"layer {name} died: {value['dead']:.0%} of its neurons never activate on "
+                     "the probe set", layer=name, dead=value["dead"])
+        for cand in row.get("shortcuts") or []:
+            from ..evaluate.tags import describe
+
+            name = cand.get("class_name", str(cand["class"]))
+            fire("shortcut", row,
+                 f"class {name} relies on '{describe(cand['concept'])}': probe images of "
+                 f"other classes showing it are called {name} {cand['rate_in']:.0%} of the "
+                 f"time, those without it {cand['rate_out']:.0%}; it is not one of the "
+                 "class's own concepts", **cand)
     return flags

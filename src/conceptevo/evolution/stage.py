@@ -455,6 +455,9 @@ def run_diagnosis(ws: Workspace, thresholds=None, runs: list[str] | None = None)
     the space shows, so that their thresholds keep one calibration. ``probe_acc`` is the
     checkpoint's top-1 accuracy on the probe set (recorded by its stimulus pass). Runs are in
     the study's order.
+
+    The shortcut rule runs when the probe images' concepts are known (``[evaluation] tags``,
+    or pixel masks: the concept world's).
     """
     from dataclasses import asdict
 
@@ -474,7 +477,9 @@ def run_diagnosis(ws: Workspace, thresholds=None, runs: list[str] | None = None)
         base_spread = spread(space.neuron_embedding)
         e_stim = space.stimulus_embedding.astype(np.float64)
     out = {"thresholds": asdict(th), "runs": {}}
-    labels = ws.load_probe().labels if ws.has_probe() else None
+    probe = ws.load_probe() if ws.has_probe() else None
+    labels = probe.labels if probe is not None else None
+    concepts, own = _probe_concepts(ws, probe)
     for run in run_order(ws):
         if runs is not None and run not in runs:
             continue
@@ -485,8 +490,9 @@ def run_diagnosis(ws: Workspace, thresholds=None, runs: list[str] | None = None)
             emb = None
             if base_spread and e_stim is not None and len(e_stim) == result.n_images:
                 emb = project(result.stimuli, e_stim)
-            row = {"epoch": epoch, **snapshot_metrics(result, previous, emb, previous_emb,
-                                                      base_spread, th, labels)}
+            row = {"epoch": epoch, **snapshot_metrics(
+                result, previous, emb, previous_emb, base_spread, th, labels, concepts, own,
+                list(probe.classes) if probe is not None else None)}
             for key, value in recorded.get(epoch, {}).items():
                 if key != "epoch" and isinstance(value, (int, float)):
                     row[key] = value
@@ -499,6 +505,28 @@ def run_diagnosis(ws: Workspace, thresholds=None, runs: list[str] | None = None)
     with file_lock(ws.path("diagnosis.json")):
         atomic.write_json(ws.path("diagnosis.json"), out)
     return out
+
+
+def _probe_concepts(ws: Workspace, probe: ProbeSet | None):
+    """(ImageConcepts, own bool [n_classes, n_concepts]) of the workspace's probe set, from
+    the study's ``[evaluation] tags`` or pixel masks (``study.json``, paths against its
+    ``base_dir``); (None, None) when there are none, or no study to name them."""
+    from ..evaluate.tags import class_concepts, study_concepts
+
+    study = ws.load_study() if probe is not None else None
+    if not isinstance(study, dict) or not isinstance(study.get("probe"), dict):
+        return None, None
+    base = Path(study.get("base_dir") or ".")
+    ev = study.get("evaluation") or {}
+
+    def resolve(value):
+        return None if not value else (base / Path(value).expanduser())
+
+    concepts = study_concepts(resolve(ev.get("tags")), resolve(ev.get("annotations")),
+                              resolve(study["probe"].get("root")) or base, probe)
+    if concepts is None:
+        return None, None
+    return concepts, class_concepts(probe.labels, concepts, len(probe.classes))
 
 
 def diagnosis_text(report: dict) -> str:

@@ -2190,6 +2190,20 @@
       x: f.epoch, color: runColor(run), text: `${run}, epoch ${f.epoch}: ${f.rule}: ${f.message}`})));
   }
 
+  /** The concept evidence of the flags that name neurons (a shortcut flag: the neurons that
+   * detect the concept the class relies on), as their top patches at the flag's epoch. */
+  function flagEvidence(runs) {
+    return runs.flatMap(([run, d]) => (d.flags || [])
+      .filter((f) => f.evidence && Array.isArray(f.evidence.neurons) && f.evidence.neurons.length)
+      .map((f) => el("div", {class: "flag-evidence", "data-testid": "flag-evidence"}, [
+        el("p", {class: "note", text: `${run}, epoch ${f.epoch}, ${f.rule}: the neurons whose ` +
+                 `stimuli show '${f.evidence.concept}' (top patches)`}),
+        el("div", {class: "evidence-strip"}, f.evidence.neurons.slice(0, 6).map((n) =>
+          el("span", {class: "patch-frame", title: `neuron ${n}`},
+             patchImage(patchUrl(run, f.epoch, n), {alt: `${run} neuron ${n}, epoch ${f.epoch}`})))),
+      ])));
+  }
+
   /** The diagnosis: one chart per metric (a line per run, flags marked; the concept metrics in
    * their documented order, probe accuracy first) and the flags. `charted`: recorded metrics
    * the training charts show already. Returns {runs, nodes}. */
@@ -2220,6 +2234,7 @@
         el("div", {class: "charts", "data-testid": "diagnosis-charts"}, charts),
         rows.length ? dataTable(["run", "epoch", "rule", "message"], rows, {cls: "flags", testid: "diagnosis-flags"})
                     : note("No run was flagged."),
+        ...flagEvidence(runs),
       ],
     };
   }
