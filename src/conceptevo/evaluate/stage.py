@@ -86,17 +86,6 @@ def annotation_path(cfg: StudyConfig) -> Path:
     return cfg.resolve(cfg.probe.root) / ANNOTATION_FILE
 
 
-def image_concepts(cfg: StudyConfig, probe: ProbeSet):
-    """Which concepts each probe image shows (:class:`conceptevo.evaluate.tags.ImageConcepts`):
-    from ``[evaluation] tags`` when set, else from the pixel masks of the annotation file when
-    there is one (the concept world's); None when neither exists."""
-    from .tags import study_concepts
-
-    ec = cfg.evaluation
-    return study_concepts(cfg.resolve(ec.tags) if ec.tags else None, annotation_path(cfg),
-                          cfg.resolve(cfg.probe.root), probe)
-
-
 def split_images(probe: ProbeSet, covered: np.ndarray, per_class: int, seed: int
                  ) -> tuple[np.ndarray, np.ndarray]:
     """(labelling ids, matching ids): per class, up to ``per_class`` annotated probe images
