@@ -162,9 +162,15 @@ EXPECTED: dict[str, set[str]] = {
     "label-noise": {"label-noise"},
     "frozen-layer": {"frozen-layer"},
 }
-METHODS = ("conceptevo", "metric-rules", "metric-only", "cka", "weightwatcher")
+#: the tuned baselines: thresholds from seed 0 alone (``metric-only``, ``cka``,
+#: ``weightwatcher``), and the same scores with thresholds that also keep clear of every
+#: seed's healthy run (``... clear``: an advantage ConceptEvo's defaults did not get)
+TUNED = ("metric-only", "cka", "weightwatcher")
+CLEAR = tuple(f"{m} clear" for m in TUNED)
+METHODS = ("conceptevo", "metric-rules", *TUNED, *CLEAR)
 #: the prefix of each baseline's scores in :func:`baseline_series`
 PREFIX = {"metric-only": "metric", "cka": "cka", "weightwatcher": "weightwatcher"}
+PREFIX.update({f"{m} clear": PREFIX[m] for m in TUNED})
 
 
 def seed_scores(out: Path, seed: int, regimes: list[str]) -> dict:
@@ -251,7 +257,11 @@ def report(out: Path, seeds: list[int], regimes: list[str], timings: dict) -> di
     baseline gets its threshold on the first seed
     (:func:`conceptevo.evolution.baselines.choose_threshold`: the most issue runs flagged, no
     healthy run flagged); a baseline flags a run at the first epoch any of its scores crosses
-    its threshold. ConceptEvo's rules keep their default thresholds (calibrated on seed 0) and
+    its threshold. The ``... clear`` variants choose the thresholds the same way with the
+    healthy runs of *every* seed kept unflagged (the held-out healthy runs seen, which a user
+    tuning on one healthy run cannot do): no false alarm on healthy by construction, and
+    their flags on the issue runs are the earliest a threshold on that score can give
+    without one. ConceptEvo's rules keep their default thresholds (calibrated on seed 0) and
     count only when a rule that names the regime's issue fires (:data:`EXPECTED`); any flag
     on a healthy run is a false alarm."""
     from conceptevo.evolution.baselines import choose_threshold, first_crossing
@@ -261,12 +271,18 @@ def report(out: Path, seeds: list[int], regimes: list[str], timings: dict) -> di
     series = {seed: {r: baseline_series(scores[seed]["runs"][r]) for r in regimes}
               for seed in seeds}
     keys = list(next(iter(series[calibration].values())))
-    thresholds = {}
+    thresholds, clear = {}, {}
+    healthy_all = {f"healthy@{seed}": series[seed]["healthy"] for seed in seeds} \
+        if "healthy" in regimes else {}
     for key in keys:
         runs = {r: series[calibration][r][key][0] for r in regimes}
         direction = series[calibration][regimes[0]][key][1]
         threshold, _ = choose_threshold(runs, ["healthy"], direction)
         thresholds[key] = {"threshold": threshold, "direction": direction}
+        runs.pop("healthy", None)
+        runs.update({name: by_key[key][0] for name, by_key in healthy_all.items()})
+        threshold, _ = choose_threshold(runs, list(healthy_all), direction)
+        clear[key] = {"threshold": threshold, "direction": direction}
     table: dict[str, dict[str, list]] = {r: {m: [] for m in METHODS} for r in regimes}
     for seed in seeds:
         for regime in regimes:
@@ -285,7 +301,7 @@ def report(out: Path, seeds: list[int], regimes: list[str], timings: dict) -> di
                  "by": {f["rule"]: f["epoch"] for f in rules}})
             for method in METHODS[2:]:
                 hits = {}
-                for key, spec in thresholds.items():
+                for key, spec in (clear if method in CLEAR else thresholds).items():
                     if key.split(":", 1)[0] != PREFIX[method] or spec["threshold"] is None:
                         continue
                     values = series[seed][regime][key][0]
@@ -309,9 +325,14 @@ def report(out: Path, seeds: list[int], regimes: list[str], timings: dict) -> di
                 (m - o) if (m is not None and o is not None) else None
                 for o, m in zip(ours, row[method]["epochs"])]
         summary[regime] = row
+    import torch
+
     return {"seeds": seeds, "calibration_seed": calibration, "regimes": regimes,
+            # (the same seed gives the same weights on the same thread count)
+            "environment": {"torch": torch.__version__, "torch_threads": torch.get_num_threads()},
             "expected_rules": {r: sorted(EXPECTED[r]) for r in regimes},
-            "baseline_thresholds": thresholds, "summary": summary, "table": table,
+            "baseline_thresholds": thresholds, "baseline_thresholds_clear": clear,
+            "summary": summary, "table": table,
             "final_accuracy": {r: [scores[s]["runs"][r]["final"] for s in seeds]
                                for r in regimes},
             "timings": {"build": timings,
@@ -322,7 +343,7 @@ def report_text(result: dict) -> str:
     """The table printed at the end: per regime the epoch each method flags it at, per
     seed ("-": not flagged)."""
     seeds = result["seeds"]
-    head = f"{'regime':<13}" + "".join(f"{m:>16}" for m in METHODS) + f"{'final val acc':>16}"
+    head = f"{'regime':<13}" + "".join(f"{m:>20}" for m in METHODS) + f"{'final val acc':>16}"
     lines = [f"first flag epoch per seed {seeds} (calibration seed {result['calibration_seed']};"
              " healthy: a flag is a false alarm)", head]
     for regime in result["regimes"]:
@@ -331,7 +352,7 @@ def report_text(result: dict) -> str:
             epochs = result["summary"][regime][method]["epochs"]
             cells.append("/".join("-" if e is None else str(e) for e in epochs))
         acc = "/".join(f"{a['val_acc']:.2f}" for a in result["final_accuracy"][regime])
-        lines.append(f"{regime:<13}" + "".join(f"{c:>16}" for c in cells) + f"{acc:>16}")
+        lines.append(f"{regime:<13}" + "".join(f"{c:>20}" for c in cells) + f"{acc:>16}")
     return "\n".join(lines)
 
 

@@ -125,8 +125,35 @@ def test_the_issue_zoo_runs_end_to_end_at_test_size(tmp_path):
                               "shortcut", "label-noise", "frozen-layer"]
     for row in doc["summary"].values():
         assert set(row) >= {"conceptevo", "metric-rules", "metric-only", "cka", "weightwatcher"}
+    # thresholds kept clear of every healthy run never flag one
+    for method in ("metric-only clear", "cka clear", "weightwatcher clear"):
+        assert doc["summary"]["healthy"][method]["detected"] == 0
     # the frozen layer is frozen at any size: its flag names it from the first epoch
     frozen = doc["table"]["frozen-layer"]["conceptevo"][0]
     assert "frozen-layer" in frozen["rules"] and frozen["epoch"] == 1
     assert doc["timings"]["build"]["0"]["train_s"] > 0
     assert "first flag epoch per seed" in done.stdout
+
+
+def test_the_readme_zoo_table_is_the_results_file():
+    """Every cell of the README's issue-zoo table (first flag epoch per seed, final
+    validation accuracy) is read from benchmarks/results/diagnosis_zoo.json."""
+    doc = json.loads((ROOT / "benchmarks" / "results" / "diagnosis_zoo.json").read_text())
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("**The issue zoo"):]
+    section = section[:section.index("\n\n", section.index("| regime |"))]
+    methods = ("conceptevo", "metric-rules", "metric-only", "cka", "weightwatcher")
+    seen = set()
+    for line in section.splitlines():
+        cells = [c.strip().strip("*") for c in line.strip("|").split("|")]
+        if cells[0] not in doc["regimes"]:
+            continue
+        regime = cells[0]
+        seen.add(regime)
+        for method, cell in zip(methods, cells[1:6]):
+            epochs = doc["summary"][regime][method]["epochs"]
+            want = "/".join("-" if e is None else str(e) for e in epochs)
+            assert cell.split(" ")[0].strip("*") == want, (regime, method, cell, want)
+        acc = "/".join(f"{a['val_acc']:.2f}" for a in doc["final_accuracy"][regime])
+        assert cells[6] == acc, (regime, cells[6], acc)
+    assert seen == set(doc["regimes"])

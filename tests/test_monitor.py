@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TinyVGG
+from conftest import ColourClassifier, TinyVGG, write_colour_folder
 from torch import nn
 
 from conceptevo import Monitor, TrainingIssueWarning
@@ -326,3 +326,33 @@ def test_monitor_fires_the_shortcut_and_frozen_layer_flags_live(tmp_path):
         live.on_epoch_end(tiny, epoch)
     frozen = [f for f in flags if f.rule == "frozen-layer"]
     assert [(f.epoch, f.evidence["layer"]) for f in frozen] == [(1, "features.0")]
+
+
+def test_monitor_reads_a_tags_file_for_the_live_shortcut_rule(tmp_path):
+    """Monitor(concepts="tags.csv") on an ImageFolder probe: the stickered green and blue
+    images are called "one", and the first snapshot says so, naming the tag."""
+    from PIL import Image
+
+    root = write_colour_folder(tmp_path / "probe")
+    (root / "classes.txt").write_text("one\ntwo\nthree\n")
+    rows = ["path,concept"]
+    for name in ("two", "three"):
+        for path in sorted((root / name).glob("*.png"))[:3]:
+            pixels = np.asarray(Image.open(path)).copy()
+            pixels[..., 0] = 255
+            Image.fromarray(pixels).save(path)
+            rows.append(f"{name}/{path.name},sticker")
+    rows += [f"{p.parent.name}/{p.name},photo" for p in sorted(root.rglob("*.png"))]
+    (tmp_path / "tags.csv").write_text("\n".join(rows) + "\n")
+    flags = []
+    monitor = Monitor(tmp_path / "ws", root, run="r", verbose=False, on_flag=flags.append,
+                      concepts=tmp_path / "tags.csv", image_size=16, mean=(0.5,) * 3,
+                      std=(0.25,) * 3, k_stimuli=4, k_responsive=2)
+    monitor.on_epoch_end(ColourClassifier(2.0), 0)
+    assert [(f.rule, f.evidence["class_name"], f.evidence["concept"]) for f in flags] == \
+        [("shortcut", "one", "sticker")]
+    # a tag file naming no probe image is refused when the Monitor starts, naming the line
+    (tmp_path / "bad.csv").write_text("path,concept\none/missing.png,sticker\n")
+    with pytest.raises(ConfigError, match=r"bad\.csv.*line 2"):
+        Monitor(tmp_path / "ws", root, run="s", verbose=False, concepts=tmp_path / "bad.csv",
+                image_size=16, mean=(0.5,) * 3, std=(0.25,) * 3)

@@ -163,6 +163,42 @@ def test_class_folders_out_of_logit_order_are_caught_and_fixed_by_classes(tmp_pa
     assert [r["probe_acc"] for r in diagnosis["runs"]["a"]["metrics"]] == [1.0, 1.0]
 
 
+def test_diagnose_reads_the_studys_tags_and_names_the_shortcut(tmp_path, cli):
+    """User data without masks: a tags.csv says which probe images carry a red sticker; the
+    model calls every stickered green or blue image "one" (red), so `conceptevo diagnose`
+    flags class one relying on the sticker, from the tags named in the study."""
+    from PIL import Image
+
+    cfg, root = colour_study(tmp_path, 'classes = ["one", "two", "three"]')
+    stickered = []
+    for name in ("two", "three"):
+        for path in sorted((root / name).glob("*.png"))[:3]:
+            pixels = np.asarray(Image.open(path)).copy()
+            pixels[..., 0] = 255                      # red over the whole image: called "one"
+            Image.fromarray(pixels).save(path)
+            stickered.append(path.relative_to(root).as_posix())
+    rows = ["path,concept"] + [f"{p.relative_to(root).as_posix()},photo"
+                               for p in sorted(root.rglob("*.png"))]
+    rows += [f"./{p},red sticker" for p in stickered]    # (a leading ./ is accepted)
+    (tmp_path / "tags.csv").write_text("\n".join(rows) + "\n")
+    cfg.write_text(cfg.read_text() + '\n[evaluation]\ntags = "tags.csv"\n')
+    code, out, err = cli("build", "--config", cfg)
+    assert code == 0, err
+    code, out, err = cli("diagnose", tmp_path / "ws")
+    assert code == 0, err
+    assert "class one relies on 'red sticker'" in out
+    report = atomic.read_json(tmp_path / "ws" / "diagnosis.json")
+    flags = [f for f in report["runs"]["a"]["flags"] if f["rule"] == "shortcut"]
+    assert [(f["epoch"], f["evidence"]["class_name"], f["evidence"]["concept"])
+            for f in flags] == [(0, "one", "red sticker")]
+    assert flags[0]["evidence"]["rate_in"] == 1.0 and flags[0]["evidence"]["rate_out"] == 0.0
+    # the tag every image has is no shortcut, and a bad row is an error naming the line
+    assert all(f["evidence"]["concept"] != "photo" for f in flags)
+    (tmp_path / "tags.csv").write_text("path,concept\nnowhere/x.png,photo\n")
+    code, out, err = cli("diagnose", tmp_path / "ws")
+    assert code != 0 and "tags.csv" in err and "line 2" in err
+
+
 def test_a_classes_txt_in_the_probe_root_sets_the_order(tmp_path, cli):
     cfg, root = colour_study(tmp_path)
     (root / "classes.txt").write_text("# output order\none\ntwo\n\nthree\n")

@@ -125,16 +125,21 @@ def test_prediction_rates_against_a_loop():
     labels, predicted = rng.integers(0, k, n), rng.integers(-1, k, n)
     presence = rng.random((n, c)) < 0.4
     known = rng.random(n) < 0.9
+    presence[:, 0] = True                            # a concept every image shows
+    presence[:, 1] = False                           # and one no image shows
     rate_in, rate_out = prediction_rates(predicted, labels, presence, k, known)
+    assert np.isnan(rate_out[:, 0]).all() and np.isnan(rate_in[:, 1]).all()
     for cls in range(k):
         for j in range(c):
             use = [i for i in range(n) if known[i] and predicted[i] >= 0 and labels[i] != cls]
             with_j = [i for i in use if presence[i, j]]
             without = [i for i in use if not presence[i, j]]
             assert rate_in[cls, j] == pytest.approx(
-                np.mean([predicted[i] == cls for i in with_j]) if with_j else 0)
+                np.mean([predicted[i] == cls for i in with_j]) if with_j else np.nan,
+                nan_ok=True)
             assert rate_out[cls, j] == pytest.approx(
-                np.mean([predicted[i] == cls for i in without]) if without else 0)
+                np.mean([predicted[i] == cls for i in without]) if without else np.nan,
+                nan_ok=True)
 
 
 def planted(rate: float, seed: int = 0):
@@ -187,6 +192,21 @@ def test_the_shortcut_rule_fires_once_per_class_and_says_why():
     flags = apply_rules(run)
     assert [(f.rule, f.epoch, f.evidence["class"]) for f in flags] == [("shortcut", 2, 0)]
     assert "class 00_a relies on 'noise background'" in flags[0].message
+
+
+def test_a_collapsed_model_has_no_shortcut_on_a_concept_every_image_shows():
+    """A model that calls every image class 0 relies on no concept: the one every image shows
+    ("scene") has no image without it to compare with, and the others are no different."""
+    from conceptevo.evaluate.tags import ImageConcepts
+
+    labels, _, concepts, own = planted(0.8)
+    presence = np.column_stack([concepts.presence, np.ones(len(labels), bool)])
+    scene = ImageConcepts([*concepts.concepts, "scene"], presence, "test")
+    own = np.column_stack([own, np.zeros(3, bool)])
+    collapsed = np.zeros_like(labels)
+    assert shortcut_candidates(collapsed, labels, scene, own) == []
+    fooled = shortcut_candidates(planted(0.8)[1], labels, scene, own)
+    assert [(c["class"], c["concept"]) for c in fooled] == [(0, "bg_noise")]
 
 
 # ------------------------------------------------------------------- the regimes
