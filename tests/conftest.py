@@ -179,7 +179,11 @@ def vgg_checkpoints(tmp_path) -> Path:
 
 
 def write_study(tmp_path: Path, image_root: Path, ckpt_pattern: str, extra: str = "",
-                arch: str = "conftest:build_tiny_vgg") -> Path:
+                arch: str = "conftest:build_tiny_vgg", image_size: int = 16,
+                model: str = "") -> Path:
+    """A study of one run "a" in tmp_path/study.toml (workspace tmp_path/ws); ``extra``:
+    top-level lines, ``model``: lines of the [model] table after ``arch`` (its sub-tables
+    included)."""
     cfg = tmp_path / "study.toml"
     cfg.write_text(f"""
 workspace = "{(tmp_path / 'ws').as_posix()}"
@@ -187,12 +191,13 @@ device = "cpu"
 {extra}
 [probe]
 root = "{image_root.as_posix()}"
-image_size = 16
+image_size = {image_size}
 mean = [0.5, 0.5, 0.5]
 std = [0.25, 0.25, 0.25]
 
 [model]
 arch = "{arch}"
+{model}
 
 [stimuli]
 k_stimuli = 4

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import write_image_folder
+from conftest import write_image_folder, write_study
 from torch import nn
 
 from conceptevo.cli import main
@@ -367,18 +367,10 @@ def test_layers_of_an_hf_vit(cli, tmp_path):
 # ------------------------------------------------------------------- whole studies
 def write_zoo_study(root, arch: str, kwargs: dict, checkpoints: str, layers=None):
     images = write_image_folder(root / "images", per_class=6, size=24)
-    lines = [f'workspace = "{(root / "ws").as_posix()}"', 'device = "cpu"', "",
-             "[probe]", f'root = "{images.as_posix()}"', "image_size = 32",
-             "mean = [0.5, 0.5, 0.5]", "std = [0.25, 0.25, 0.25]", "",
-             "[model]", f'arch = "{arch}"']
-    if layers is not None:
-        lines.append(f"layers = {json.dumps(layers)}")
-    lines += ["[model.kwargs]"] + [f"{k} = {json.dumps(v)}" for k, v in kwargs.items()]
-    lines += ["", "[stimuli]", "k_stimuli = 4", "k_responsive = 5", "batch_size = 6", "",
-              "[importance]", "images = 4", "",
-              "[[runs]]", 'name = "a"', f'checkpoints = "{checkpoints}"']
-    cfg = root / "study.toml"
-    cfg.write_text("\n".join(lines) + "\n" + SPACE)
+    model = (f"layers = {json.dumps(layers)}\n" if layers is not None else "") + \
+        "[model.kwargs]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in kwargs.items())
+    cfg = write_study(root, images, checkpoints, arch=arch, image_size=32, model=model)
+    cfg.write_text(cfg.read_text() + "\n[importance]\nimages = 4\n" + SPACE)
     return cfg
 
 

@@ -306,6 +306,22 @@ def _first(keys: list[str], n: int = 5) -> str:
     return ", ".join(keys[:n]) + more
 
 
+def _misfit(path, what: str, missing: list[str], unexpected: list[str],
+            mismatched: list[str], size_kwarg: str) -> CheckpointError:
+    """The error of a checkpoint whose keys do not fit the model: how many of each kind,
+    the first few named, and the kwarg that most often explains it."""
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys: {_first(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys: {_first(unexpected)}")
+    if mismatched:
+        parts.append(f"{len(mismatched)} shape mismatches: {_first(mismatched, 3)}")
+    return CheckpointError(
+        f"checkpoint {path} does not fit {what}: " + "; ".join(parts)
+        + f". Check the architecture and its kwargs (e.g. {size_kwarg}) in the config.")
+
+
 def fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path = "",
                    arch: str = "") -> None:
     """Load ``state`` into ``model``, or fail listing missing/unexpected/mis-shaped keys."""
@@ -318,17 +334,8 @@ def fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor], path: str |
     mismatched = [f"{k} (file {tuple(state[k].shape)} vs model {tuple(v.shape)})"
                   for k, v in expected.items() if k in state and state[k].shape != v.shape]
     if missing or unexpected or mismatched:
-        what = arch or type(model).__name__
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys: {_first(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys: {_first(unexpected)}")
-        if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatches: {_first(mismatched, 3)}")
-        raise CheckpointError(
-            f"checkpoint {path} does not fit {what}: " + "; ".join(parts)
-            + ". Check the architecture and its kwargs (e.g. num_classes) in the config.")
+        raise _misfit(path, arch or type(model).__name__, missing, unexpected, mismatched,
+                      "num_classes")
     for k, v in expected.items():
         if k not in state:
             state[k] = v
@@ -367,17 +374,8 @@ def _transformers_layout(model: nn.Module, state: dict[str, torch.Tensor], path,
                         if isinstance(m, tuple) and len(m) == 3 else str(m)
                         for m in info.get("mismatched_keys") or ())
     if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys: {_first(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys: {_first(unexpected)}")
-        if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatches: {_first(mismatched, 3)}")
-        raise CheckpointError(
-            f"checkpoint {path} does not fit {arch or type(model).__name__} (keys read as "
-            "transformers saves them): " + "; ".join(parts)
-            + ". Check the architecture and its kwargs (e.g. num_labels) in the config.")
+        raise _misfit(path, f"{arch or type(model).__name__} (keys read as transformers "
+                      "saves them)", missing, unexpected, mismatched, "num_labels")
     return dict(loaded.state_dict())
 
 
