@@ -840,3 +840,35 @@ def test_a_shortcut_flag_shows_the_patches_of_its_neurons(browser, tiny_demo, tm
                      ".every((i) => i.complete && i.naturalWidth > 0)")
         assert any("/patches/healthy/1/5.webp" in r for r in p.requests)
         assert not p.errors, p.errors
+
+
+def test_an_evaluation_without_masks_shows_what_it_skipped_and_the_checks(browser, tiny_demo,
+                                                                          tmp_path):
+    from conceptevo.workspace import Workspace, atomic
+
+    root, _, _ = tiny_demo
+    ws = Workspace(copy_unevaluated(root, tmp_path / "demo"))
+    atomic.write_json(ws.path("evaluation", "evaluation.json"), {
+        "schema": 1, "created": "2026-12-02T12:00:00+00:00", "annotations": None,
+        "labels": None, "alignment": None,
+        "skipped": ["concept labels and the alignment study: no pixel-level concept masks"],
+        "settings": {"seed": 0, "checkpoints": []},
+        "checks": {"checkpoint": {"run": "healthy", "epoch": 2},
+                   "permuted_copy": {"recovery": 1.0, "n_neurons": 29, "threshold": 0.99,
+                                     "passed": True, "per_layer": {}},
+                   "rescaled_copy": {"skipped": "Tanh after layer features.0 does not commute "
+                                                "with a positive rescaling"}},
+        "faithfulness": {"fidelity": {}, "reversion": []},
+        "headline": "alignment study skipped: no concept masks (the annotation-free checks ran)"})
+    with Server(ws.root) as url:
+        p = Page(browser, url + "/?view=evaluation")
+        checks = p.page.locator("[data-testid=evaluation-checks]")
+        checks.wait_for(state="visible")
+        text = checks.inner_text()
+        assert "Permuted copy (healthy, epoch 2): pass, 100.0% of 29 alive neurons" in text
+        assert "Rescaled copy: skipped (Tanh after layer features.0" in text
+        assert "no pixel-level concept masks" in \
+            p.page.locator("[data-testid=evaluation-skipped]").inner_text()
+        view = p.page.locator("[data-testid=evaluation-view]").inner_text()
+        assert "no alignment results" in view
+        assert not p.errors, p.errors

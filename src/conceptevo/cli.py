@@ -276,9 +276,10 @@ def cmd_evaluate(args) -> int:
         print(json.dumps(report, indent=2))
     else:
         print(evaluation_text(report))
-        plots = report["alignment"]["plots"]
-        print(f"\nwritten: {ws.path('evaluation', 'evaluation.json')}, "
-              f"{ws.path(plots['roc'])}, {ws.path(plots['by_depth'])}")
+        plots = (report["alignment"] or {}).get("plots") or {}
+        written = [ws.path("evaluation", "evaluation.json")] + \
+            [ws.path(p) for p in plots.values()]
+        print(f"\nwritten: {', '.join(map(str, written))}")
     return 0
 
 

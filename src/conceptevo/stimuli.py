@@ -458,6 +458,19 @@ class StimulusAccumulator:
             **self._scaled_activations(),
         )
 
+    def float_activations(self) -> np.ndarray | None:
+        """float32 [n_neurons, n_images] of every recorded activation as computed (images
+        never seen: -inf), or None when none were recorded. Call it before :meth:`result`,
+        which rounds them to float16 and discards the temporary file."""
+        if self.spill is None:
+            return None
+        if self.spill.closed:
+            raise RuntimeError("the recorded activations were already rounded by result()")
+        out = np.full((self.n_neurons, self.n_images), -np.inf, dtype=np.float32)
+        for ids, rows in self.spill.blocks():
+            out[:, ids] = rows.T
+        return out
+
     def _scaled_activations(self) -> dict:
         """float16 [n_neurons, n_images] a / scale (scale: each neuron's largest finite |a|,
         1 where it is 0; images never seen stay -inf), built from the spilled rows block by

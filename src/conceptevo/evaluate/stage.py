@@ -449,8 +449,14 @@ def auc_text(result: dict) -> str:
 
 
 def run_evaluation(cfg: StudyConfig, ws: Workspace | None = None) -> dict:
-    """The whole stage: labels (cached), alignment study, faithfulness, plots, JSON."""
+    """The whole stage: labels (cached), alignment study, faithfulness, the annotation-free
+    checks (:mod:`conceptevo.evaluate.invariance`), plots, JSON. Without pixel-level concept
+    masks the labels and the alignment study are skipped (``skipped`` says why) and the rest
+    still runs."""
+    from ..errors import CheckpointError
     from ..pipeline import ensure_probe_sets
+    from ..space.stage import load_base_space
+    from .invariance import invariance_checks
 
     ws = ws or Workspace(cfg.workspace_path)
     if not ws.has_space():
@@ -458,36 +464,52 @@ def run_evaluation(cfg: StudyConfig, ws: Workspace | None = None) -> dict:
                              "CONFIG` first")
     ec = cfg.evaluation
     probe, _ = ensure_probe_sets(cfg, ws)
-    annotations = read_annotations(annotation_path(cfg))
-    ids, match_ids = split_images(probe, annotations.covers(probe.paths),
-                                  ec.images_per_class, cfg.seed)
-    size = ec.mask_size or probe.image_size[0]
-    if size > probe.image_size[0]:
-        raise ConfigError(f"[evaluation] mask_size {size} is larger than the probe images "
-                          f"({probe.image_size[0]} px); use at most that")
-    masks = annotations.masks_for(probe.paths, ids, size)
     checkpoints = evaluated_checkpoints(cfg, ws)
-    ensure_labels(cfg, ws, probe, masks, match_ids, checkpoints)
-    neurons = collect_neurons(cfg, ws, checkpoints)
-    alignment = run_alignment(neurons, ec.queries_per_layer, ec.neighbours, ec.bootstrap,
-                              cfg.seed)
-    alignment["plots"] = write_plots(ws, alignment)
     report = {
         "schema": SCHEMA,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "annotations": {"path": str(annotations.source), "n_images": int(len(masks)),
-                        "n_match_images": int(len(match_ids)),
-                        "mask_size": int(size), "concepts": list(annotations.concept_names)},
+        "annotations": None, "labels": None, "alignment": None, "skipped": [],
         "settings": {"quantile": ec.quantile, "min_iou": ec.min_iou,
                      "queries_per_layer": ec.queries_per_layer, "neighbours": ec.neighbours,
                      "bootstrap": ec.bootstrap, "images_per_class": ec.images_per_class,
                      "seed": cfg.seed, "checkpoints": [list(c) for c in checkpoints]},
-        "labels": label_summary(neurons, list(annotations.concept_names)),
-        "alignment": alignment,
-        "faithfulness": {"fidelity": fidelity_over_seeds(cfg, ws, probe, ec.fidelity_seeds),
-                         "reversion": reversion_summary(ws)},
     }
-    report["headline"] = headline(alignment)
+    masks_file = annotation_path(cfg)
+    if masks_file.is_file():
+        annotations = read_annotations(masks_file)
+        ids, match_ids = split_images(probe, annotations.covers(probe.paths),
+                                      ec.images_per_class, cfg.seed)
+        size = ec.mask_size or probe.image_size[0]
+        if size > probe.image_size[0]:
+            raise ConfigError(f"[evaluation] mask_size {size} is larger than the probe images "
+                              f"({probe.image_size[0]} px); use at most that")
+        masks = annotations.masks_for(probe.paths, ids, size)
+        ensure_labels(cfg, ws, probe, masks, match_ids, checkpoints)
+        neurons = collect_neurons(cfg, ws, checkpoints)
+        alignment = run_alignment(neurons, ec.queries_per_layer, ec.neighbours, ec.bootstrap,
+                                  cfg.seed)
+        alignment["plots"] = write_plots(ws, alignment)
+        report.update(
+            annotations={"path": str(annotations.source), "n_images": int(len(masks)),
+                         "n_match_images": int(len(match_ids)), "mask_size": int(size),
+                         "concepts": list(annotations.concept_names)},
+            labels=label_summary(neurons, list(annotations.concept_names)),
+            alignment=alignment)
+    else:
+        report["skipped"].append(
+            f"concept labels and the alignment study: no pixel-level concept masks at "
+            f"{masks_file} (set [evaluation] annotations to an annotation file, "
+            "docs/concepts.md)")
+    try:
+        checks = invariance_checks(cfg, ws, probe, load_base_space(ws))
+    except (ConfigError, CheckpointError) as error:
+        checks = {"skipped": str(error)}
+        report["skipped"].append(f"the permuted- and rescaled-copy checks: {error}")
+    report["checks"] = checks
+    report["faithfulness"] = {"fidelity": fidelity_over_seeds(cfg, ws, probe, ec.fidelity_seeds),
+                              "reversion": reversion_summary(ws)}
+    report["headline"] = headline(report["alignment"]) if report["alignment"] else \
+        "alignment study skipped: no concept masks (the annotation-free checks ran)"
     atomic.write_json(ws.path("evaluation", "evaluation.json"), report)
     return report
 
@@ -499,6 +521,32 @@ def load_evaluation(ws: Workspace) -> dict | None:
 
 def evaluation_text(report: dict) -> str:
     """The figures as a table (the CLI's and the demo's output)."""
+    from .invariance import checks_text
+
+    lines = [f"skipped: {why}" for why in report.get("skipped") or []]
+    a = report["alignment"]
+    if a:
+        lines += _alignment_lines(report)
+    checks = report.get("checks") or {}
+    if "permuted_copy" in checks:
+        lines += checks_text(checks)
+    fid = report["faithfulness"]["fidelity"]
+    sp = fid["spread"]
+    lines.append(f"fidelity over {len(fid['seeds'])} seeds: top-1 {sp['top1'][0]:.1%}-"
+                 f"{sp['top1'][1]:.1%}, top-10 {sp['top10'][0]:.1%}-{sp['top10'][1]:.1%}, "
+                 f"mean cosine {sp['mean_cosine'][0]:.3f}-{sp['mean_cosine'][1]:.3f}")
+    for r in report["faithfulness"]["reversion"]:
+        ratio = f"{r['ratio']:.1f}" if r.get("ratio") is not None else "n/a"
+        pc = r.get("ratio_per_class")
+        extra = f" (per class {pc['mean']:.1f} +- {pc['std']:.1f})" if pc else ""
+        lines.append(f"reversion {r['run']} {r['from']}->{r['to']}: top bin "
+                     f"{r['top_bin_drop']:.1%} vs random {r['random_drop']:.1%}, ratio "
+                     f"{ratio}{extra}")
+    lines.append(report["headline"])
+    return "\n".join(lines)
+
+
+def _alignment_lines(report: dict) -> list[str]:
     a = report["alignment"]
     lines = [f"alignment study: {a['methods']['unified']['n_queries']} query neurons over "
              f"{a['n_checkpoints']} checkpoints, {report['settings']['neighbours']} nearest "
@@ -515,17 +563,4 @@ def evaluation_text(report: dict) -> str:
     lab = report["labels"]
     lines.append(f"concept labels: {lab['n_labelled']} of {lab['n_pool']} alive neurons "
                  f"labelled (IoU >= {report['settings']['min_iou']})")
-    fid = report["faithfulness"]["fidelity"]
-    sp = fid["spread"]
-    lines.append(f"fidelity over {len(fid['seeds'])} seeds: top-1 {sp['top1'][0]:.1%}-"
-                 f"{sp['top1'][1]:.1%}, top-10 {sp['top10'][0]:.1%}-{sp['top10'][1]:.1%}, "
-                 f"mean cosine {sp['mean_cosine'][0]:.3f}-{sp['mean_cosine'][1]:.3f}")
-    for r in report["faithfulness"]["reversion"]:
-        ratio = f"{r['ratio']:.1f}" if r.get("ratio") is not None else "n/a"
-        pc = r.get("ratio_per_class")
-        extra = f" (per class {pc['mean']:.1f} +- {pc['std']:.1f})" if pc else ""
-        lines.append(f"reversion {r['run']} {r['from']}->{r['to']}: top bin "
-                     f"{r['top_bin_drop']:.1%} vs random {r['random_drop']:.1%}, ratio "
-                     f"{ratio}{extra}")
-    lines.append(report["headline"])
-    return "\n".join(lines)
+    return lines

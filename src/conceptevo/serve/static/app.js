@@ -2350,8 +2350,42 @@
     },
 
     content(evaluation) {
-      return [this.head(evaluation), this.alignment(evaluation.alignment),
-              this.labels(evaluation.labels), this.faithfulness(evaluation.faithfulness)];
+      return [this.head(evaluation), this.skipped(evaluation.skipped),
+              this.alignment(evaluation.alignment), this.labels(evaluation.labels),
+              this.checks(evaluation.checks), this.faithfulness(evaluation.faithfulness)];
+    },
+
+    skipped(reasons) {
+      if (!Array.isArray(reasons) || !reasons.length) return null;
+      return el("ul", {class: "muted", "data-testid": "evaluation-skipped"},
+        reasons.map((why) => el("li", {text: `Skipped: ${why}`})));
+    },
+
+    /** The annotation-free checks: a pass/fail line each (or why it was skipped). */
+    checks(checks) {
+      const title = "Checks that need no annotations";
+      if (!checks || (!checks.permuted_copy && !checks.rescaled_copy)) {
+        return checks && checks.skipped ? this.section(title, note(`Skipped: ${checks.skipped}`)) : null;
+      }
+      const at = checks.checkpoint ? ` (${checks.checkpoint.run}, epoch ${checks.checkpoint.epoch})` : "";
+      const line = (check, name, figure) => {
+        if (!check) return null;
+        if (check.skipped) return el("p", {class: "muted", text: `${name}: skipped (${check.skipped})`});
+        return el("p", {class: check.passed ? "verdict good" : "verdict bad",
+                        text: `${name}${at}: ${check.passed ? "pass" : "FAIL"}, ${figure(check)}`});
+      };
+      return this.section(title,
+        el("p", {class: "muted", text:
+          "Copies of a checkpoint that compute exactly the same function, with the channels of " +
+          "every probed layer shuffled, or rescaled by positive factors that the next layer " +
+          "undoes, are projected into the space: a neuron should land on its original."}),
+        el("div", {"data-testid": "evaluation-checks"},
+          line(checks.permuted_copy, "Permuted copy", (c) =>
+            `${shown(c.recovery, percent)} of ${shown(c.n_neurons)} alive neurons have their ` +
+            `original as nearest neighbour (needs ${shown(c.threshold, percent)})`),
+          line(checks.rescaled_copy, "Rescaled copy", (c) =>
+            `largest shift ${shown(c.max_shift, (v) => v.toExponential(1))} of the neurons' ` +
+            `spread (needs at most ${shown(c.threshold, (v) => v.toExponential(0))})`)));
     },
 
     section(title, ...children) {
