@@ -238,57 +238,52 @@ def invariance_checks(cfg, ws, probe, space, min_recovery: float = 0.99,
     offsets = {info.name: (info.offset, info.channels) for info in original.layers}
     spread_ = float(np.sqrt(((emb[alive] - emb[alive].mean(0)) ** 2).sum(1).mean()))
 
-    if why is not None:
-        out["permuted_copy"] = {"skipped": why}
-    else:
-        twin, perms = permuted_copy(model, flows, cfg.seed)
+    def checked_copy(build, kind: str):
+        """(copy, its channel mapping, entry): the entry holds the copy's logit difference,
+        or why the check is skipped (copy None)."""
+        blocker = why or (rescaling_blocker(model, flows) if kind == "rescaled" else None)
+        if blocker is not None:
+            return None, None, {"skipped": blocker}
+        twin, mapping = build(model, flows, cfg.seed)
         diff = same_function(model, twin, x, cfg.model.output)
         if diff is None:
-            out["permuted_copy"] = {"skipped": "the permuted copy does not compute the same "
-                                               "logits (the layers are not a plain chain)"}
-        else:
-            truth = np.arange(original.n_neurons)
-            for name, perm in perms.items():
-                start, n = offsets[name]
-                truth[start:start + n] = start + perm
-            _, twin_emb, _ = place(twin, "permuted copy")
-            rows, hit = nearest_recovery(twin_emb, emb, truth, alive)
-            per_layer = {}
-            for info in original.layers:
-                sel = (rows >= info.offset) & (rows < info.offset + info.channels)
-                per_layer[info.name] = float(hit[sel].mean()) if sel.any() else None
-            rate = float(hit.mean()) if hit.size else None
-            out["permuted_copy"] = {
-                "recovery": rate, "n_neurons": int(hit.size), "per_layer": per_layer,
-                "logit_difference": diff, "threshold": min_recovery,
-                "passed": rate is not None and rate >= min_recovery}
+            return None, None, {"skipped": f"the {kind} copy does not compute the same logits "
+                                           "(the layers are not a plain chain)"}
+        return twin, mapping, {"logit_difference": diff}
 
-    blocker = why or rescaling_blocker(model, flows)
-    if blocker is not None:
-        out["rescaled_copy"] = {"skipped": blocker}
-    else:
-        twin, scales = rescaled_copy(model, flows, cfg.seed)
-        diff = same_function(model, twin, x, cfg.model.output)
-        if diff is None:
-            out["rescaled_copy"] = {"skipped": "the rescaled copy does not compute the same "
-                                               "logits"}
-        else:
-            _, twin_stored, twin_exact = place(twin, "rescaled copy")
+    twin, perms, entry = checked_copy(permuted_copy, "permuted")
+    if twin is not None:
+        truth = np.arange(original.n_neurons)
+        for name, perm in perms.items():
+            start, n = offsets[name]
+            truth[start:start + n] = start + perm
+        _, twin_emb, _ = place(twin, "permuted copy")
+        rows, hit = nearest_recovery(twin_emb, emb, truth, alive)
+        per_layer = {}
+        for info in original.layers:
+            sel = (rows >= info.offset) & (rows < info.offset + info.channels)
+            per_layer[info.name] = float(hit[sel].mean()) if sel.any() else None
+        rate = float(hit.mean()) if hit.size else None
+        entry.update(recovery=rate, n_neurons=int(hit.size), per_layer=per_layer,
+                     threshold=min_recovery, passed=rate is not None and rate >= min_recovery)
+    out["permuted_copy"] = entry
 
-            def shift(a, b):
-                d = np.linalg.norm(a[alive] - b[alive], axis=1) / max(spread_, 1e-30)
-                return (float(d.max()), float(d.mean())) if d.size else (0.0, 0.0)
+    twin, _, entry = checked_copy(rescaled_copy, "rescaled")
+    if twin is not None:
+        _, twin_stored, twin_exact = place(twin, "rescaled copy")
 
-            worst, mean = shift(twin_exact, emb_exact)
-            out["rescaled_copy"] = {
-                "max_shift": worst, "mean_shift": mean,
-                # the same through the activations as the workspace stores them (float16,
-                # relative to each neuron's largest): rounding, not the method
-                "max_shift_stored": shift(twin_stored, emb)[0],
-                "n_neurons": int(alive.sum()), "scale_range": [float(np.exp(-1)),
-                                                               float(np.exp(1))],
-                "logit_difference": diff, "threshold": max_shift,
-                "passed": worst <= max_shift}
+        def shift(a, b):
+            d = np.linalg.norm(a[alive] - b[alive], axis=1) / max(spread_, 1e-30)
+            return (float(d.max()), float(d.mean())) if d.size else (0.0, 0.0)
+
+        worst, mean = shift(twin_exact, emb_exact)
+        # max_shift_stored: the same through the activations as the workspace stores them
+        # (float16, relative to each neuron's largest): rounding, not the method
+        entry.update(max_shift=worst, mean_shift=mean,
+                     max_shift_stored=shift(twin_stored, emb)[0], n_neurons=int(alive.sum()),
+                     scale_range=[float(np.exp(-1)), float(np.exp(1))],
+                     threshold=max_shift, passed=worst <= max_shift)
+    out["rescaled_copy"] = entry
     return out
 
 
