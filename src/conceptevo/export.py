@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import WorkspaceError
+from .runs import run_order  # noqa: F401  (part of this module's API)
 from .workspace import Workspace, atomic
 
 
@@ -111,14 +112,6 @@ def _parse_column(values: list[str]) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------ reading
-def run_order(ws: Workspace, among: list[str] | None = None) -> list[str]:
-    """Runs in the order of the study config: those with stimuli, or those of ``among``
-    (runs the config does not name, e.g. a live Monitor's, follow in sorted order)."""
-    have = ws.stimuli_runs() if among is None else list(among)
-    study = [r["name"] for r in ws.load_study().get("runs", [])]
-    return [r for r in study if r in have] + sorted(set(have) - set(study))
-
-
 def images(ws: Workspace, name: str = "probe") -> Table:
     """image_id, path, label, class_name of the probe (or held-out) set."""
     probe = ws.load_probe(name)

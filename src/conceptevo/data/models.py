@@ -1,9 +1,9 @@
 """Small image classifiers for the demo and the tests: ordinary ``nn.Module``s.
 
-All are registered in the ``conceptevo:`` namespace of the model registry, so a study config
-can say ``arch = "conceptevo:small_vgg"`` (or ``small_resnet``, ``small_vit``). Their layers
-have readable names (``features.conv2_1``, ``stage2.0.conv1``, ``blocks.3.mlp.act``) so probed
-neurons are easy to locate.
+All are in the ``conceptevo:`` namespace of the model registry (its ``_BUILTIN`` table names
+them), so a study config can say ``arch = "conceptevo:small_vgg"`` (or ``small_resnet``,
+``small_vit``). Their layers have readable names (``features.conv2_1``, ``stage2.0.conv1``,
+``blocks.3.mlp.act``) so probed neurons are easy to locate.
 """
 
 from __future__ import annotations
@@ -16,10 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.registry import register
 
-
-@register("small_vgg")
 class SmallVGG(nn.Module):
     """A VGG-style CNN: stages of 3x3 conv + BatchNorm + ReLU, max-pooling between stages,
     and a two-layer classifier with dropout.
@@ -88,7 +85,6 @@ class BasicBlock(nn.Module):
         return self.relu(out + self.shortcut(x))
 
 
-@register("small_resnet")
 class SmallResNet(nn.Module):
     """A ResNet-style CNN: a stem convolution, stages of :class:`BasicBlock` (the first block
     of each later stage halves the resolution), global average pooling and a linear head."""
@@ -163,7 +159,6 @@ class TransformerBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-@register("small_vit")
 class SmallViT(nn.Module):
     """A small vision transformer: non-overlapping ``patch_size`` patches embedded by a
     strided convolution (``patch_embed``), a class token, learned position embeddings,

@@ -151,7 +151,7 @@ def ensure_labels(cfg: StudyConfig, ws: Workspace, probe: ProbeSet, masks: Conce
     changed), with the neurons' activation vectors over the probe images ``match_ids``
     (disjoint from the labelling images, so that the correlation baseline does not see the
     images that decide the labels); returns the checkpoints computed."""
-    from ..pipeline import resolve_device, run_model, stable_hash
+    from ..runs import resolve_device, run_model, stable_hash
 
     ec = cfg.evaluation
     device = resolve_device(cfg.device)

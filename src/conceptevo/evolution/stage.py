@@ -91,7 +91,7 @@ def stored_importance(ws: Workspace) -> list[tuple[str, int, int, int]]:
     root = ws.path("importance")
     if not root.is_dir():
         return out
-    from ..export import run_order
+    from ..runs import run_order
 
     found = []
     for path in sorted(root.glob("*/c*/from_*_to_*.npz")):
@@ -175,7 +175,7 @@ def check_class_order_for(cfg: StudyConfig, ws: Workspace, probe: ProbeSet, run:
     from the checkpoint's stored stimulus pass when it is up to date, else from a forward pass
     over up to ``per_class`` probe images of each class."""
     from ..data.classes import check_class_order, class_order_message
-    from ..pipeline import probe_classes, resolve_device, run_model, stimuli_key
+    from ..runs import probe_classes, resolve_device, run_model, stimuli_key
 
     device = resolve_device(cfg.device)
     rm = run_model(cfg, run, device)
@@ -213,7 +213,7 @@ def check_class_order_for(cfg: StudyConfig, ws: Workspace, probe: ProbeSet, run:
 # ------------------------------------------------------------------------------ stage
 def _key(cfg: StudyConfig, ckpts: dict[int, Checkpoint], t: int, t2: int, class_index: int,
          train_ids: np.ndarray, probe: ProbeSet, heldout: ProbeSet | None) -> str:
-    from ..pipeline import stable_hash
+    from ..runs import stable_hash
 
     files = [(str(ckpts[e].path.resolve()), ckpts[e].path.stat().st_size,
               ckpts[e].path.stat().st_mtime_ns) for e in (t, t2)]
@@ -239,7 +239,7 @@ def ensure_importance(cfg: StudyConfig, ws: Workspace, probe: ProbeSet,
     whose reversion hit counts are summed on rank 0. Rank 0 writes.
     """
     from .. import distributed
-    from ..pipeline import resolve_device
+    from ..runs import resolve_device
 
     ctx = distributed.current()
     rc = cfg.run(run)
@@ -462,7 +462,7 @@ def run_diagnosis(ws: Workspace, thresholds=None, runs: list[str] | None = None)
     from dataclasses import asdict
 
     from ..config import section_from_dict
-    from ..export import run_order
+    from ..runs import run_order
     from ..space.image_embedding import project
     from ..space.stage import load_base_space
     from ..workspace import atomic

@@ -33,7 +33,9 @@ from torch import nn
 
 from ..errors import ConfigError
 
-_BUILTIN: dict[str, Callable[..., nn.Module]] = {}
+#: the ``conceptevo:`` namespace: name -> class in :mod:`conceptevo.data.models`
+_BUILTIN: dict[str, str] = {"small_vgg": "SmallVGG", "small_resnet": "SmallResNet",
+                            "small_vit": "SmallViT"}
 #: namespaces whose models are built without running code a study names
 BUILTIN_NAMESPACES = ("torchvision", "conceptevo", "timm", "hf")
 #: timm arguments that load weights or configurations from elsewhere
@@ -44,17 +46,14 @@ _HF_REFUSED = ("trust_remote_code", "revision", "token", "cache_dir", "force_dow
                "local_files_only", "auto_map", "code_revision")
 
 
-def register(name: str):
-    """Decorator adding a factory to the ``conceptevo:`` namespace."""
-    def deco(fn):
-        _BUILTIN[name] = fn
-        return fn
-    return deco
-
-
 def builtin_models() -> list[str]:
-    from ..data import models  # noqa: F401  (registers the demo models)
     return sorted(_BUILTIN)
+
+
+def _builtin(name: str) -> Callable[..., nn.Module]:
+    from ..data import models
+
+    return getattr(models, _BUILTIN[name])
 
 
 def build_model(arch: str, kwargs: dict | None = None, allow_code: bool = True) -> nn.Module:
@@ -99,10 +98,10 @@ def build_model(arch: str, kwargs: dict | None = None, allow_code: bool = True) 
     if namespace == "hf":
         return _hf_model(arch, name, kwargs)
     if namespace == "conceptevo":
-        available = builtin_models()
         if name not in _BUILTIN:
-            raise ConfigError(f"ConceptEvo has no model {name!r}; it has {', '.join(available)}")
-        return _call(_BUILTIN[name], arch, **kwargs)
+            raise ConfigError(f"ConceptEvo has no model {name!r}; it has "
+                              f"{', '.join(builtin_models())}")
+        return _call(_builtin(name), arch, **kwargs)
     try:
         module = importlib.import_module(namespace)
     except ImportError as e:

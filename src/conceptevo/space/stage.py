@@ -43,7 +43,7 @@ log = logging.getLogger("conceptevo")
 
 
 def _hash(obj) -> str:
-    from ..pipeline import stable_hash
+    from ..runs import stable_hash
 
     return stable_hash(obj)
 
@@ -72,7 +72,7 @@ def ensure_base_stimuli(cfg: StudyConfig, ws: Workspace, probe: ProbeSet,
     activations = cfg.space.records_activations
     if desc["kind"] == "run":
         return ws.load_stimuli(desc["run"], desc["epoch"], activations=activations)
-    from ..pipeline import resolve_device
+    from ..runs import resolve_device
 
     path = ws.space_path("base_stimuli.npz")
     ckpt = cfg.resolve(cfg.space.base_checkpoint)
@@ -90,7 +90,7 @@ def ensure_base_stimuli(cfg: StudyConfig, ws: Workspace, probe: ProbeSet,
     load_checkpoint(model, ckpt, cfg.trust_checkpoints, desc["arch"])
     model = model.to(device).eval()
     adapter = ModelAdapter(model, **cfg.model.adapter_options())
-    from ..pipeline import check_ranking_sizes
+    from ..runs import check_ranking_sizes
 
     check_ranking_sizes(cfg, probe, adapter, f"the base model {desc['arch']}")
     with progress_bar(len(probe), "stimuli base model", "img") as bar:
@@ -110,7 +110,7 @@ def ensure_base_stimuli(cfg: StudyConfig, ws: Workspace, probe: ProbeSet,
 
 
 def space_params(cfg: StudyConfig) -> SpaceParams:
-    from ..pipeline import resolve_device
+    from ..runs import resolve_device
 
     sc = cfg.space
     return SpaceParams(dim=sc.dim, epochs=sc.epochs, lr=sc.lr, negatives=sc.negatives,
@@ -215,7 +215,7 @@ def _fit_map(cfg: StudyConfig, space: BaseSpace) -> ConceptMap:
 def ensure_projections(cfg: StudyConfig, ws: Workspace, space: BaseSpace, space_key: str,
                        state: MapState, runs: list[str] | None = None) -> list[tuple[str, int]]:
     """v~ and 2-D coordinates of every neuron of every checkpoint with stimuli."""
-    from ..pipeline import resolve_device
+    from ..runs import resolve_device
 
     activations = space.projection == "activations"
     device = str(resolve_device(cfg.device))
