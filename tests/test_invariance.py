@@ -3,6 +3,7 @@ and `conceptevo evaluate` on a study without masks."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -59,6 +60,8 @@ def test_the_flows_of_a_chain_and_where_they_stop():
     assert flows == [] and "not a plain (ungrouped) Conv2d" in why
     odd = nn.Sequential(nn.Conv2d(3, 4, 3), nn.LayerNorm(4), nn.Conv2d(4, 2, 1))
     assert "LayerNorm" in channel_flows(odd, ["0"])[1]
+    misread = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(7, 2))
+    assert "reads 7 inputs, not the 4 channels" in channel_flows(misread, ["0"])[1]
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -101,9 +104,11 @@ def test_a_residual_model_is_caught_by_the_function_check():
     model = randomise(TinyResNet(), 0).eval()
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     flows, why = channel_flows(model, convs)
-    if why is None:
-        twin, _ = permuted_copy(model, flows)
-        assert same_function(model, twin, torch.randn(4, 3, 16, 16)) is None
+    assert why is None  # (in registration order it looks like a chain) ...
+    twin, _ = permuted_copy(model, flows)
+    x = torch.randn(4, 3, 16, 16)
+    assert same_function(model, twin, x) is None  # ... but the skip paths tell
+    assert same_function(model, copy.deepcopy(model), x) is not None
 
 
 def test_nearest_recovery_against_a_loop():

@@ -78,16 +78,18 @@ def channel_flows(model: nn.Module, layers: list[str]) -> tuple[list[ChannelFlow
                             "which the check cannot follow")
         if consumer is None:
             return [], f"no layer reads the channels of {name}"
+        reads = modules[consumer].weight.shape[1]
+        if reads % conv.out_channels or (isinstance(modules[consumer], nn.Conv2d)
+                                         and reads != conv.out_channels):
+            return [], (f"{consumer} reads {reads} inputs, not the {conv.out_channels} "
+                        f"channels of {name}")
         flows.append(ChannelFlow(name, norm, between, consumer))
     return flows, None
 
 
 def _consumer_view(weight: torch.Tensor, channels: int) -> torch.Tensor:
     """The consumer's weight as [out, channels, rest] (a Linear after Flatten reads each
-    channel's block of features)."""
-    if weight.shape[1] % channels:
-        raise ValueError(f"{weight.shape[1]} input features are not blocks of {channels} "
-                         "channels")
+    channel's block of features; :func:`channel_flows` checked that it does)."""
     return weight.reshape(weight.shape[0], channels, -1)
 
 
@@ -197,8 +199,8 @@ def invariance_checks(cfg, ws, probe, space, min_recovery: float = 0.99,
     checkpoint of the first run): ``{"checkpoint", "permuted_copy", "rescaled_copy"}``, each
     check with its figures and ``passed``, or ``skipped`` (why)."""
     from ..models.adapter import ModelAdapter
-    from ..pipeline import resolve_device, run_model
     from ..progress import progress_bar
+    from ..runs import resolve_device, run_model
     from ..space.image_embedding import ActivationWeights
     from ..space.stage import base_descriptor
     from ..space.unified import project_result
