@@ -37,21 +37,29 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     from conceptevo.evaluate.alignment import (
+        NeuronIndex,
         alignment_study,
         correlation_similarity_fn,
         cosine_similarity_fn,
         sample_queries,
     )
-    from conceptevo.evaluate.stage import collect_neurons, evaluated_checkpoints, study_config
+    from conceptevo.evaluate.neurons import collect_neurons, load_checkpoints, space_vectors
+    from conceptevo.evaluate.stage import evaluated_checkpoints, study_config
     from conceptevo.space.image_embedding import ActivationWeights, fidelity
-    from conceptevo.space.stage import base_descriptor
+    from conceptevo.space.stage import base_descriptor, load_base_space
     from conceptevo.workspace import Workspace
 
     ws = Workspace(args.workspace)
     cfg = study_config(ws)
     ec = cfg.evaluation
     checkpoints = evaluated_checkpoints(cfg, ws)
-    neurons = collect_neurons(cfg, ws, checkpoints)
+    space = load_base_space(ws)
+    data = load_checkpoints(ws, checkpoints, activations=False, with_labels=True)
+    neurons = collect_neurons(cfg, data, ws.load_probe().labels, space)
+    index = NeuronIndex(neurons.checkpoint, neurons.depth, neurons.concept)
+    stored = {m: v[neurons.rows] for m, v in
+              space_vectors(cfg, data, space, stored=True, seed=cfg.seed).items()}
+    del data
     desc = base_descriptor(cfg)
     if desc["kind"] != "run":
         sys.exit("the sweep needs a base checkpoint of the study")
@@ -62,13 +70,13 @@ def main(argv: list[str] | None = None) -> dict:
                                 ).activation_matrix()[rows]
     acts = [ws.load_stimuli(r, e, activations=True).activation_matrix() for r, e in checkpoints]
     per_layer = args.queries_per_layer or ec.queries_per_layer
-    samples = {"tune": sample_queries(neurons.index, per_layer, cfg.seed + 1),
-               "report": sample_queries(neurons.index, per_layer, cfg.seed)}
+    samples = {"tune": sample_queries(index, per_layer, cfg.seed + 1),
+               "report": sample_queries(index, per_layer, cfg.seed)}
 
     def score(similarity) -> dict:
         out = {}
         for name, queries in samples.items():
-            r = alignment_study(neurons.index, queries, similarity, ec.neighbours, cfg.seed)
+            r = alignment_study(index, queries, similarity, ec.neighbours, cfg.seed)
             s = r.auc(ec.bootstrap, cfg.seed)
             out[name] = {"auc": round(s["auc"], 4), "ci95": [round(x, 4) for x in s["ci95"]]}
         return out
@@ -77,9 +85,9 @@ def main(argv: list[str] | None = None) -> dict:
     doc = {"workspace": str(ws.root), "queries_per_layer": per_layer,
            "n_queries": {k: int(len(q)) for k, q in samples.items()},
            "reference": {
-               "correlation": score(correlation_similarity_fn(neurons.vectors["correlation"])),
-               "stimuli": score(cosine_similarity_fn(neurons.vectors.get(
-                   "stimuli", neurons.vectors["unified"])))},
+               "correlation": score(correlation_similarity_fn(neurons.fixed["correlation"])),
+               "stimuli": score(cosine_similarity_fn(stored.get(
+                   "stimuli", stored["unified"])))},
            "sweep": []}
     for t in [float(x) for x in args.temperatures.split(",")]:
         weights = [ActivationWeights(a, t) for a in acts]

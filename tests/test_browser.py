@@ -857,7 +857,26 @@ def test_an_evaluation_without_masks_shows_what_it_skipped_and_the_checks(browse
                    "permuted_copy": {"recovery": 1.0, "n_neurons": 29, "threshold": 0.99,
                                      "passed": True, "per_layer": {}},
                    "rescaled_copy": {"skipped": "Tanh after layer features.0 does not commute "
-                                                "with a positive rescaling"}},
+                                                "with a positive rescaling"},
+                   "agreement": {"pairs": [[["healthy", 2], ["overfit", 2]]], "alpha": 0.01,
+                                 "passed": False, "per_layer": {
+                                     "features.0": {"agreement": 0.05, "chance": 0.06, "n": 32,
+                                                    "p_value": 0.7, "above_chance": False},
+                                     "features.3": {"agreement": 0.4, "chance": 0.03, "n": 64,
+                                                    "p_value": 1e-30, "above_chance": True}}}},
+        "classes": {"order": ["unified", "matched"], "seeds": [0, 1],
+                    "wins": {"matched": 1}, "beats_on_seed": [True, False],
+                    "beats_all_baselines": False, "passed": True, "above_chance_on_seeds": 2,
+                    "n_seeds": 2, "depth_names": {"0": "features.0"},
+                    "methods": {m: {"title": title, "auc": auc, "ci95": [auc - 0.02, auc + 0.02],
+                                    "mean": auc + 0.01, "spread": [auc, auc + 0.02],
+                                    "n_queries": 40, "n_candidates": 240, "positive_rate": 0.3,
+                                    "by_depth": {"0": {"auc": auc, "ci95": [auc - 0.1, auc + 0.1],
+                                                       "n_queries": 40}},
+                                    "roc": {"fpr": [0, 0.5, 1], "tpr": [0, 0.8, 1]},
+                                    "per_seed": [{"seed": 0, "auc": auc}, {"seed": 1, "auc": auc}]}
+                                for m, title, auc in (("unified", "Unified space (ours)", 0.71),
+                                                      ("matched", "Matched", 0.64))}},
         "faithfulness": {"fidelity": {}, "reversion": []},
         "headline": "alignment study skipped: no concept masks (the annotation-free checks ran)"})
     with Server(ws.root) as url:
@@ -871,4 +890,17 @@ def test_an_evaluation_without_masks_shows_what_it_skipped_and_the_checks(browse
             p.page.locator("[data-testid=evaluation-skipped]").inner_text()
         view = p.page.locator("[data-testid=evaluation-view]").inner_text()
         assert "no alignment results" in view
+        # the class-level study: the spread over the seeds and the seeds ours won
+        rows = p.page.locator("[data-testid=evaluation-classes] tbody tr")
+        assert rows.count() == 2
+        cells = [c.strip() for c in rows.nth(1).locator("td").all_inner_texts()]
+        assert cells[:6] == ["Matched", "0.640", "[0.620, 0.660]", "0.650", "0.640 – 0.660",
+                             "1 / 2"]
+        assert "above chance (the 95% interval above 0.5) on 2 of 2 seeds: pass" in \
+            p.page.locator("[data-testid=evaluation-classes-verdict]").inner_text()
+        assert coloured_pixels(p.page, "classes-roc-canvas") > 500
+        # check (c): per layer against chance
+        agreement = p.page.locator("[data-testid=evaluation-agreement]")
+        assert "FAIL, above chance on 1 of 2 layers" in agreement.inner_text()
+        assert agreement.locator("tbody tr").count() == 2
         assert not p.errors, p.errors

@@ -52,7 +52,8 @@ def test_tiny_demo_runs_every_stage(tiny_demo, capsys):
     assert set(out["checks"]) == {"healthy_val_acc", "overfit_gap_points",
                                   "lr_too_high_val_acc", "reversion", "flags", "alignment"}
     assert set(out["checks"]["alignment"]) == {"unified", "stimuli", "no-indirect", "correlation",
-                                               "separate", "random"}
+                                               "correlation-probe", "matched", "separate",
+                                               "random"}
     assert set(out["checks"]["flags"]) == {"healthy", "lr-too-high", "overfit"}
     assert (root / "diagnosis.json").is_file()
     assert set(out["checks"]["reversion"]) == {"1->2", "2->3"}

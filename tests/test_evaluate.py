@@ -224,7 +224,7 @@ def test_a_method_whose_neighbours_never_share_a_concept_has_no_auc(tmp_path):
     """A method with no positive candidate (the ViT demo's per-model spaces) has an undefined
     AUC: reported as n/a, not a crash, and left out of the baselines to beat."""
     from conceptevo.evaluate.alignment import StudyResult
-    from conceptevo.evaluate.stage import evaluation_text, headline
+    from conceptevo.evaluate.stage import comparison, evaluation_text, headline
     from conceptevo.viz import plot_auc_by_depth, plot_roc
 
     groups = np.repeat(np.arange(20), 6)
@@ -240,11 +240,15 @@ def test_a_method_whose_neighbours_never_share_a_concept_has_no_auc(tmp_path):
     some = StudyResult(positive + rng.standard_normal(120), positive, groups, groups % 2)
     ours = dict(title="Unified space (ours)", **some.auc(100), roc={"fpr": [0, 1],
                                                                     "tpr": [0, 1]})
-    alignment = {"order": ["unified", "separate"], "n_checkpoints": 2,
+    alignment = {"order": ["unified", "separate"], "n_checkpoints": 2, "seeds": [0],
                  "methods": {"unified": ours,
                              "separate": dict(title="Per-model embeddings", **summary,
-                                              roc={"fpr": [0, 1], "tpr": [0, 1]})},
-                 "beats_all_baselines": True}
+                                              roc={"fpr": [0, 1], "tpr": [0, 1]})}}
+    for r in alignment["methods"].values():   # one seed: its figures are the spread's
+        r.update(per_seed=[{"seed": 0, "auc": r["auc"], "ci95": r["ci95"]}], mean=r["auc"],
+                 spread=None if r["auc"] is None else [r["auc"], r["auc"]])
+    alignment.update(comparison(alignment))
+    assert alignment["beats_all_baselines"] and alignment["wins"] == {"separate": 1}
     text = evaluation_text({"alignment": alignment, "settings": {"neighbours": 5,
                                                                   "min_iou": 0.04},
                             "labels": {"n_labelled": 3, "n_pool": 9},
@@ -263,11 +267,32 @@ def test_demo_evaluation(tiny_demo):
     root, out, _ = tiny_demo
     report = json.loads((root / "evaluation" / "evaluation.json").read_text())
     methods = report["alignment"]["methods"]
-    assert list(methods) == ["unified", "stimuli", "no-indirect", "correlation", "separate",
-                            "random"]
+    assert list(methods) == ["unified", "stimuli", "no-indirect", "correlation",
+                             "correlation-probe", "matched", "separate", "random"]
+    seeds = report["alignment"]["seeds"]
+    assert seeds == [0, 1, 2] == [s["seed"] for s in report["faithfulness"]["fidelity"]["seeds"]]
     for r in methods.values():
         assert 0 <= r["ci95"][0] <= r["auc"] <= r["ci95"][1] <= 1
         assert r["roc"]["fpr"][0] == 0 and r["roc"]["tpr"][-1] == pytest.approx(1)
+        # per seed, the first being the figures above; the mean and spread are theirs
+        per_seed = r["per_seed"]
+        assert [s["seed"] for s in per_seed] == seeds
+        assert (per_seed[0]["auc"], per_seed[0]["ci95"]) == (r["auc"], r["ci95"])
+        aucs = [s["auc"] for s in per_seed]
+        assert r["mean"] == pytest.approx(np.mean(aucs))
+        assert r["spread"] == [min(aucs), max(aucs)]
+        assert all(s["ci95"][0] <= s["auc"] <= s["ci95"][1] for s in per_seed)
+    # the seeds differ: each draws its own queries (and rebuilds the space for ours)
+    assert len({s["auc"] for s in methods["unified"]["per_seed"]}) > 1
+    wins = report["alignment"]["wins"]
+    for m in methods:
+        if m != "unified":
+            brute = sum(o["ci95"][0] > b["ci95"][1] for o, b in
+                        zip(methods["unified"]["per_seed"], methods[m]["per_seed"]))
+            assert wins[m] == brute
+    assert report["alignment"]["beats_all_baselines"] == all(
+        w == len(seeds) for w in wins.values())
+    assert report["environment"]["torch_threads"] >= 1
     assert (root / "evaluation" / "roc.png").stat().st_size > 1000
     assert (root / "evaluation" / "auc_by_depth.png").stat().st_size > 1000
     assert report["labels"]["n_labelled"] > 0
@@ -295,3 +320,28 @@ def test_evaluate_cli_reuses_labels_and_is_deterministic(tiny_demo, tmp_path, ca
     assert before == after
     for m in first["alignment"]["methods"]:
         assert again["alignment"]["methods"][m]["auc"] == first["alignment"]["methods"][m]["auc"]
+
+
+def test_bootstrap_by_query_pairs_equals_weighting_every_candidate():
+    """The bootstrap's pair counts by query give, for every draw, the AUC of the candidates
+    weighted by their query's count (the direct computation), and each pair count is the
+    brute-force count of the positive-negative pairs of two queries."""
+    from conceptevo.evaluate.alignment import query_pairs, weighted_auc
+
+    rng = np.random.default_rng(7)
+    groups = np.repeat(rng.permutation(30) * 3, 6)
+    positive = rng.random(len(groups)) < 0.4
+    scores = np.round(positive + rng.standard_normal(len(groups)), 1)   # with ties
+    ids, wins, n_pos, n_neg = query_pairs(scores, positive, groups)
+    for a in range(0, 30, 7):
+        for b in range(0, 30, 5):
+            pa = scores[(groups == ids[a]) & positive]
+            nb = scores[(groups == ids[b]) & ~positive]
+            brute = sum((x > y) + 0.5 * (x == y) for x in pa for y in nb)
+            assert wins[a, b] == pytest.approx(brute)
+    lo, hi = bootstrap_auc(scores, positive, groups, 200, seed=3)
+    draws = np.random.default_rng(3).integers(0, len(ids), (200, len(ids)))
+    counts = np.stack([np.bincount(d, minlength=len(ids)) for d in draws]).astype(float)
+    inverse = np.searchsorted(ids, groups)
+    direct = weighted_auc(scores, positive, counts[:, inverse])
+    assert (lo, hi) == pytest.approx(tuple(np.percentile(direct, [2.5, 97.5])), abs=1e-12)

@@ -141,12 +141,13 @@ def test_evaluate_runs_the_checks_on_a_study_without_masks(tmp_path, image_folde
         torch.save(trained_like(epoch).state_dict(), ckpt / f"epoch_{epoch}.pt")
     cfg = write_study(tmp_path, image_folder, (ckpt / "epoch_{epoch}.pt").as_posix())
     cfg.write_text(cfg.read_text() + "\n[space]\ndim = 4\nepochs = 3\numap_neighbors = 5\n"
-                   "\n[evaluation]\nfidelity_seeds = 1\n")
+                   "\n[evaluation]\nseeds = 2\n")
     assert main(["build", "--config", str(cfg)]) == 0
     capsys.readouterr()
     assert main(["evaluate", str(cfg)]) == 0
     out = capsys.readouterr().out
-    assert "skipped: concept labels and the alignment study: no pixel-level concept masks" in out
+    assert "skipped: concept labels and the concept alignment study: no pixel-level concept " \
+        "masks" in out
     assert "permuted-copy check (a epoch 1): PASS" in out
     assert "rescaled-copy check (a epoch 1): PASS" in out
     report = atomic.read_json(Workspace(tmp_path / "ws").path("evaluation", "evaluation.json"))
@@ -156,6 +157,21 @@ def test_evaluate_runs_the_checks_on_a_study_without_masks(tmp_path, image_folde
     assert set(perm["per_layer"]) == set(CONVS)
     assert scaled["max_shift"] <= 1e-4 and scaled["passed"]
     assert scaled["max_shift_stored"] is not None
+    # (c) agreement with the one-to-one matching, epoch 0 against epoch 1 of the one run
+    agreement = report["checks"]["agreement"]
+    assert agreement["pairs"] == [[["a", 0], ["a", 1]]]
+    assert set(agreement["per_layer"]) == set(CONVS)
+    assert "agreement with one-to-one correlation matching" in out
+    # (d) the class-level study, seed by seed, or why it could not run
+    classes = report["classes"]
+    if classes is None:
+        assert any("class-level alignment study" in why for why in report["skipped"])
+    else:
+        assert classes["seeds"] == [0, 1]
+        assert len(classes["methods"]["unified"]["per_seed"]) == 2
+        assert "matched" in classes["methods"] and "correlation" not in classes["methods"]
+    assert len(report["faithfulness"]["fidelity"]["seeds"]) == 2
+    assert (tmp_path / "ws" / "evaluation" / "checks.png").stat().st_size > 1000
     json.dumps(report)  # (plain JSON)
 
 

@@ -306,6 +306,10 @@ class EvaluationConfig:
     (default: the probe image size; smaller is faster and coarser). ``tags``: a CSV of
     image-level concept tags (``path,concept``, docs/concepts.md) for probe sets without
     masks; the diagnosis's shortcut rule reads it (or the masks when there are no tags).
+    ``seeds``: the space is rebuilt with this many seeds (the stored one first) and every
+    figure of the alignment studies and the fidelity is reported for each, with mean and
+    spread. ``class_share``: a neuron's class-level label (for the class-level study, which
+    needs no masks) is the class of at least this share of its stimuli.
     """
 
     annotations: str | None = None
@@ -318,9 +322,21 @@ class EvaluationConfig:
     queries_per_layer: int = bounded(200, 1, 100_000)
     neighbours: int = bounded(5, 1, 1000)
     bootstrap: int = bounded(1000, 1, 100_000)
-    fidelity_seeds: int = bounded(3, 1, 100)
+    seeds: int = bounded(3, 1, 100)
+    class_share: float = bounded(0.5, 0, 1)
+    fidelity_seeds: int | None = bounded(None, 1, 100)
+
+    @classmethod
+    def from_mapping(cls, kwargs: dict) -> EvaluationConfig:
+        # ``fidelity_seeds``: the name of ``seeds`` before the alignment study used them too
+        if kwargs.get("fidelity_seeds") is not None and "seeds" not in kwargs:
+            kwargs["seeds"] = kwargs["fidelity_seeds"]
+        kwargs.pop("fidelity_seeds", None)
+        return cls(**kwargs)
 
     def validate(self, where: str) -> None:
+        if not 0 < self.class_share <= 1:
+            raise ConfigError(f"[{where}] class_share must be in (0, 1], not {self.class_share}")
         if not 0.5 <= self.quantile < 1:
             raise ConfigError(f"[{where}] quantile must be in [0.5, 1), not {self.quantile}")
         if not 0 <= self.min_iou < 1:

@@ -64,7 +64,8 @@ def save_png(fig, path: str | Path) -> Path:
 
 
 #: Colours of the alignment study's methods, ours first (see evaluate.stage.METHODS).
-METHOD_COLOURS = ("#c2410c", "#db2777", "#2563eb", "#059669", "#7c3aed", "#6b7280")
+METHOD_COLOURS = ("#c2410c", "#db2777", "#2563eb", "#059669", "#0891b2", "#65a30d",
+                  "#7c3aed", "#6b7280")
 
 
 def plot_roc(alignment: dict, path: str | Path) -> Path:
@@ -112,3 +113,66 @@ def plot_auc_by_depth(alignment: dict, path: str | Path) -> Path:
     ax.legend(fontsize=6, loc="lower left")
     fig.tight_layout()
     return save_png(fig, path)
+
+
+def plot_checks(report: dict, path: str | Path) -> Path | None:
+    """The annotation-free checks of an evaluation (``evaluation.json``): the permuted copy's
+    recovery per layer, the agreement of the space with one-to-one correlation matching per
+    layer against chance, and the class-level study's AUC per method over the seeds; None
+    (nothing written) when none of them ran."""
+    checks = report.get("checks") or {}
+    perm = checks.get("permuted_copy") or {}
+    agree = checks.get("agreement") or {}
+    classes = report.get("classes")
+    panels = [name for name, ok in (("perm", "per_layer" in perm),
+                                    ("agree", "per_layer" in agree),
+                                    ("classes", bool(classes))) if ok]
+    if not panels:
+        return None
+    fig = _figure(4.2 * len(panels), 3.8)
+    for i, name in enumerate(panels, 1):
+        ax = fig.add_subplot(1, len(panels), i)
+        if name == "perm":
+            layers = [k for k, v in perm["per_layer"].items() if v is not None]
+            ax.bar(range(len(layers)), [perm["per_layer"][k] for k in layers], color="#c2410c")
+            ax.axhline(perm["threshold"], color="#111827", lw=1, ls="--",
+                       label=f"pass: >= {perm['threshold']:.0%}")
+            rescaled = checks.get("rescaled_copy") or {}
+            extra = (f"\nrescaled copy: largest shift {rescaled['max_shift']:.1e}"
+                     if "max_shift" in rescaled else "")
+            ax.set(ylim=(0, 1.05), ylabel="original is the nearest neighbour",
+                   title=f"(a) permuted copy: {'pass' if perm['passed'] else 'FAIL'}{extra}")
+            _layer_ticks(ax, layers)
+        elif name == "agree":
+            layers = list(agree["per_layer"])
+            xs = np.arange(len(layers))
+            ax.bar(xs, [agree["per_layer"][k]["agreement"] for k in layers], color="#2563eb",
+                   label="nearest neighbour = Hungarian match")
+            ax.scatter(xs, [agree["per_layer"][k]["chance"] for k in layers], marker="_",
+                       s=300, color="#111827", label="chance", zorder=3)
+            ax.set(ylim=(0, 1.05), ylabel="share of neurons",
+                   title=f"(c) agreement with matching: {'pass' if agree['passed'] else 'FAIL'}")
+            _layer_ticks(ax, layers)
+        else:
+            order = classes["order"]
+            rows = [classes["methods"][m] for m in order]
+            xs = np.arange(len(order))
+            for x, r, colour in zip(xs, rows, METHOD_COLOURS):
+                if r["mean"] is None:
+                    continue
+                lo, hi = r["spread"]
+                ax.errorbar([x], [r["mean"]], yerr=[[r["mean"] - lo], [hi - r["mean"]]],
+                            fmt="o", color=colour, capsize=3)
+            ax.axhline(0.5, color="#d1d5db", lw=1, ls="--")
+            ax.set_xticks(xs, [r["title"] for r in rows], rotation=35, ha="right", fontsize=6)
+            ax.set(ylim=(0, 1.02), ylabel="ROC AUC (mean, min-max over seeds)",
+                   title=f"(d) class-level study: {'pass' if classes['passed'] else 'FAIL'}")
+        ax.title.set_fontsize(8)
+        if name != "classes":
+            ax.legend(fontsize=6, loc="lower left")
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
+def _layer_ticks(ax, layers: list[str]) -> None:
+    ax.set_xticks(range(len(layers)), layers, rotation=35, ha="right", fontsize=6)

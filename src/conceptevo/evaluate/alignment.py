@@ -62,6 +62,37 @@ def weighted_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray
         return np.where(total > 0, wins / total, np.nan)
 
 
+def query_pairs(scores: np.ndarray, positive: np.ndarray, groups: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The AUC's pair counts by query: (ids, wins, n_pos, n_neg) with ``wins[a, b]`` the
+    positive candidates of query ``ids[a]`` scoring above the negative ones of query
+    ``ids[b]`` (ties half). With queries weighted by ``c`` (a bootstrap draw), the AUC is
+    ``c @ wins @ c / ((c @ n_pos) * (c @ n_neg))``: one sort, then matrix products."""
+    scores = np.asarray(scores, dtype=np.float64)
+    positive = np.asarray(positive, dtype=bool)
+    ids, inverse = np.unique(groups, return_inverse=True)
+    order = np.argsort(scores, kind="mergesort")
+    s, p, q = scores[order], positive[order], inverse[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(s)) + 1]
+    ends = np.r_[starts[1:], len(s)]
+    group = np.repeat(np.arange(len(starts)), ends - starts)
+    # negatives of each query among the first i sorted candidates, for each tie boundary
+    neg = np.zeros((len(s), len(ids)))
+    neg[np.flatnonzero(~p), q[~p]] = 1.0
+    cum = np.vstack([np.zeros((1, len(ids))), np.cumsum(neg, 0)])
+    pos = np.flatnonzero(p)
+    g = group[pos]
+    below = cum[starts[g]] + 0.5 * (cum[ends[g]] - cum[starts[g]])   # [n_pos, n_queries]
+    wins = np.zeros((len(ids), len(ids)))
+    by_query = np.argsort(q[pos], kind="stable")
+    owners, first = np.unique(q[pos][by_query], return_index=True)
+    if len(owners):
+        wins[owners] = np.add.reduceat(below[by_query], first, axis=0)
+    n_pos = np.bincount(inverse, weights=positive, minlength=len(ids))
+    n_neg = np.bincount(inverse, weights=~positive, minlength=len(ids))
+    return ids, wins, n_pos, n_neg
+
+
 def bootstrap_auc(scores: np.ndarray, positive: np.ndarray, groups: np.ndarray,
                   n_boot: int = 1000, seed: int = 0, level: float = 0.95
                   ) -> tuple[float, float]:
@@ -69,11 +100,14 @@ def bootstrap_auc(scores: np.ndarray, positive: np.ndarray, groups: np.ndarray,
     of each candidate) with replacement: a query drawn m times counts its candidates m
     times."""
     rng = np.random.default_rng(seed)
-    ids, inverse = np.unique(groups, return_inverse=True)
+    ids, wins, n_pos, n_neg = query_pairs(scores, positive, groups)
     draws = rng.integers(0, len(ids), (n_boot, len(ids)))
-    counts = np.zeros((n_boot, len(ids)))
-    np.add.at(counts, (np.repeat(np.arange(n_boot), len(ids)), draws.ravel()), 1.0)
-    values = weighted_auc(scores, positive, counts[:, inverse])
+    flat = (draws + len(ids) * np.arange(n_boot)[:, None]).ravel()
+    counts = np.bincount(flat, minlength=n_boot * len(ids)).reshape(n_boot, len(ids))
+    counts = counts.astype(np.float64)
+    total = (counts @ n_pos) * (counts @ n_neg)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values = np.where(total > 0, ((counts @ wins) * counts).sum(1) / total, np.nan)
     values = values[np.isfinite(values)]
     if values.size == 0:  # no positive or no negative candidate: the AUC is undefined
         return float("nan"), float("nan")
@@ -163,7 +197,7 @@ def alignment_study(index: NeuronIndex, queries: np.ndarray,
         cand = np.flatnonzero(others & np.isfinite(sims))
         if cand.size == 0:
             continue
-        top = cand[np.argsort(-sims[cand], kind="stable")[:k]]
+        top = cand[top_k(sims[cand], k)]
         rand = rng.choice(cand)
         for c in (*top, rand):
             scores.append(sims[c])
@@ -174,6 +208,17 @@ def alignment_study(index: NeuronIndex, queries: np.ndarray,
     return StudyResult(np.asarray(scores), np.asarray(positive, dtype=bool),
                        np.asarray(query), np.asarray(depth),
                        {"candidates": np.asarray(candidates, dtype=np.int64)})
+
+
+def top_k(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest ``values``, largest first, ties in index order (what a
+    stable sort of ``-values`` puts first), without sorting them all."""
+    if len(values) > k:
+        kth = np.partition(values, len(values) - k)[len(values) - k]
+        sel = np.flatnonzero(values >= kth)
+    else:
+        sel = np.arange(len(values))
+    return sel[np.argsort(-values[sel], kind="stable")][:k]
 
 
 def cosine_similarity_fn(vectors: np.ndarray) -> Callable[[int], np.ndarray]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,15 +30,10 @@ from ..config import StudyConfig, config_from_dict
 from ..data.probe import ProbeSet
 from ..errors import ConfigError, WorkspaceError
 from ..progress import progress_bar
-from ..space.coactivation import CoActivation
-from ..space.image_embedding import project
-from ..space.neuron_embedding import NeuronEmbedding
-from ..space.unified import build_base_space, project_known
+from ..space.unified import BaseSpace, build_base_space
 from ..workspace import Workspace, atomic
-from ..workspace.store import epoch_name
 from .alignment import (
     NeuronIndex,
-    StudyResult,
     alignment_study,
     correlation_similarity_fn,
     cosine_similarity_fn,
@@ -45,22 +41,19 @@ from .alignment import (
     sample_queries,
 )
 from .annotations import ANNOTATION_FILE, ConceptMasks, read_annotations
-from .labels import ConceptLabels, activation_vectors, label_neurons
+from .labels import activation_vectors, label_neurons
+from .matching import correlation_rows, layer_agreement, matched_rows, precomputed_similarity
+from .neurons import (
+    METHODS,
+    StudyNeurons,
+    collect_neurons,
+    labels_path,
+    load_checkpoints,
+    space_vectors,
+)
 
 log = logging.getLogger("conceptevo")
 SCHEMA = 1
-
-#: The methods of the alignment study, ours first, in the order of the report. "stimuli" (the
-#: paper's projection) is scored when the space projects by activations (else it is "unified").
-METHODS: dict[str, str] = {
-    "unified": "Unified space (ours)",
-    "stimuli": "Projection by top-k stimuli (the paper's)",
-    "no-indirect": "Projection without indirect image embeddings",
-    "correlation": "Activation correlation (Pearson)",
-    "separate": "Per-model embeddings (no unification)",
-    "random": "Random vectors",
-}
-
 
 # ----------------------------------------------------------------------------- config
 def study_config(ws: Workspace) -> StudyConfig:
@@ -114,19 +107,6 @@ def split_images(probe: ProbeSet, covered: np.ndarray, per_class: int, seed: int
 
 
 # ----------------------------------------------------------------------------- labels
-def labels_path(ws: Workspace, run: str, epoch: int) -> Path:
-    return ws.path("evaluation", "labels", run, f"{epoch_name(epoch)}.npz")
-
-
-def load_labels(ws: Workspace, run: str, epoch: int) -> tuple[ConceptLabels, list[str]]:
-    """The stored labels of one checkpoint and the concept names. The stored activation
-    vectors are those on the matching images (meta ``match_ids``), not on the labelling
-    images."""
-    _, a = ws.load_arrays(labels_path(ws, run, epoch))
-    return (ConceptLabels(a["iou"], a["label"], a["threshold"], a["activations"]),
-            json.loads(str(a["concept_names"])))
-
-
 def evaluated_checkpoints(cfg: StudyConfig, ws: Workspace) -> list[tuple[str, int]]:
     """(run, epoch) of every checkpoint to label: those with stimuli and a projection, among
     ``[evaluation] epochs`` when set."""
@@ -209,156 +189,172 @@ def _tensors(probe: ProbeSet, ids: np.ndarray, batch: int, device):
         yield x.contiguous(memory_format=torch.channels_last)
 
 
-# ----------------------------------------------------------------------------- neurons
+# ----------------------------------------------------------------------------- spaces
 @dataclass
-class StudyNeurons:
-    """The pool of the alignment study: one row per neuron, with every method's vector.
+class SeedSpace:
+    """The base space built with one seed: the workspace's own (``stored``) or rebuilt."""
 
-    Attributes
-    ----------
-    index : checkpoint id, layer depth and label of each neuron.
-    vectors : method -> float [n, d] (for "correlation": the activation vectors).
-    checkpoints : (run, epoch) of each checkpoint id.
-    depth_names : layer name of each depth (of the first checkpoint).
-    iou : float32 [n] best IoU of each neuron.
-    rows : bool [n_all]: which neurons of the checkpoints (concatenated) are in the pool.
-    """
-
-    index: NeuronIndex
-    vectors: dict[str, np.ndarray]
-    checkpoints: list[tuple[str, int]]
-    depth_names: list[str]
-    iou: np.ndarray
-    rows: np.ndarray
+    seed: int
+    space: BaseSpace
+    stored: bool
+    fidelity: dict
 
 
-def separate_embedding(stimuli: np.ndarray, alive: np.ndarray, cfg: StudyConfig, seed: int
-                       ) -> np.ndarray:
-    """A neuron embedding of one model alone (the baseline without unification): the same
-    algorithm and parameters as the base space, on this model's co-activation, from its own
-    random start (``seed``: a shared start would align the spaces of models of one
-    architecture by channel index, a unification by accident); NaN rows for neurons that
-    co-activate with no other."""
-    sc = cfg.space
-    coact = CoActivation.from_stimuli(stimuli, alive)
-    model = NeuronEmbedding(sc.dim, sc.epochs, sc.lr, sc.negatives, sc.batch_size,
-                            seed=seed).fit(coact)
-    out = model.embedding_.astype(np.float64)
-    out[~(alive & model.trained_)] = np.nan
+def seed_spaces(cfg: StudyConfig, ws: Workspace, probe: ProbeSet, seeds: int
+                ) -> list[SeedSpace]:
+    """The base space with the study's seed (as stored) and ``seeds - 1`` others (neuron and
+    image embeddings rebuilt from the same base stimuli with seeds ``seed + 1, ...``)."""
+    from ..space.stage import base_descriptor, ensure_base_stimuli, load_base_space, space_params
+
+    stored = ws.read_json(ws.space_path("fidelity.json"))
+    out = [SeedSpace(cfg.seed, load_base_space(ws), True,
+                     dict(seed=cfg.seed, rmse=stored["rmse"], **stored["fidelity"]))]
+    if seeds > 1:
+        base = ensure_base_stimuli(cfg, ws, probe, base_descriptor(cfg))
+        params = space_params(cfg)
+        with progress_bar(seeds - 1, "the space with other seeds", "seed") as bar:
+            for s in range(cfg.seed + 1, cfg.seed + seeds):
+                space = build_base_space(base, replace(params, seed=s))
+                out.append(SeedSpace(s, space, False,
+                                     dict(seed=s, rmse=space.rmse, **space.fidelity)))
+                bar.update(1)
     return out
 
 
-def collect_neurons(cfg: StudyConfig, ws: Workspace, checkpoints: list[tuple[str, int]]
-                    ) -> StudyNeurons:
-    """Every method's vector for the neurons of ``checkpoints``, restricted to the common
-    pool (alive, finite in every method)."""
-    from ..space.stage import load_base_space
-
-    space = load_base_space(ws)
-    e = space.stimulus_embedding.astype(np.float64)
-    vocab = space.vocab.astype(bool)
-    weighted = space.projection == "activations"
-    rng = np.random.default_rng(cfg.seed)
-    parts: dict[str, list] = {m: [] for m in METHODS if weighted or m != "stimuli"}
-    ckpt_ids, depth, label, iou, alive_parts = [], [], [], [], []
-    depth_names: list[str] = []
-    with progress_bar(len(checkpoints), "alignment study: neurons", "ckpt") as bar:
-        for i, (run, epoch) in enumerate(checkpoints):
-            stim = ws.load_stimuli(run, epoch)
-            _, proj = ws.load_arrays(ws.projection_path(run, epoch))
-            labels, _ = load_labels(ws, run, epoch)
-            alive = ~stim.dead
-            layer_of = np.repeat(np.arange(len(stim.layers)),
-                                 [li.channels for li in stim.layers])
-            if not depth_names:
-                depth_names = [li.name for li in stim.layers]
-            parts["unified"].append(proj["embedding"].astype(np.float64))
-            if weighted:
-                parts["stimuli"].append(project(stim.stimuli, e))
-            parts["no-indirect"].append(project_known(stim.stimuli, e, vocab))
-            parts["correlation"].append(labels.activations.astype(np.float64))
-            parts["separate"].append(separate_embedding(stim.stimuli, alive, cfg,
-                                                        cfg.seed + 1000 + i))
-            parts["random"].append(rng.standard_normal((stim.n_neurons, e.shape[1])))
-            ckpt_ids.append(np.full(stim.n_neurons, i))
-            depth.append(layer_of)
-            label.append(np.where(alive, labels.label, -1))
-            iou.append(labels.best_iou)
-            alive_parts.append(alive)
-            bar.update(1)
-    vectors = {m: np.concatenate(v) for m, v in parts.items()}
-    usable = np.concatenate(alive_parts) & np.all([np.isfinite(v).all(1) & (np.abs(v).sum(1) > 0)
-                             for m, v in vectors.items() if m != "correlation"], axis=0)
-    corr = vectors["correlation"]
-    usable &= corr.std(1) > 0
-    index = NeuronIndex(np.concatenate(ckpt_ids)[usable], np.concatenate(depth)[usable],
-                        np.concatenate(label)[usable])
-    return StudyNeurons(index, {m: v[usable] for m, v in vectors.items()}, checkpoints,
-                        depth_names, np.concatenate(iou)[usable], usable)
+def fidelity_over_seeds(spaces: list[SeedSpace]) -> dict:
+    """The base space's fidelity for each seed, its mean and spread (min, max)."""
+    rows = [s.fidelity for s in spaces]
+    keys = ("rmse", "mean_cosine", "top1", "top10")
+    return {"seeds": rows,
+            "spread": {k: [float(min(r[k] for r in rows)), float(max(r[k] for r in rows))]
+                       for k in keys},
+            "mean": {k: float(np.mean([r[k] for r in rows])) for k in keys}}
 
 
-def run_alignment(neurons: StudyNeurons, per_layer: int, k: int, n_boot: int, seed: int
-                  ) -> dict:
-    """Every method on the same queries: AUC, bootstrap interval, ROC, per depth."""
-    queries = sample_queries(neurons.index, per_layer, seed)
-    if queries.size == 0:
-        raise WorkspaceError("no neuron has a concept label (every best IoU is below "
-                             "[evaluation] min_iou): the alignment study needs labelled "
-                             "neurons; check the annotations or lower min_iou")
-    methods = [m for m in METHODS if m in neurons.vectors]
+# ----------------------------------------------------------------------------- alignment
+def similarities(neurons: StudyNeurons, vectors: dict[str, np.ndarray], queries: np.ndarray,
+                 methods: list[str]) -> dict[str, Callable[[int], np.ndarray]]:
+    """similarity(q) of every method for the query neurons ``queries``."""
+    out = {}
+    rows = correlation_rows(neurons.unit, queries) if neurons.unit is not None else None
+    for m in methods:
+        if m in vectors:
+            out[m] = cosine_similarity_fn(vectors[m])
+        elif m == "correlation":
+            out[m] = correlation_similarity_fn(neurons.fixed["correlation"])
+        elif m == "correlation-probe":
+            out[m] = precomputed_similarity(rows, queries)
+        elif m == "matched":
+            out[m] = precomputed_similarity(matched_rows(rows, queries, neurons.partner),
+                                            queries)
+    return out
+
+
+def run_alignment(neurons: StudyNeurons, labels: np.ndarray,
+                  seeds: list[tuple[int, dict[str, np.ndarray]]], methods: list[str],
+                  per_layer: int, k: int, n_boot: int) -> dict:
+    """Every method on the same queries, for each seed of the space (``seeds``: the seed and
+    the space methods' vectors): AUC, bootstrap interval and per depth; the first seed's ROC.
+    A seed draws its own queries and random candidates. ``labels``: int [n] the truth (-1:
+    no label; such neurons are never queries)."""
+    index = NeuronIndex(neurons.checkpoint, neurons.depth, labels)
     out: dict = {"order": methods, "methods": {},
-                 "depth_names": {str(d): n for d, n in enumerate(neurons.depth_names)}}
-    results: dict[str, StudyResult] = {}
-    with progress_bar(len(methods), "alignment study", "method") as bar:
-        for method in methods:
-            vectors = neurons.vectors[method]
-            sim = correlation_similarity_fn(vectors) if method == "correlation" else \
-                cosine_similarity_fn(vectors)
-            result = alignment_study(neurons.index, queries, sim, k=k, seed=seed)
-            results[method] = result
-            fpr, tpr = roc_curve(result.scores, result.positive)
-            summary = result.auc(n_boot, seed)
-            summary["by_depth"] = {str(d): v for d, v in summary["by_depth"].items()}
-            out["methods"][method] = dict(title=METHODS[method], **summary,
-                                          roc={"fpr": _round(fpr), "tpr": _round(tpr)})
-            bar.update(1)
-    ours = out["methods"]["unified"]
-    baselines = [m for m in methods if m != "unified"]
-    # a baseline whose AUC is undefined (none of its neighbours shares a concept) is beaten
-    defined = [m for m in baselines if out["methods"][m]["auc"] is not None]
-    out["beats_all_baselines"] = ours["auc"] is not None and bool(all(
-        ours["ci95"][0] > out["methods"][m]["ci95"][1] for m in defined))
-    out["n_pool"] = int(len(neurons.index.label))
+                 "depth_names": {str(d): n for d, n in enumerate(neurons.depth_names)},
+                 "seeds": [s for s, _ in seeds]}
+    with progress_bar(len(seeds) * len(methods), "alignment study", "method") as bar:
+        for i, (seed, vectors) in enumerate(seeds):
+            queries = sample_queries(index, per_layer, seed)
+            if queries.size == 0:
+                raise WorkspaceError("no neuron has a label (every best IoU is below "
+                                     "[evaluation] min_iou, or no class dominates any "
+                                     "neuron's stimuli): the alignment study needs labelled "
+                                     "neurons; check the annotations or lower min_iou")
+            sims = similarities(neurons, vectors, queries, methods)
+            for method in methods:
+                result = alignment_study(index, queries, sims[method], k=k, seed=seed)
+                summary = result.auc(n_boot, seed)
+                by_depth = {str(d): v for d, v in summary.pop("by_depth").items()}
+                row = {"seed": seed, "auc": summary["auc"], "ci95": summary["ci95"],
+                       "by_depth": {d: v["auc"] for d, v in by_depth.items()}}
+                if i == 0:
+                    fpr, tpr = roc_curve(result.scores, result.positive)
+                    out["methods"][method] = dict(title=METHODS[method], **summary,
+                                                  by_depth=by_depth, per_seed=[],
+                                                  roc={"fpr": _round(fpr), "tpr": _round(tpr)})
+                out["methods"][method]["per_seed"].append(row)
+                bar.update(1)
+    for r in out["methods"].values():
+        aucs = [s["auc"] for s in r["per_seed"] if s["auc"] is not None]
+        r["mean"] = float(np.mean(aucs)) if aucs else None
+        r["spread"] = [float(min(aucs)), float(max(aucs))] if aucs else None
+    out.update(comparison(out))
+    out["n_pool"] = int(len(labels))
     out["n_checkpoints"] = len(neurons.checkpoints)
     return out
+
+
+def comparison(alignment: dict) -> dict:
+    """Ours against each baseline, seed by seed: won where our 95% interval lies wholly above
+    the baseline's (a baseline whose AUC is undefined, none of its neighbours sharing a
+    concept, is beaten); ``beats_all_baselines`` only when that holds for every baseline on
+    every seed."""
+    methods = alignment["methods"]
+    ours = methods["unified"]["per_seed"]
+    wins, per_seed = {}, []
+    for i, mine in enumerate(ours):
+        won = {}
+        for m, r in methods.items():
+            if m == "unified":
+                continue
+            theirs = r["per_seed"][i]
+            won[m] = mine["auc"] is not None and (
+                theirs["auc"] is None or mine["ci95"][0] > theirs["ci95"][1])
+        per_seed.append(all(won.values()))
+        for m, w in won.items():
+            wins[m] = wins.get(m, 0) + int(w)
+    return {"wins": wins, "beats_on_seed": per_seed, "beats_all_baselines": all(per_seed)}
 
 
 def _round(values: np.ndarray, digits: int = 4) -> list[float]:
     return [round(float(v), digits) for v in values]
 
 
-# ------------------------------------------------------------------------ faithfulness
-def fidelity_over_seeds(cfg: StudyConfig, ws: Workspace, probe: ProbeSet, seeds: int
-                        ) -> dict:
-    """The base space's fidelity with the study's seed (as stored) and ``seeds - 1`` others
-    (rebuilt here: neuron embedding and image embedding), and its spread."""
-    from ..space.stage import base_descriptor, ensure_base_stimuli, space_params
+def agreement_pairs(checkpoints: list[tuple[str, int]]) -> list[tuple[int, int]]:
+    """Checkpoint pairs for the agreement check: the same epoch of two runs; with one run,
+    consecutive epochs."""
+    pairs = [(i, j) for i, a in enumerate(checkpoints) for j, b in enumerate(checkpoints)
+             if i < j and a[0] != b[0] and a[1] == b[1]]
+    if not pairs:
+        pairs = [(i, j) for i, a in enumerate(checkpoints) for j, b in enumerate(checkpoints)
+                 if j == i + 1 and a[0] == b[0]]
+    return pairs
 
-    stored = ws.read_json(ws.space_path("fidelity.json"))
-    rows = [dict(seed=cfg.seed, rmse=stored["rmse"], **stored["fidelity"])]
-    if seeds > 1:
-        base = ensure_base_stimuli(cfg, ws, probe, base_descriptor(cfg))
-        params = space_params(cfg)
-        with progress_bar(seeds - 1, "fidelity over seeds", "seed") as bar:
-            for s in range(1, seeds):
-                space = build_base_space(base, replace(params, seed=cfg.seed + s))
-                rows.append(dict(seed=cfg.seed + s, rmse=space.rmse, **space.fidelity))
-                bar.update(1)
-    keys = ("rmse", "mean_cosine", "top1", "top10")
-    return {"seeds": rows,
-            "spread": {k: [float(min(r[k] for r in rows)), float(max(r[k] for r in rows))]
-                       for k in keys},
-            "mean": {k: float(np.mean([r[k] for r in rows])) for k in keys}}
+
+def agreement_check(neurons: StudyNeurons, vectors: dict[str, np.ndarray]) -> dict:
+    """Check (c): per layer, how often a neuron's nearest neighbour in the unified space
+    (within the same layer of the other checkpoint of a pair) is its one-to-one correlation
+    match, against chance; passed when above chance (binomial, p < 0.01) on every layer."""
+    if neurons.partner is None:
+        return {"skipped": "the stimulus pass recorded no activations ([space] projection = "
+                           "\"stimuli\"): there is nothing to correlate"}
+    pairs = agreement_pairs(neurons.checkpoints)
+    if not pairs:
+        return {"skipped": "one checkpoint only: there is nothing to match"}
+    per = layer_agreement(vectors["unified"], neurons.partner, neurons.checkpoint,
+                          neurons.depth, pairs)
+    per_layer = {neurons.depth_names[d]: v for d, v in per.items()}
+    return {"pairs": [[list(neurons.checkpoints[a]), list(neurons.checkpoints[b])]
+                      for a, b in pairs],
+            "per_layer": per_layer, "alpha": 0.01,
+            "passed": bool(per_layer) and all(v["above_chance"] for v in per_layer.values())}
+
+
+def class_study_verdict(alignment: dict) -> dict:
+    """Check (d): the unified space's class-level AUC is above chance (0.5 below its 95%
+    interval) on every seed."""
+    ours = alignment["methods"]["unified"]["per_seed"]
+    ok = [s["auc"] is not None and s["ci95"][0] > 0.5 for s in ours]
+    return {"passed": all(ok), "above_chance_on_seeds": int(sum(ok)), "n_seeds": len(ok)}
 
 
 def reversion_summary(ws: Workspace) -> list[dict]:
@@ -397,11 +393,13 @@ def reversion_summary(ws: Workspace) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- plots
-def write_plots(ws: Workspace, alignment: dict) -> dict[str, str]:
-    """ROC curves of every method, and AUC by layer depth with 95% intervals."""
+def write_plots(ws: Workspace, alignment: dict, prefix: str = "") -> dict[str, str]:
+    """ROC curves of every method, and AUC by layer depth with 95% intervals (``prefix``
+    names the files of another study than the concept one, e.g. ``classes_``)."""
     from ..viz import plot_auc_by_depth, plot_roc
 
-    paths = {"roc": "evaluation/roc.png", "by_depth": "evaluation/auc_by_depth.png"}
+    paths = {"roc": f"evaluation/{prefix}roc.png",
+             "by_depth": f"evaluation/{prefix}auc_by_depth.png"}
     plot_roc(alignment, ws.path(paths["roc"]))
     plot_auc_by_depth(alignment, ws.path(paths["by_depth"]))
     return paths
@@ -409,35 +407,52 @@ def write_plots(ws: Workspace, alignment: dict) -> dict[str, str]:
 
 # ------------------------------------------------------------------------------ stage
 def label_summary(neurons: StudyNeurons, concept_names: list[str]) -> dict:
-    idx = neurons.index
-    by_concept = {concept_names[c]: int((idx.label == c).sum())
-                  for c in np.unique(idx.label) if c >= 0}
+    label = neurons.concept
+    by_concept = {concept_names[c]: int((label == c).sum()) for c in np.unique(label) if c >= 0}
     by_depth = []
     for d, name in enumerate(neurons.depth_names):
-        sel = idx.depth == d
+        sel = neurons.depth == d
         by_depth.append({"depth": d, "layer": name, "n": int(sel.sum()),
-                         "labelled": int((idx.label[sel] >= 0).sum()),
+                         "labelled": int((label[sel] >= 0).sum()),
                          "mean_best_iou": float(neurons.iou[sel].mean()) if sel.any() else 0.0})
-    return {"n_neurons": int(len(neurons.rows)), "n_pool": int(len(idx.label)),
-            "n_labelled": int((idx.label >= 0).sum()),
+    return {"n_neurons": int(len(neurons.rows)), "n_pool": int(len(label)),
+            "n_labelled": int((label >= 0).sum()),
             "by_concept": dict(sorted(by_concept.items(), key=lambda kv: -kv[1])),
             "by_depth": by_depth}
 
 
 def headline(alignment: dict) -> str:
+    """Ours and the best baseline, as mean [min, max over seeds] of the AUC, and whether ours
+    wins with disjoint 95% intervals on every seed."""
     methods = alignment["methods"]
     ours = methods["unified"]
-    if ours["auc"] is None:
-        return f"unified space AUC undefined: {ours['undefined']}"
-    defined = [m for m in methods if m != "unified" and methods[m]["auc"] is not None]
-    verdict = ("beats every baseline (non-overlapping 95% intervals)"
-               if alignment["beats_all_baselines"] else
-               "does not beat every baseline with non-overlapping 95% intervals")
-    text = f"unified space AUC {auc_text(ours)}"
+    if ours["mean"] is None:
+        return f"unified space AUC undefined: {ours.get('undefined', 'undefined')}"
+    n = len(alignment["seeds"])
+    defined = [m for m in methods if m != "unified" and methods[m]["mean"] is not None]
+    text = f"unified space AUC {spread_text(ours)}"
     if defined:
-        b = methods[max(defined, key=lambda m: methods[m]["auc"])]
-        text += f"; best baseline {b['title'].lower()} {auc_text(b)}"
-    return f"{text}; ours {verdict}"
+        b = max(defined, key=lambda m: methods[m]["mean"])
+        text += f"; best baseline: {methods[b]['title']} {spread_text(methods[b])}"
+    won = sum(alignment["beats_on_seed"])
+    if alignment["beats_all_baselines"]:
+        verdict = (f"ours beats every baseline with non-overlapping 95% intervals on every "
+                   f"seed ({n})")
+    else:
+        lost = [methods[m]["title"] for m, w in alignment["wins"].items() if w < n]
+        verdict = (f"ours does not beat every baseline with non-overlapping 95% intervals on "
+                   f"every seed (on {won} of {n}; not on every seed against "
+                   f"{', '.join(lost)})")
+    return f"{text}; {verdict}"
+
+
+def spread_text(result: dict) -> str:
+    """"0.912 (0.905-0.920 over 3 seeds)", or the AUC alone for one seed."""
+    aucs = [s["auc"] for s in result["per_seed"] if s["auc"] is not None]
+    if len(result["per_seed"]) == 1:
+        return auc_text(result)
+    lo, hi = result["spread"]
+    return f"{result['mean']:.3f} ({lo:.3f}-{hi:.3f} over {len(aucs)} seeds)"
 
 
 def auc_text(result: dict) -> str:
@@ -449,13 +464,14 @@ def auc_text(result: dict) -> str:
 
 
 def run_evaluation(cfg: StudyConfig, ws: Workspace | None = None) -> dict:
-    """The whole stage: labels (cached), alignment study, faithfulness, the annotation-free
-    checks (:mod:`conceptevo.evaluate.invariance`), plots, JSON. Without pixel-level concept
-    masks the labels and the alignment study are skipped (``skipped`` says why) and the rest
-    still runs."""
+    """The whole stage: labels (cached), the alignment studies (concepts from the masks, and
+    the classes that dominate neurons' stimuli) over the space's seeds, faithfulness, the
+    annotation-free checks (:mod:`conceptevo.evaluate.invariance`, and the agreement with
+    one-to-one correlation matching), plots, JSON. Without pixel-level concept masks the
+    labels and the concept study are skipped (``skipped`` says why) and the rest still
+    runs."""
     from ..errors import CheckpointError
     from ..pipeline import ensure_probe_sets
-    from ..space.stage import load_base_space
     from .invariance import invariance_checks
 
     ws = ws or Workspace(cfg.workspace_path)
@@ -468,15 +484,18 @@ def run_evaluation(cfg: StudyConfig, ws: Workspace | None = None) -> dict:
     report = {
         "schema": SCHEMA,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "annotations": None, "labels": None, "alignment": None, "skipped": [],
+        "annotations": None, "labels": None, "alignment": None, "classes": None,
+        "skipped": [],
         "settings": {"quantile": ec.quantile, "min_iou": ec.min_iou,
                      "queries_per_layer": ec.queries_per_layer, "neighbours": ec.neighbours,
                      "bootstrap": ec.bootstrap, "images_per_class": ec.images_per_class,
+                     "seeds": ec.seeds, "class_share": ec.class_share,
                      "seed": cfg.seed, "checkpoints": [list(c) for c in checkpoints]},
+        "environment": environment(),
     }
     masks_file = annotation_path(cfg)
-    if masks_file.is_file():
-        annotations = read_annotations(masks_file)
+    annotations = read_annotations(masks_file) if masks_file.is_file() else None
+    if annotations is not None:
         ids, match_ids = split_images(probe, annotations.covers(probe.paths),
                                       ec.images_per_class, cfg.seed)
         size = ec.mask_size or probe.image_size[0]
@@ -485,33 +504,89 @@ def run_evaluation(cfg: StudyConfig, ws: Workspace | None = None) -> dict:
                               f"({probe.image_size[0]} px); use at most that")
         masks = annotations.masks_for(probe.paths, ids, size)
         ensure_labels(cfg, ws, probe, masks, match_ids, checkpoints)
-        neurons = collect_neurons(cfg, ws, checkpoints)
-        alignment = run_alignment(neurons, ec.queries_per_layer, ec.neighbours, ec.bootstrap,
-                                  cfg.seed)
-        alignment["plots"] = write_plots(ws, alignment)
-        report.update(
-            annotations={"path": str(annotations.source), "n_images": int(len(masks)),
-                         "n_match_images": int(len(match_ids)), "mask_size": int(size),
-                         "concepts": list(annotations.concept_names)},
-            labels=label_summary(neurons, list(annotations.concept_names)),
-            alignment=alignment)
+        report["annotations"] = {"path": str(annotations.source), "n_images": int(len(masks)),
+                                 "n_match_images": int(len(match_ids)), "mask_size": int(size),
+                                 "concepts": list(annotations.concept_names)}
     else:
         report["skipped"].append(
-            f"concept labels and the alignment study: no pixel-level concept masks at "
+            f"concept labels and the concept alignment study: no pixel-level concept masks at "
             f"{masks_file} (set [evaluation] annotations to an annotation file, "
-            "docs/concepts.md)")
+            "docs/concepts.md); the class-level study and the other checks ran")
+    spaces = seed_spaces(cfg, ws, probe, ec.seeds)
+    stored = spaces[0].space
+    data = load_checkpoints(ws, checkpoints, stored.projection == "activations",
+                            annotations is not None)
+    neurons = collect_neurons(cfg, data, probe.labels, stored)
+    with progress_bar(len(spaces), "space methods over seeds", "seed") as bar:
+        seeds = []
+        for s in spaces:
+            vectors = space_vectors(cfg, data, s.space, s.stored, s.seed)
+            seeds.append((s.seed, {m: v[neurons.rows] for m, v in vectors.items()}))
+            bar.update(1)
+    del data
+    methods = neurons.methods(stored.projection == "activations")
+    if annotations is not None:
+        alignment = run_alignment(neurons, neurons.concept, seeds, methods,
+                                  ec.queries_per_layer, ec.neighbours, ec.bootstrap)
+        alignment["plots"] = write_plots(ws, alignment)
+        report.update(labels=label_summary(neurons, list(annotations.concept_names)),
+                      alignment=alignment)
+    if (neurons.klass >= 0).any():
+        classes = run_alignment(neurons, neurons.klass, seeds, methods, ec.queries_per_layer,
+                                ec.neighbours, ec.bootstrap)
+        classes["plots"] = write_plots(ws, classes, "classes_")
+        classes["labelled"] = class_label_summary(neurons, probe.classes)
+        classes.update(class_study_verdict(classes))
+        report["classes"] = classes
+    else:
+        report["skipped"].append(
+            f"the class-level alignment study: no neuron has {ec.class_share:.0%} of its "
+            "stimuli in one class (of the class's probe images where it has fewer; lower "
+            "[evaluation] class_share)")
     try:
-        checks = invariance_checks(cfg, ws, probe, load_base_space(ws))
+        checks = invariance_checks(cfg, ws, probe, stored)
     except (ConfigError, CheckpointError) as error:
         checks = {"skipped": str(error)}
         report["skipped"].append(f"the permuted- and rescaled-copy checks: {error}")
+    checks["agreement"] = agreement_check(neurons, seeds[0][1])
+    if "skipped" in checks["agreement"]:
+        report["skipped"].append(f"the agreement check: {checks['agreement']['skipped']}")
     report["checks"] = checks
-    report["faithfulness"] = {"fidelity": fidelity_over_seeds(cfg, ws, probe, ec.fidelity_seeds),
+    report["plots"] = {"checks": write_checks_plot(ws, report)}
+    report["faithfulness"] = {"fidelity": fidelity_over_seeds(spaces),
                               "reversion": reversion_summary(ws)}
     report["headline"] = headline(report["alignment"]) if report["alignment"] else \
-        "alignment study skipped: no concept masks (the annotation-free checks ran)"
+        "concept alignment study skipped: no concept masks (the class-level study and the " \
+        "annotation-free checks ran)"
     atomic.write_json(ws.path("evaluation", "evaluation.json"), report)
     return report
+
+
+def environment() -> dict:
+    """What can make figures differ between machines (docs/concepts.md, reproducibility)."""
+    import platform
+
+    return {"torch": torch.__version__, "numpy": np.__version__,
+            "torch_threads": torch.get_num_threads(), "machine": platform.machine()}
+
+
+def class_label_summary(neurons: StudyNeurons, classes: list[str]) -> dict:
+    """How many neurons of each layer have a class label."""
+    return {"n_labelled": int((neurons.klass >= 0).sum()),
+            "by_depth": [{"depth": d, "layer": name,
+                          "n": int((neurons.depth == d).sum()),
+                          "labelled": int(((neurons.depth == d) & (neurons.klass >= 0)).sum())}
+                         for d, name in enumerate(neurons.depth_names)],
+            "n_classes": len(classes)}
+
+
+def write_checks_plot(ws: Workspace, report: dict) -> str | None:
+    """The annotation-free checks in one figure (evaluation/checks.png), or None when none
+    ran."""
+    from ..viz import plot_checks
+
+    rel = "evaluation/checks.png"
+    return rel if plot_checks(report, ws.path(rel)) else None
 
 
 def load_evaluation(ws: Workspace) -> dict | None:
@@ -524,12 +599,26 @@ def evaluation_text(report: dict) -> str:
     from .invariance import checks_text
 
     lines = [f"skipped: {why}" for why in report.get("skipped") or []]
-    a = report["alignment"]
-    if a:
-        lines += _alignment_lines(report)
+    if report["alignment"]:
+        lines += _alignment_lines(report["alignment"], report["settings"],
+                                  "concept alignment study", "same concept label")
+        lab = report["labels"]
+        lines.append(f"concept labels: {lab['n_labelled']} of {lab['n_pool']} alive neurons "
+                     f"labelled (IoU >= {report['settings']['min_iou']})")
+    classes = report.get("classes")
+    if classes:
+        share = report["settings"].get("class_share", 0.5)
+        lines += _alignment_lines(classes, report["settings"], "class-level alignment study",
+                                  f"same class holding >= {share:.0%} of both neurons' stimuli")
+        lines.append(f"class-level study: unified space above chance on "
+                     f"{classes['above_chance_on_seeds']} of {classes['n_seeds']} seeds: "
+                     f"{'PASS' if classes['passed'] else 'FAIL'}")
     checks = report.get("checks") or {}
     if "permuted_copy" in checks:
         lines += checks_text(checks)
+    agreement = checks.get("agreement") or {}
+    if "per_layer" in agreement:
+        lines.append(agreement_text(agreement))
     fid = report["faithfulness"]["fidelity"]
     sp = fid["spread"]
     lines.append(f"fidelity over {len(fid['seeds'])} seeds: top-1 {sp['top1'][0]:.1%}-"
@@ -546,21 +635,33 @@ def evaluation_text(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _alignment_lines(report: dict) -> list[str]:
-    a = report["alignment"]
-    lines = [f"alignment study: {a['methods']['unified']['n_queries']} query neurons over "
-             f"{a['n_checkpoints']} checkpoints, {report['settings']['neighbours']} nearest "
-             "neighbours from other checkpoints + 1 random neuron each; positive = same "
-             "concept label",
-             f"{'method':<46} {'AUC':>6} {'95% CI':>16}"]
+def agreement_text(agreement: dict) -> str:
+    per = agreement["per_layer"]
+    cells = ", ".join(f"{name} {v['agreement']:.0%} (chance {v['chance']:.0%})"
+                      for name, v in per.items())
+    return (f"agreement with one-to-one correlation matching (nearest neighbour in the space "
+            f"is the Hungarian match, {len(agreement['pairs'])} checkpoint pairs): {cells}: "
+            f"{'PASS' if agreement['passed'] else 'FAIL'} (above chance on every layer, "
+            f"p < {agreement['alpha']})")
+
+
+def _alignment_lines(a: dict, settings: dict, title: str, positive: str) -> list[str]:
+    n_seeds = len(a["seeds"])
+    lines = [f"{title}: {a['methods']['unified']['n_queries']} query neurons over "
+             f"{a['n_checkpoints']} checkpoints, {settings['neighbours']} nearest neighbours "
+             f"from other checkpoints + 1 random neuron each; positive = {positive}; "
+             f"{n_seeds} seed(s) of the space",
+             f"{'method':<50} {'AUC':>6} {'95% CI':>16}" + ("   over seeds" if n_seeds > 1
+                                                            else "")]
     for m in a["order"]:
         r = a["methods"][m]
         if r["auc"] is None:
-            lines.append(f"{r['title']:<46} {'n/a':>6} ({r['undefined']})")
-        else:
-            lines.append(f"{r['title']:<46} {r['auc']:>6.3f} "
-                         f"[{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]")
-    lab = report["labels"]
-    lines.append(f"concept labels: {lab['n_labelled']} of {lab['n_pool']} alive neurons "
-                 f"labelled (IoU >= {report['settings']['min_iou']})")
+            lines.append(f"{r['title']:<50} {'n/a':>6} ({r['undefined']})")
+            continue
+        line = f"{r['title']:<50} {r['auc']:>6.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]"
+        if n_seeds > 1 and r["spread"]:
+            line += f"   {r['mean']:.3f} ({r['spread'][0]:.3f}-{r['spread'][1]:.3f})"
+            if m != "unified":
+                line += f", ours won {a['wins'][m]}/{n_seeds}"
+        lines.append(line)
     return lines

@@ -2314,6 +2314,33 @@
 
   // -------------------------------------------------------------------- Evaluation view
   const OUR_METHOD = "unified";   // the alignment method of the unified space; others: baselines
+  const CONCEPT_STUDY = {
+    title: "Do neighbours in the space share a concept?",
+    testid: "evaluation-methods",
+    charts: "",
+    intro: "Query neurons are paired with candidate neurons of other runs and epochs; a candidate " +
+           "is positive when it has the query's concept label. Each method scores the pairs by " +
+           "similarity; its ROC AUC says how well the score finds the positives (0.5: chance). " +
+           "Intervals: 95% bootstrap.",
+    verdict: (a, seeds) => (typeof a.beats_all_baselines === "boolean" ? {
+      good: a.beats_all_baselines,
+      text: a.beats_all_baselines
+        ? `The unified space beats every baseline${seeds > 1 ? ` on every seed (${seeds})` : ""}.`
+        : `The unified space does not beat every baseline${seeds > 1
+          ? ` on every seed (it does on ${(a.beats_on_seed || []).filter(Boolean).length} of ${seeds})` : ""}.`} : null),
+  };
+  const CLASS_STUDY = {
+    title: "Class-level check: do neighbours share a class? (no masks needed)",
+    testid: "evaluation-classes",
+    charts: "classes-",
+    intro: "A weak truth from the labels every study has: a neuron's label is the class that " +
+           "holds at least half of its stimuli (deep, class-selective neurons get one). The same " +
+           "study as above is scored with these labels.",
+    verdict: (a) => (typeof a.passed === "boolean" ? {
+      good: a.passed,
+      text: `Unified space above chance (the 95% interval above 0.5) on ${shown(a.above_chance_on_seeds)} ` +
+            `of ${shown(a.n_seeds)} seeds: ${a.passed ? "pass" : "FAIL"}.`} : null),
+  };
 
   const evaluationView = {
     renderedKey: null,
@@ -2352,6 +2379,7 @@
     content(evaluation) {
       return [this.head(evaluation), this.skipped(evaluation.skipped),
               this.alignment(evaluation.alignment), this.labels(evaluation.labels),
+              evaluation.classes ? this.alignment(evaluation.classes, CLASS_STUDY) : null,
               this.checks(evaluation.checks), this.faithfulness(evaluation.faithfulness)];
     },
 
@@ -2365,7 +2393,9 @@
     checks(checks) {
       const title = "Checks that need no annotations";
       if (!checks || (!checks.permuted_copy && !checks.rescaled_copy)) {
-        return checks && checks.skipped ? this.section(title, note(`Skipped: ${checks.skipped}`)) : null;
+        if (!checks) return null;
+        return this.section(title, checks.skipped ? note(`Skipped: ${checks.skipped}`) : null,
+                            this.agreement(checks.agreement));
       }
       const at = checks.checkpoint ? ` (${checks.checkpoint.run}, epoch ${checks.checkpoint.epoch})` : "";
       const line = (check, name, figure) => {
@@ -2385,7 +2415,31 @@
             `original as nearest neighbour (needs ${shown(c.threshold, percent)})`),
           line(checks.rescaled_copy, "Rescaled copy", (c) =>
             `largest shift ${shown(c.max_shift, (v) => v.toExponential(1))} of the neurons' ` +
-            `spread (needs at most ${shown(c.threshold, (v) => v.toExponential(0))})`)));
+            `spread (needs at most ${shown(c.threshold, (v) => v.toExponential(0))})`)),
+        this.agreement(checks.agreement));
+    },
+
+    /** Check (c): the space's nearest neighbours against one-to-one correlation matching. */
+    agreement(agreement) {
+      if (!agreement) return null;
+      if (agreement.skipped) return el("p", {class: "muted", text: `Agreement with matching: skipped (${agreement.skipped})`});
+      const layers = Object.entries(agreement.per_layer || {});
+      return el("div", {"data-testid": "evaluation-agreement"},
+        el("p", {class: agreement.passed ? "verdict good" : "verdict bad", text:
+          `Agreement with one-to-one correlation matching (${plural((agreement.pairs || []).length, "checkpoint pair")}): ` +
+          `${agreement.passed ? "pass" : "FAIL"}, above chance on ` +
+          `${layers.filter(([, v]) => v.above_chance).length} of ${layers.length} layers ` +
+          `(binomial p < ${shown(agreement.alpha)})`}),
+        el("p", {class: "muted", text:
+          "The neurons of one layer of two checkpoints are matched one to one by the correlation " +
+          "of their activations over the probe set (Hungarian algorithm); how often is a " +
+          "neuron's nearest neighbour in the space, among that layer of the other checkpoint, " +
+          "its match?"}),
+        dataTable(["layer", "agreement", "chance", "neurons", "p-value", ""],
+          layers.map(([name, v]) => [name, shown(v.agreement, percent), shown(v.chance, percent),
+                                     shown(v.n), shown(v.p_value, (p) => p.toExponential(1)),
+                                     scoreBar(Number.isFinite(v.agreement) ? v.agreement : 0)]),
+          {cls: "data-table numeric"}));
     },
 
     section(title, ...children) {
@@ -2420,38 +2474,47 @@
         color: key === "random" ? RANDOM_COLOR : RUN_PALETTE[i % RUN_PALETTE.length]}));
     },
 
-    alignment(alignment) {
-      const title = "Do neighbours in the space share a concept?";
+    /** An alignment study (the concept one, or ``CLASS_STUDY``): every method's AUC, with
+     *  the spread over the space's seeds and how many seeds ours won, when there are several. */
+    alignment(alignment, study = CONCEPT_STUDY) {
       const methods = this.methods(alignment);
-      if (!methods.length) return this.section(title, note("This evaluation has no alignment results."));
-      const beats = alignment.beats_all_baselines;
-      return this.section(title,
-        el("p", {class: "muted", text:
-          "Query neurons are paired with candidate neurons of other runs and epochs; a candidate " +
-          "is positive when it has the query's concept label. Each method scores the pairs by " +
-          "similarity; its ROC AUC says how well the score finds the positives (0.5: chance). " +
-          "Intervals: 95% bootstrap."}),
-        typeof beats === "boolean"
-          ? el("p", {class: beats ? "verdict good" : "verdict bad",
-                     text: beats ? "The unified space beats every baseline."
-                                 : "The unified space does not beat every baseline."}) : null,
-        dataTable(["method", "AUC", "95% CI", "queries", "candidates", "positive rate"],
-          methods.map((m) => [[swatch(m.color), m.title], shown(m.auc, fixed(3)), interval(m.ci95),
-                              shown(m.n_queries), shown(m.n_candidates), shown(m.positive_rate, percent)]),
-          {cls: "data-table numeric", testid: "evaluation-methods",
+      if (!methods.length) return this.section(study.title, note("This evaluation has no alignment results."));
+      const seeds = Array.isArray(alignment.seeds) ? alignment.seeds.length : 1;
+      const wins = alignment.wins || {};
+      const verdict = study.verdict(alignment, seeds);
+      const columns = ["method", "AUC", "95% CI"];
+      if (seeds > 1) columns.push(`mean of ${seeds} seeds`, "min – max", "ours won");
+      columns.push("queries", "candidates", "positive rate");
+      const row = (m) => {
+        const cells = [[swatch(m.color), m.title], shown(m.auc, fixed(3)), interval(m.ci95)];
+        if (seeds > 1) {
+          cells.push(shown(m.mean, fixed(3)),
+                     Array.isArray(m.spread) ? `${shown(m.spread[0], fixed(3))} – ${shown(m.spread[1], fixed(3))}` : "–",
+                     m.ours ? "" : `${shown(wins[m.key])} / ${seeds}`);
+        }
+        return [...cells, shown(m.n_queries), shown(m.n_candidates), shown(m.positive_rate, percent)];
+      };
+      return this.section(study.title,
+        el("p", {class: "muted", text: study.intro + (seeds > 1
+          ? ` The space is built with ${seeds} seeds; each seed draws its own queries. "Ours ` +
+            "won\": seeds where the unified space's interval lies wholly above the method's." : "")}),
+        verdict ? el("p", {class: verdict.good ? "verdict good" : "verdict bad", text: verdict.text,
+                           "data-testid": `${study.testid}-verdict`}) : null,
+        dataTable(columns, methods.map(row),
+          {cls: "data-table numeric", testid: study.testid,
            rowProps: (i) => ({class: methods[i].ours ? "ours" : null})}),
         el("div", {class: "legend"}, methods.map((m) =>
           el("span", {class: "legend-item"}, swatch(m.color), `${m.title}: AUC ${shown(m.auc, fixed(2))}`))),
-        el("div", {class: "charts"}, this.rocChart(methods),
-           this.depthChart(methods, alignment.depth_names || {})));
+        el("div", {class: "charts"}, this.rocChart(methods, study.charts),
+           this.depthChart(methods, alignment.depth_names || {}, study.charts)));
     },
 
     /** Every method's ROC curve, the chance diagonal underneath, ours drawn last (on top). */
-    rocChart(methods) {
+    rocChart(methods, prefix = "") {
       const ticks = niceTicks(0, 1, 5);
       const {node, ctx, x, y} = canvasFrame({
         title: "ROC curves", xTicks: ticks, yTicks: ticks, xLabel: "false positive rate",
-        yLabel: "true positive rate", width: 380, height: 360, testid: "roc-canvas"});
+        yLabel: "true positive rate", width: 380, height: 360, testid: `${prefix}roc-canvas`});
       dashedLine(ctx, [x(0), y(0)], [x(1), y(1)]);
       ctx.lineJoin = "round";
       for (const m of [...methods].sort((a, b) => a.ours - b.ours)) {
@@ -2469,7 +2532,7 @@
     },
 
     /** Each method's AUC per layer depth with its 95% interval, side by side per depth. */
-    depthChart(methods, depthNames) {
+    depthChart(methods, depthNames, prefix = "") {
       const depths = [...new Set(methods.flatMap((m) => Object.keys(m.by_depth || {})))]
         .sort((a, b) => Number(a) - Number(b));
       const cell = (m, d) => (m.by_depth || {})[d] || {};
@@ -2481,7 +2544,7 @@
       const width = Math.max(CHART.width, CHART.left + CHART.right + depths.length * group);
       const {node, ctx, x, y} = canvasFrame({
         title: "AUC by layer depth", yLabel: "AUC", xLabel: "layer depth", width,
-        testid: "auc-depth-canvas", yTicks: niceTicks(Math.min(0.5, ...values), Math.max(0.5, ...values), 5),
+        testid: `${prefix}auc-depth-canvas`, yTicks: niceTicks(Math.min(0.5, ...values), Math.max(0.5, ...values), 5),
         xTicks: {ticks: depths.map((_, i) => i), domain: [-0.5, depths.length - 0.5], step: 1},
         xTickText: (i) => (depthNames[depths[i]]
           ? shortLayer(depthNames[depths[i]], Object.values(depthNames)) : `depth ${depths[i]}`)});
