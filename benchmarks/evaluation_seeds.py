@@ -111,6 +111,22 @@ def readme_rows(result: dict) -> list[str]:
     return rows
 
 
+def depth_rows(result: dict, methods=("unified", "matched", "correlation-probe", "stimuli")
+               ) -> list[str]:
+    """The README's per-layer table: each method's AUC by depth, mean over every (training
+    seed, space seed) pair, the best of the row in bold."""
+    pooled_ = result["pooled"]["concepts"]
+    names = next(iter(result["per_training_seed"].values()))["concepts"]["depth_names"]
+    rows = []
+    for d in sorted(pooled_["unified"]["by_depth_mean"], key=int):
+        values = [pooled_[m]["by_depth_mean"].get(d) for m in methods]
+        best = max(v for v in values if v is not None)
+        cells = ["-" if v is None else (f"**{v:.3f}**" if v == best else f"{v:.3f}")
+                 for v in values]
+        rows.append(f"| {names[d]} | " + " | ".join(cells) + " |")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--studies", default="/tmp/evalseeds")
@@ -132,6 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
               "pooled": {"concepts": pooled(rows, "concepts"),
                          "classes": pooled(rows, "classes")}}
     result["readme"] = readme_rows(result)
+    result["readme_depth"] = depth_rows(result)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print("\n".join(result["readme"]))
     return result

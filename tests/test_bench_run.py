@@ -157,3 +157,23 @@ def test_the_readme_zoo_table_is_the_results_file():
         acc = "/".join(f"{a['val_acc']:.2f}" for a in doc["final_accuracy"][regime])
         assert cells[6] == acc, (regime, cells[6], acc)
     assert seen == set(doc["regimes"])
+
+
+def test_the_readme_evaluation_tables_are_the_results_files():
+    """The README's alignment tables (over 3 training seeds x 3 space seeds) and its ranker
+    table are formatted from benchmarks/results/ by the benchmarks' own functions."""
+    import evaluation_seeds
+    import rankers
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    doc = json.loads((ROOT / "benchmarks" / "results" / "evaluation_seeds.json").read_text())
+    assert evaluation_seeds.readme_rows(doc) == doc["readme"]
+    for row in doc["readme"] + evaluation_seeds.depth_rows(doc):
+        assert row in readme, row
+    # the prose's counts: ours does not win against correlation on every pair
+    assert doc["pooled"]["concepts"]["correlation"]["ours_wins"] < 9
+    assert doc["pooled"]["concepts"]["matched"]["ours_wins"] == 0
+    doc = json.loads((ROOT / "benchmarks" / "results" / "rankers.json").read_text())
+    assert rankers.readme_rows(doc) == doc["readme"]
+    for row in doc["readme"]:
+        assert row in readme, row

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import EVAL_CONCEPTS, EVAL_METHODS, copy_unevaluated, write_evaluation
+from conftest import EVAL_CONCEPTS, EVAL_METHODS, EVAL_RANKERS, copy_unevaluated, write_evaluation
 
 pytestmark = pytest.mark.browser
 
@@ -324,6 +324,17 @@ def check_evaluation_view(page) -> None:
     assert coloured_pixels(page, "roc-canvas") > 1000
     assert coloured_pixels(page, "auc-depth-canvas") > 200
     assert page.locator("[data-testid=evaluation-reversion] tbody tr").count() == 1
+    # importance against the simple rankers: a row per ranker, ours first; a layer a ranker
+    # does not rank shows a dash
+    rows = page.locator("[data-testid=evaluation-rankers] tbody tr")
+    assert rows.count() == len(EVAL_RANKERS)
+    cells = [[c.strip() for c in rows.nth(i).locator("td").all_inner_texts()]
+             for i in range(rows.count())]
+    assert [r[0] for r in cells] == [t for t, _, _ in EVAL_RANKERS.values()]
+    assert cells[0] == ["Gradient x change (ours)", "25.0 pts", "–", "25.0 pts", "75.0%"]
+    assert cells[2][-1] == "–"
+    assert "12.5 pts, 6.3 pts, 0.0 pts" in rows.nth(1).locator("td span").nth(1).get_attribute(
+        "title")
 
 
 def test_evaluation_view_and_concept_labels(browser, evaluated_site):

@@ -309,7 +309,9 @@ class EvaluationConfig:
     ``seeds``: the space is rebuilt with this many seeds (the stored one first) and every
     figure of the alignment studies and the fidelity is reported for each, with mean and
     spread. ``class_share``: a neuron's class-level label (for the class-level study, which
-    needs no masks) is the class of at least this share of its stimuli.
+    needs no masks) is the class of at least this share of its stimuli. ``ranker_classes``:
+    the importance ranking is compared with simple rankers by reversion on at most this many
+    classes of each stored (run, epoch pair) (0: not compared).
     """
 
     annotations: str | None = None
@@ -324,6 +326,7 @@ class EvaluationConfig:
     bootstrap: int = bounded(1000, 1, 100_000)
     seeds: int = bounded(3, 1, 100)
     class_share: float = bounded(0.5, 0, 1)
+    ranker_classes: int = bounded(4, 0, 100_000)
     fidelity_seeds: int | None = bounded(None, 1, 100)
 
     @classmethod

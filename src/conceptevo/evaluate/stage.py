@@ -553,8 +553,15 @@ def run_evaluation(cfg: StudyConfig, ws: Workspace | None = None) -> dict:
         report["skipped"].append(f"the agreement check: {checks['agreement']['skipped']}")
     report["checks"] = checks
     report["plots"] = {"checks": write_checks_plot(ws, report)}
+    from .rankers import compare_rankers
+
     report["faithfulness"] = {"fidelity": fidelity_over_seeds(spaces),
-                              "reversion": reversion_summary(ws)}
+                              "reversion": reversion_summary(ws),
+                              "rankers": compare_rankers(cfg, ws)}
+    if report["faithfulness"]["rankers"] is None:
+        report["skipped"].append("the comparison of the importance ranking with simple rankers: "
+                                 "no stored importance (run `conceptevo importance`) or "
+                                 "[evaluation] ranker_classes = 0")
     report["headline"] = headline(report["alignment"]) if report["alignment"] else \
         "concept alignment study skipped: no concept masks (the class-level study and the " \
         "annotation-free checks ran)"
@@ -631,6 +638,10 @@ def evaluation_text(report: dict) -> str:
         lines.append(f"reversion {r['run']} {r['from']}->{r['to']}: top bin "
                      f"{r['top_bin_drop']:.1%} vs random {r['random_drop']:.1%}, ratio "
                      f"{ratio}{extra}")
+    if report["faithfulness"].get("rankers"):
+        from .rankers import rankers_text
+
+        lines += rankers_text(report["faithfulness"]["rankers"])
     lines.append(report["headline"])
     return "\n".join(lines)
 

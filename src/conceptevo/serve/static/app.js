@@ -2634,7 +2634,47 @@
                       reversion.map((r) => this.reversionRow(r)),
                       {cls: "data-table numeric", testid: "evaluation-reversion"})
           : note("No importance was computed, so nothing was reverted " +
-                 "(`conceptevo importance`, then evaluate again)."));
+                 "(`conceptevo importance`, then evaluate again)."),
+        this.rankers(faithfulness && faithfulness.rankers));
+    },
+
+    /** Our ranking against the simple rankers: per layer, the drop when its most important
+     * bin is reverted (hover a cell for every bin), and how often its bins are monotone. */
+    rankers(table) {
+      const head = el("h3", {text: "Importance against simple rankers"});
+      if (!table || !table.order) {
+        return el("div", {}, head, note("Not compared: no stored importance " +
+                                         "(`conceptevo importance`, then evaluate again)."));
+      }
+      const pts = (d) => shown(d, (v) => `${(100 * v).toFixed(1)} pts`);
+      const rows = table.order.map((name) => {
+        const r = table.rankers[name];
+        const cells = table.layers.map((layer) => {
+          const e = r.per_layer[layer];
+          if (!e) return "–";
+          const bins = e.bin_drops.map((d) => pts(d)).join(", ");
+          const mono = e.monotone_share === undefined ? "" : `; monotone in ${percent(e.monotone_share)} of cases`;
+          const wins = e.ours_top_bin_higher === undefined || name === "ours" ? ""
+            : `; our top bin hurts more in ${percent(e.ours_top_bin_higher)}`;
+          return el("span", {title: `bins: ${bins}${mono}${wins}`, text: pts(e.top_bin_drop)});
+        });
+        return [el("span", {title: name, text: r.title}), ...cells, pts(r.top_bin_drop),
+                r.monotone_share === null || r.monotone_share === undefined ? "–" : percent(r.monotone_share)];
+      });
+      return el("div", {},
+        head,
+        el("p", {class: "muted", text:
+          `Top-1 drop when each ranker's most important of ${table.bins} bins of a layer is ` +
+          `reverted to the earlier checkpoint, mean over ${table.n_cases} class × epoch-pair ` +
+          `cases (${table.split} images); monotone: the bins hurt less and less, from the ` +
+          "most important to the least (hover a cell for every bin)."}),
+        dataTable(["ranker", ...table.layers, "mean", "monotone"], rows,
+                  {cls: "data-table numeric", testid: "evaluation-rankers",
+                   rowProps: (i) => ({class: table.order[i] === "ours" ? "summary" : null})}),
+        Object.keys(table.skipped || {}).length
+          ? el("ul", {class: "muted"}, Object.entries(table.skipped).map(([what, why]) =>
+              el("li", {text: `skipped ${what}: ${why}`})))
+          : null);
     },
 
     reversionRow(r) {
