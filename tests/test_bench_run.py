@@ -177,3 +177,13 @@ def test_the_readme_evaluation_tables_are_the_results_files():
     assert rankers.readme_rows(doc) == doc["readme"]
     for row in doc["readme"]:
         assert row in readme, row
+
+    def ours_ahead(name):   # (training seed, layer) cells where our top bin hurts more
+        return sum(t["rankers"]["ours"]["per_layer"][layer]["top_bin_drop"]
+                   > t["rankers"][name]["per_layer"][layer]["top_bin_drop"]
+                   for t in doc["per_training_seed"].values() for layer in doc["layers"])
+
+    assert "hurts more on 14 of the 18 cells" in readme and ours_ahead("magnitude") == 18 - 14
+    assert "on 17 or 18 of the 18" in readme
+    assert min(ours_ahead(n) for n in ("change", "weight", "taylor", "activation")) == 17
+    assert ours_ahead("random") == 18

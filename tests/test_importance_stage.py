@@ -97,6 +97,27 @@ def test_default_pair_and_cache(study):
     assert path.stat().st_mtime_ns == stamp and again[0]["train"] == first[0]["train"]
 
 
+def test_ranking_by_the_mean_is_stored_and_recomputes(study):
+    """[importance] ranking = "mean" is part of the cache key: the stored result is computed
+    again, ranked by the mean sensitivity, and says so; back to the paper's it is again."""
+    import dataclasses
+
+    cfg, ws, probe, heldout, _ = study
+    ensure_importance(cfg, ws, probe, heldout, "r", [1], [(1, 2)])
+    paper, _ = load_importance(ws, "r", 1, 1, 2)
+    mean_cfg = dataclasses.replace(cfg, importance=dataclasses.replace(cfg.importance,
+                                                                        ranking="mean"))
+    ensure_importance(mean_cfg, ws, probe, heldout, "r", [1], [(1, 2)])
+    mean, _ = load_importance(ws, "r", 1, 1, 2)
+    assert (paper.meta["ranking"], mean.meta["ranking"]) == ("fraction", "mean")
+    np.testing.assert_array_equal(paper.score, mean.score)
+    for info in mean.layers:
+        sl = slice(info.offset, info.offset + info.channels)
+        assert np.all(np.diff(mean.mean_sensitivity[sl][np.argsort(mean.rank[sl])]) <= 0)
+    ensure_importance(cfg, ws, probe, heldout, "r", [1], [(1, 2)])
+    assert load_importance(ws, "r", 1, 1, 2)[0].meta["ranking"] == "fraction"
+
+
 def test_errors_name_what_is_wrong(study):
     cfg, ws, probe, heldout, path = study
     with pytest.raises(ConfigError, match="no class 'giraffe'"):

@@ -221,3 +221,32 @@ def test_token_layer_rankers_equal_the_naive_computation():
     rows = torch.cat([lin_t2.weight - lin_t.weight, (lin_t2.bias - lin_t.bias)[:, None]], 1)
     np.testing.assert_allclose(w, rows.detach().norm(dim=1).numpy(), rtol=1e-12)
     assert skipped == {}
+
+
+def test_importance_ranked_by_the_mean_sensitivity():
+    """[importance] ranking = "mean": the rank orders by the mean sensitivity, ties by the
+    fraction, then the channel; the scores themselves are the same."""
+    torch.manual_seed(4)
+    m_t, m_t2 = randomise(TinyVGG(), 9).eval(), randomise(TinyVGG(), 10).eval()
+    x = torch.randn(8, 3, 16, 16)
+    args = (ModelAdapter(m_t), ModelAdapter(m_t2), [(x, np.arange(8))], 1)
+    paper, mean = importance(*args), importance(*args, ranking="mean")
+    np.testing.assert_array_equal(paper.score, mean.score)
+    assert mean.meta == {"ranking": "mean"} and paper.meta == {"ranking": "fraction"}
+    for li, info in enumerate(mean.layers):
+        sl = slice(info.offset, info.offset + info.channels)
+        order = sorted(range(info.channels), key=lambda ch: (
+            -mean.mean_sensitivity[sl][ch], -mean.score[sl][ch], ch))
+        assert list(mean.layer_ranking(li)) == order
+    assert not np.array_equal(paper.rank, mean.rank)
+    with pytest.raises(ValueError, match="ranking must be one of"):
+        importance(*args, ranking="median")
+
+
+def test_the_ranking_setting_is_checked():
+    from conceptevo.config import ImportanceConfig
+    from conceptevo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"\[importance\] ranking must be one of"):
+        ImportanceConfig(ranking="median").validate("importance")
+    ImportanceConfig(ranking="mean").validate("importance")

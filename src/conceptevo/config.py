@@ -283,16 +283,24 @@ class ImportanceConfig:
 
     ``images`` class images are sampled from the probe set (all when fewer); the reversion
     check reverts ``bins`` bins of each layer's ranking and ``random_draws`` random sets of
-    the same size, on those images and on the class's held-out images.
+    the same size, on those images and on the class's held-out images. ``ranking``: what
+    orders the neurons, ``"fraction"`` (the paper's: the fraction of class images with a
+    positive sensitivity, ties by the mean) or ``"mean"`` (the magnitude variant: the mean
+    sensitivity, ties by the fraction; ``conceptevo evaluate`` compares the two).
     """
 
     images: int = bounded(250, 1, 100_000)
     bins: int = bounded(4, 1, 100)
     random_draws: int = bounded(5, 0, 1000)
     batch_size: int = bounded(64, 1, 4096)
+    ranking: str = "fraction"
 
     def validate(self, where: str) -> None:
-        pass
+        from .evolution.importance import RANKINGS
+
+        if self.ranking not in RANKINGS:
+            raise ConfigError(f"[{where}] ranking must be one of {', '.join(RANKINGS)}, not "
+                              f"{self.ranking!r}")
 
 
 @dataclass

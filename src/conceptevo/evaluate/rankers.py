@@ -19,7 +19,6 @@ import torch
 from ..config import StudyConfig
 from ..evolution.importance import ReversionPlan, reversion_counts
 from ..evolution.rankers import (
-    RANKERS,
     TITLES,
     bin_profile,
     image_ranker_scores,
@@ -102,7 +101,11 @@ def compare_rankers(cfg: StudyConfig, ws: Workspace, max_classes: int | None = N
                             memory_format=torch.channels_last), chunk
 
                 scores = image_ranker_scores(a_t, a_t2, batches(), c, device)
-                scores = {"magnitude": result.mean_sensitivity, "change": scores["change"],
+                # ours is the stored ranking; its other score is the first simple ranker
+                ranking = result.meta.get("ranking", "fraction")
+                other = {"magnitude": result.mean_sensitivity} if ranking == "fraction" \
+                    else {"fraction": result.score}
+                scores = {**other, "change": scores["change"],
                           "weight": weights, "taylor": scores["taylor"],
                           "activation": scores["activation"]}
                 # as many bins as the stored reversion has (the config may have changed since)
@@ -114,11 +117,12 @@ def compare_rankers(cfg: StudyConfig, ws: Workspace, max_classes: int | None = N
                 bar.update(len(ids))
                 top1 = hits1 / max(n, 1)
                 base, stored = _stored_drops(rev, a_t.layers_, bins)
-                drops = {name: {} for name in RANKERS}
+                drops = {name: {} for name in scores}
                 for (li, name, b, _), acc in zip(sets, top1[1:]):
                     drops[name].setdefault(layer_names[li], np.zeros(bins))[b] = \
                         top1[0] - acc
                 cases.append({"run": run, "class": c, "from": t, "to": t2,
+                              "ranking": ranking,
                               "accuracy": float(top1[0]),
                               "base_matches_stored": bool(abs(top1[0] - base) < 1e-12),
                               "drops": {"ours": stored["ours"], **drops,
@@ -132,7 +136,10 @@ def ranker_table(cases: list[dict], layer_names: list[str], bins: int,
                  skipped: dict[str, str]) -> dict:
     """Aggregate the cases: per ranker and layer, the mean drop per bin, the monotone share,
     and (against ours) the share of cases whose top bin hurts less than ours."""
-    order = ["ours", *RANKERS, "random"]
+    simple = list(dict.fromkeys(name for case in cases for name in case["drops"]
+                                if name not in ("ours", "random")))
+    order = ["ours", *simple, "random"]
+    rankings = sorted({case.get("ranking", "fraction") for case in cases})
     rankers = {}
     for name in order:
         per_layer = {}
@@ -155,11 +162,14 @@ def ranker_table(cases: list[dict], layer_names: list[str], bins: int,
         if not per_layer:
             continue
         monotone = [v["monotone_share"] for v in per_layer.values() if "monotone_share" in v]
+        title = TITLES[name] if name != "ours" or rankings == ["fraction"] else \
+            TITLES["ours_mean"] if rankings == ["mean"] else "The stored ranking (ours)"
         rankers[name] = {
-            "title": TITLES[name], "per_layer": per_layer,
+            "title": title, "per_layer": per_layer,
             "top_bin_drop": float(np.mean([v["top_bin_drop"] for v in per_layer.values()])),
             "monotone_share": float(np.mean(monotone)) if monotone else None}
-    return {"order": [n for n in order if n in rankers], "layers": layer_names, "bins": bins,
+    return {"order": [n for n in order if n in rankers], "ranking": rankings,
+            "layers": layer_names, "bins": bins,
             "n_cases": len(cases), "rankers": rankers, "skipped": skipped,
             "cases": [{k: v for k, v in case.items() if k != "drops"} for case in cases],
             "split": "train"}

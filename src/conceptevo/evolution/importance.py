@@ -116,8 +116,9 @@ class ImportanceResult:
     layers : the probed layers.
     score : float64 [n_neurons], I_n: fraction of class images with s_n(x) > 0.
     mean_sensitivity : float64 [n_neurons], mean of s_n(x) over the images.
-    rank : int64 [n_neurons], rank within the neuron's layer (0 = most important; ties broken
-        by the larger mean sensitivity, then the smaller channel).
+    rank : int64 [n_neurons], rank within the neuron's layer (0 = most important): by the
+        score, ties broken by the larger mean sensitivity, then the smaller channel; or, with
+        ``meta["ranking"] == "mean"``, by the mean sensitivity, ties by the score.
     image_ids : int64 [n_images], the class images used (probe-set ids).
     """
 
@@ -180,10 +181,18 @@ def sensitivity_sums(adapter_t: ModelAdapter, adapter_t2: ModelAdapter,
     return out
 
 
-def combine_sensitivity(layers: list[LayerInfo], batches: Sequence[SensitivitySums]
-                        ) -> ImportanceResult:
-    """The importance ranking from the sums of every batch, taken in the given order (the
-    order of a single pass: the float64 totals are then added exactly as it adds them)."""
+#: what orders the neurons: the fraction of images with s_n(x) > 0 (the paper's), or the
+#: mean of s_n(x) (the magnitude variant); each breaks its ties by the other
+RANKINGS = ("fraction", "mean")
+
+
+def combine_sensitivity(layers: list[LayerInfo], batches: Sequence[SensitivitySums],
+                        ranking: str = "fraction") -> ImportanceResult:
+    """The importance ranking (by ``ranking``, one of :data:`RANKINGS`) from the sums of
+    every batch, taken in the given order (the order of a single pass: the float64 totals
+    are then added exactly as it adds them)."""
+    if ranking not in RANKINGS:
+        raise ValueError(f"ranking must be one of {RANKINGS}, not {ranking!r}")
     if not batches:
         raise ValueError("no class image to compute importance on")
     positive, total = batches[0].positive, batches[0].total
@@ -194,20 +203,23 @@ def combine_sensitivity(layers: list[LayerInfo], batches: Sequence[SensitivitySu
     n = len(image_ids)
     score = (positive.double() / n).numpy()
     mean_s = (total / n).numpy()
-    rank = rank_within_layers(layers, score, mean_s)
-    return ImportanceResult(list(layers), score, mean_s, rank, image_ids)
+    rank = rank_within_layers(layers, score, mean_s) if ranking == "fraction" else \
+        rank_within_layers(layers, mean_s, score)
+    return ImportanceResult(list(layers), score, mean_s, rank, image_ids,
+                            {"ranking": ranking})
 
 
 def importance(adapter_t: ModelAdapter, adapter_t2: ModelAdapter,
                batches: Sequence[tuple[torch.Tensor, np.ndarray]], class_index: int,
                device: torch.device | str = "cpu",
-               progress: Callable[[int], None] | None = None) -> ImportanceResult:
+               progress: Callable[[int], None] | None = None,
+               ranking: str = "fraction") -> ImportanceResult:
     """Sensitivity of every image of ``batches`` [(images [B, 3, H, W], ids [B])] of class
-    ``class_index``, and the importance ranking."""
+    ``class_index``, and the importance ranking (by ``ranking``: :data:`RANKINGS`)."""
     sums = sensitivity_sums(adapter_t, adapter_t2, batches, class_index, device, progress)
     if not sums:
         raise ValueError("no class image to compute importance on")
-    return combine_sensitivity(adapter_t.layers_, sums)
+    return combine_sensitivity(adapter_t.layers_, sums, ranking)
 
 
 # ------------------------------------------------------------------------- reversion

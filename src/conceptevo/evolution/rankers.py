@@ -7,7 +7,9 @@ simpler ranking would do as well. For one run, class and epoch pair M^t -> M^t' 
 ranks the same neurons, on the same class images, by
 
 * ``magnitude``: the mean sensitivity, E_x[s_n(x)]: the magnitude variant of our score (how
-  far the evolution moves the class logit on average, not how often it helps);
+  far the evolution moves the class logit on average, not how often it helps); where the
+  importance was ranked by it (``[importance] ranking = "mean"``), ``fraction`` (the paper's
+  score) takes its place;
 * ``change``: the size of the feature-map change, E_x[sum_{h,w} |A_n^t'(x) - A_n^t(x)|];
 * ``weight``: the norm of the change of the neuron's own weights (the row of the layer's
   weight and bias that produces channel n); only for a layer whose module holds such
@@ -39,7 +41,9 @@ from .importance import _check_finite, _check_pair, _frozen, rank_within_layers
 #: reversion of the importance stage)
 RANKERS = ("magnitude", "change", "weight", "taylor", "activation")
 TITLES = {"ours": "Gradient x change, fraction of images (ours, the paper's)",
+          "ours_mean": "Gradient x change, mean (ours, [importance] ranking = \"mean\")",
           "magnitude": "Gradient x change, mean (magnitude variant)",
+          "fraction": "Gradient x change, fraction of images (the paper's)",
           "change": "Feature-map change (sum of abs dF)",
           "weight": "Weight-change norm",
           "taylor": "Gradient x activation at the later epoch (Taylor)",

@@ -222,6 +222,8 @@ def _key(cfg: StudyConfig, ckpts: dict[int, Checkpoint], t: int, t2: int, class_
                         "probe": probe.info.get("fingerprint"),
                         "heldout": heldout.info.get("fingerprint") if heldout else None,
                         "bins": ic.bins, "draws": ic.random_draws, "seed": cfg.seed,
+                        # the default ranking leaves the key (and stored results) as before
+                        **({} if ic.ranking == "fraction" else {"ranking": ic.ranking}),
                         **cfg.model.neuron_key()})
 
 
@@ -330,7 +332,8 @@ def _importance_pair(cfg: StudyConfig, ws: Workspace, probe: ProbeSet,
                                                     device), c, device, bar.update)
         # every process's batches, in batch order (the blocks are contiguous)
         result = combine_sensitivity(a_t.layers_,
-                                     [b for part in gather_sums(sums) for b in part])
+                                     [b for part in gather_sums(sums) for b in part],
+                                     ic.ranking)
         plan = ReversionPlan.build(result, ic.bins, ic.random_draws, seed=cfg.seed + c)
         rows = []
         for split, source, ids in (("train", probe, train_ids),
@@ -356,7 +359,7 @@ def _importance_pair(cfg: StudyConfig, ws: Workspace, probe: ProbeSet,
         if not ctx.is_main:
             return
         meta = {"key": key, "run": run, "class": c, "class_name": probe.classes[c],
-                "from_epoch": t, "to_epoch": t2,
+                "from_epoch": t, "to_epoch": t2, "ranking": ic.ranking,
                 "n_train": int(len(train_ids)),
                 "n_heldout": int(len(held_ids)) if held_ids is not None else 0}
         layer, sets, splits, top1, top5 = (np.array(col) for col in zip(*rows))
