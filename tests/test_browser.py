@@ -332,6 +332,7 @@ def check_evaluation_view(page) -> None:
              for i in range(rows.count())]
     assert [r[0] for r in cells] == [t for t, _, _ in EVAL_RANKERS.values()]
     assert cells[0] == ["Gradient x change (ours)", "25.0 pts", "–", "25.0 pts", "75.0%"]
+    assert rows.first.get_attribute("class") == "ours"
     assert cells[2][-1] == "–"
     assert "12.5 pts, 6.3 pts, 0.0 pts" in rows.nth(1).locator("td span").nth(1).get_attribute(
         "title")

@@ -171,13 +171,10 @@ def base_neurons(ws: Workspace) -> tuple[Table, np.ndarray]:
     """The base model's neurons (row, layer, channel, run, epoch) and their own v_n
     (float32 [rows, d]; NaN rows are neurons outside the space: dead or never
     co-activated)."""
-    import json
+    from .models.adapter import layers_from_array
 
     meta, base = ws.load_arrays(ws.space_path("base.npz"))
-    layers_json = json.loads(str(base["layers"]))
-    from .models.adapter import LayerInfo
-
-    layer, channel = _layer_columns([LayerInfo.from_dict(d) for d in layers_json])
+    layer, channel = _layer_columns(layers_from_array(base["layers"]))
     desc = meta.get("base", {})
     n = len(layer)
     run = np.full(n, desc.get("run", ""), dtype=object)

@@ -8,7 +8,6 @@ row per reverted set and split: layer, set, split, top-1, top-5).
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import torch
 from ..config import StudyConfig
 from ..data.probe import ProbeSet
 from ..errors import CheckpointError, ConfigError, NonFiniteActivationError
-from ..models.adapter import LayerInfo, ModelAdapter
+from ..models.adapter import ModelAdapter, layers_array, layers_from_array
 from ..models.checkpoints import Checkpoint, find_checkpoints, load_checkpoint
 from ..progress import progress_bar
 from ..workspace import Workspace
@@ -78,7 +77,7 @@ def load_importance(ws: Workspace, run: str, class_index: int, t: int, t2: int
                     ) -> tuple[ImportanceResult, Reversion]:
     """The stored importance and reversion of one run, class and epoch pair."""
     meta, a = ws.load_arrays(importance_path(ws, run, class_index, t, t2))
-    layers = [LayerInfo.from_dict(d) for d in json.loads(str(a["layers"]))]
+    layers = layers_from_array(a["layers"])
     result = ImportanceResult(layers, a["score"], a["mean_sensitivity"], a["rank"],
                               a["image_ids"], meta)
     rev = Reversion(a["rev_layer"], a["rev_set"], a["rev_split"], a["rev_top1"], a["rev_top5"])
@@ -366,8 +365,7 @@ def _importance_pair(cfg: StudyConfig, ws: Workspace, probe: ProbeSet,
         ws.save_arrays(path, meta, score=result.score,
                        mean_sensitivity=result.mean_sensitivity, rank=result.rank,
                        image_ids=result.image_ids,
-                       layers=np.array(json.dumps([li.to_dict() for li in
-                                                   result.layers])),
+                       layers=layers_array(result.layers),
                        rev_layer=layer.astype(np.int64), rev_set=sets.astype(str),
                        rev_split=splits.astype(str),
                        rev_top1=top1.astype(np.float64),

@@ -35,10 +35,12 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import itertools
+import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -141,6 +143,17 @@ class LayerInfo:
         return cls(d["name"], d["type"], int(d["channels"]), int(d["offset"]),
                    (int(d["map_size"][0]), int(d["map_size"][1])), str(d.get("layout", "conv")),
                    int(d.get("prefix", 0)))
+
+
+def layers_array(layers: Sequence[LayerInfo]) -> np.ndarray:
+    """The probed layers as a 0-d string array of JSON, the form every ``.npz`` artifact of
+    the workspace stores them in (key ``layers``)."""
+    return np.array(json.dumps([li.to_dict() for li in layers]))
+
+
+def layers_from_array(value) -> list[LayerInfo]:
+    """The inverse of :func:`layers_array` (also takes the JSON string itself)."""
+    return [LayerInfo.from_dict(d) for d in json.loads(str(value))]
 
 
 def _is_glob(pattern: str) -> bool:

@@ -16,7 +16,6 @@ Artifacts (see docs/workspace.md):
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass
 
@@ -25,7 +24,7 @@ import numpy as np
 from ..config import StudyConfig
 from ..data.probe import ProbeSet
 from ..errors import ConfigError, CorruptArtifactError, WorkspaceError
-from ..models.adapter import LayerInfo, ModelAdapter
+from ..models.adapter import ModelAdapter, layers_array, layers_from_array
 from ..models.checkpoints import find_checkpoints, load_checkpoint
 from ..progress import progress_bar
 from ..stimuli import StimuliResult, compute_stimuli
@@ -83,7 +82,7 @@ def ensure_base_stimuli(cfg: StudyConfig, ws: Workspace, probe: ProbeSet,
                  "k_i": cfg.stimuli.k_responsive, "activations": activations})
     if ws.arrays_key(path) == key:
         meta, arrays = ws.load_arrays(path)
-        layers = [LayerInfo.from_dict(d) for d in json.loads(str(arrays.pop("layers")))]
+        layers = layers_from_array(arrays.pop("layers"))
         return StimuliResult(layers=layers, meta=meta, **arrays)
     device = resolve_device(cfg.device)
     model = cfg.build_model(desc["arch"], desc["kwargs"])
@@ -103,7 +102,7 @@ def ensure_base_stimuli(cfg: StudyConfig, ws: Workspace, probe: ProbeSet,
     arrays = {name: getattr(result, name) for name in StimuliResult.ARRAYS}
     if activations:
         arrays.update(activations=result.activations, activation_scale=result.activation_scale)
-    arrays["layers"] = np.array(json.dumps([li.to_dict() for li in result.layers]))
+    arrays["layers"] = layers_array(result.layers)
     result.meta = {"key": key, "base": desc}
     ws.save_arrays(path, result.meta, **arrays)
     return result
@@ -141,7 +140,7 @@ def ensure_base_space(cfg: StudyConfig, ws: Workspace, base: StimuliResult, desc
     meta = {"key": key, "base": desc, "params": key_params, "info": space.info}
     ws.save_arrays(ws.space_path("base.npz"), meta, neuron_embedding=space.neuron_embedding,
                    valid=space.valid, loss=np.asarray(space.loss, dtype=np.float64),
-                   layers=np.array(json.dumps([li.to_dict() for li in base.layers])))
+                   layers=layers_array(base.layers))
     atomic.write_json(ws.space_path("fidelity.json"), {
         "key": key, "base": desc, "rmse": space.rmse, "fidelity": space.fidelity,
         "indirect_default": params.indirect, "indirect_comparison": comparison,

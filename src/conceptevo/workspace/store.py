@@ -23,7 +23,7 @@ import numpy as np
 from .. import __version__
 from ..data.probe import ProbeSet
 from ..errors import CorruptArtifactError, WorkspaceError
-from ..models.adapter import LayerInfo
+from ..models.adapter import layers_array, layers_from_array
 from ..stimuli import StimuliResult
 from . import atomic
 
@@ -237,7 +237,7 @@ class Workspace:
             arrays["activation_scale"] = result.activation_scale
         if result.predicted is not None:
             arrays["predicted"] = result.predicted
-        arrays["layers"] = np.array(json.dumps([li.to_dict() for li in result.layers]))
+        arrays["layers"] = layers_array(result.layers)
         arrays["meta"] = np.array(json.dumps(result.meta, default=str))
         atomic.write_npz(self.stimuli_path(run, epoch), **arrays)
 
@@ -273,7 +273,7 @@ class Workspace:
                         "\"stimuli\"); run `conceptevo build` again to record them")
                 arrays["activations"] = z["activations"]
                 arrays["activation_scale"] = z["activation_scale"]
-            layers = [LayerInfo.from_dict(d) for d in json.loads(str(z["layers"]))]
+            layers = layers_from_array(z["layers"])
             meta = json.loads(str(z["meta"]))
         return StimuliResult(layers=layers, meta=meta, **arrays)
 

@@ -2670,7 +2670,7 @@
           "most important to the least (hover a cell for every bin)."}),
         dataTable(["ranker", ...table.layers, "mean", "monotone"], rows,
                   {cls: "data-table numeric", testid: "evaluation-rankers",
-                   rowProps: (i) => ({class: table.order[i] === "ours" ? "summary" : null})}),
+                   rowProps: (i) => ({class: table.order[i] === "ours" ? "ours" : null})}),
         Object.keys(table.skipped || {}).length
           ? el("ul", {class: "muted"}, Object.entries(table.skipped).map(([what, why]) =>
               el("li", {text: `skipped ${what}: ${why}`})))

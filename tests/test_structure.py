@@ -1,0 +1,87 @@
+"""The package's structure: no import cycle inside ``conceptevo`` (function-local imports
+count: they run too), found by reading the source, and the checker itself on a made-up cycle."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import connected_components
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "conceptevo"
+
+
+def module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def import_graph(root: Path) -> dict[str, set[str]]:
+    """Module -> every module of the package it imports, anywhere in its source (top level,
+    inside functions, under TYPE_CHECKING alike)."""
+    modules = {module_name(p, root): p for p in root.rglob("*.py")}
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")
+                    base = base[:len(base) - node.level + 1]
+                    stem = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    stem = node.module or ""
+                # "from .x import y": y may be a module of package x, or a name in x
+                targets = [f"{stem}.{a.name}" for a in node.names] + [stem]
+            for target in targets:
+                while target and target not in modules:
+                    target = target.rpartition(".")[0]
+                if target and target != name:
+                    graph[name].add(target)
+    return graph
+
+
+def package_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Cycles between modules (strongly connected components of more than one), leaving out
+    a package importing its own sub-modules (its ``__init__`` re-exporting them) and
+    sub-modules importing their package's ``__init__`` (the two are one unit here)."""
+    names = sorted(graph)
+    index = {n: i for i, n in enumerate(names)}
+    edges = [(index[a], index[b]) for a, targets in graph.items() for b in targets
+             if not (b.startswith(a + ".") or a.startswith(b + "."))]
+    rows, cols = (np.array(x, dtype=np.int64) for x in zip(*edges)) if edges else ([], [])
+    adjacency = csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(names),) * 2)
+    _, component = connected_components(adjacency, directed=True, connection="strong")
+    groups = [[n for n, c in zip(names, component) if c == k] for k in np.unique(component)]
+    return sorted(g for g in groups if len(g) > 1)
+
+
+def test_no_import_cycle_inside_the_package():
+    cycles = package_cycles(import_graph(SRC))
+    assert cycles == [], f"import cycles: {cycles}"
+
+
+def test_the_checker_finds_a_cycle_through_a_function_local_import(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("from .a import f\n")
+    (pkg / "a.py").write_text("from .sub.b import g\n\ndef f():\n    return g()\n")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "sub" / "b.py").write_text("def g():\n    from ..a import f\n    return f\n")
+    graph = import_graph(pkg)
+    assert "pkg.a" in graph["pkg.sub.b"] and "pkg.sub.b" in graph["pkg.a"]
+    assert package_cycles(graph) == [["pkg.a", "pkg.sub.b"]]
+    (pkg / "sub" / "b.py").write_text("def g():\n    return 1\n")
+    assert package_cycles(import_graph(pkg)) == []
+
+
+if __name__ == "__main__":
+    pytest.main([__file__])
