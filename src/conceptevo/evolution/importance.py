@@ -66,6 +66,45 @@ def _check_pair(adapter_t: ModelAdapter, adapter_t2: ModelAdapter,
             adapter.describe(x[:1])
 
 
+def paired_pass(plain: ModelAdapter, graded: ModelAdapter, x: torch.Tensor, class_index: int,
+                names: tuple[str, str]) -> tuple[list[torch.Tensor], list[torch.Tensor],
+                                                 tuple[torch.Tensor, ...]]:
+    """Every probed layer's output of two checkpoints on a batch, and the gradient of the
+    summed class logit of ``graded`` with respect to its own layer outputs: one forward pass
+    of ``plain`` (no gradient), one forward and one backward pass of ``graded``. Returns
+    (plain outputs, graded outputs (detached), gradients), one per layer; ``names``: what an
+    error calls ``plain`` and ``graded`` (a checkpoint with NaN/inf logits).
+
+    In eval mode an image's logit depends on that image only, so the gradient of the summed
+    logit is every image's own."""
+    n_layers = len(graded.layer_names)
+    kept: dict[int, torch.Tensor] = {}
+
+    def keep_plain(i: int, out: torch.Tensor) -> None:
+        kept[i] = out.detach().clone()
+
+    with torch.no_grad(), plain.hooks(keep_plain):
+        _check_finite(plain.logits(x), names[0])
+
+    graph: dict[int, torch.Tensor] = {}
+
+    def keep_graded(i: int, out: torch.Tensor) -> torch.Tensor:
+        if not out.requires_grad:  # the first probed layer: the graph starts here
+            out.requires_grad_(True)
+        graph[i] = out
+        # downstream layers get a copy, so an in-place op after the layer (ReLU(inplace=True))
+        # cannot change the map whose gradient we take
+        return out.clone()
+
+    with torch.enable_grad(), _frozen(graded.model), graded.hooks(keep_graded):
+        logits = graded.logits(x)
+        _check_finite(logits, names[1])
+        grads = torch.autograd.grad(logits[:, class_index].sum(),
+                                    [graph[i] for i in range(n_layers)])
+    return ([kept[i] for i in range(n_layers)], [graph[i].detach() for i in range(n_layers)],
+            grads)
+
+
 def batch_sensitivity(adapter_t: ModelAdapter, adapter_t2: ModelAdapter, x: torch.Tensor,
                       class_index: int) -> torch.Tensor:
     """Sensitivity s [B, n_neurons] of every neuron of every probed layer for a batch.
@@ -74,36 +113,12 @@ def batch_sensitivity(adapter_t: ModelAdapter, adapter_t2: ModelAdapter, x: torc
     and one backward pass of M^t.
     """
     _check_pair(adapter_t, adapter_t2, x)
-    n_layers = len(adapter_t.layer_names)
-    after: dict[int, torch.Tensor] = {}
-
-    def keep_after(i: int, out: torch.Tensor) -> None:
-        after[i] = out.detach().clone()
-
-    with torch.no_grad(), adapter_t2.hooks(keep_after):
-        later = adapter_t2.logits(x)
-    _check_finite(later, "the later checkpoint")
-
-    before: dict[int, torch.Tensor] = {}
-
-    def keep_before(i: int, out: torch.Tensor) -> torch.Tensor:
-        if not out.requires_grad:  # the first probed layer: the graph starts here
-            out.requires_grad_(True)
-        before[i] = out
-        # downstream layers get a copy, so an in-place op after the layer (ReLU(inplace=True))
-        # cannot change the map whose gradient we take
-        return out.clone()
-
-    with torch.enable_grad(), _frozen(adapter_t.model), adapter_t.hooks(keep_before):
-        logits = adapter_t.logits(x)
-        _check_finite(logits, "the earlier checkpoint")
-        grads = torch.autograd.grad(logits[:, class_index].sum(),
-                                    [before[i] for i in range(n_layers)])
+    after, before, grads = paired_pass(adapter_t2, adapter_t, x, class_index,
+                                       ("the later checkpoint", "the earlier checkpoint"))
     parts = []
     for i, g in enumerate(grads):
-        delta = after[i] - before[i].detach()
         # summed over every position of the map (every token of a token layer)
-        parts.append(spatial_sum(g * delta, adapter_t.layers_[i].shape_layout))
+        parts.append(spatial_sum(g * (after[i] - before[i]), adapter_t.layers_[i].shape_layout))
     return torch.cat(parts, dim=1)
 
 

@@ -35,7 +35,7 @@ import torch
 
 from ..models.adapter import LayerInfo, ModelAdapter
 from ..models.layouts import spatial_sum
-from .importance import _check_finite, _check_pair, _frozen, rank_within_layers
+from .importance import _check_pair, paired_pass, rank_within_layers
 
 #: the simple rankers, in the order tables show them (ours and random come from the stored
 #: reversion of the importance stage)
@@ -67,32 +67,12 @@ def batch_ranker_sums(adapter_t: ModelAdapter, adapter_t2: ModelAdapter, x: torc
     gradient) and one forward and backward pass of M^t' (the gradient of every probed
     layer's output at once)."""
     _check_pair(adapter_t, adapter_t2, x)
-    n_layers = len(adapter_t.layer_names)
-    before: dict[int, torch.Tensor] = {}
-
-    def keep_before(i: int, out: torch.Tensor) -> None:
-        before[i] = out.detach().clone()
-
-    with torch.no_grad(), adapter_t.hooks(keep_before):
-        _check_finite(adapter_t.logits(x), "the earlier checkpoint")
-
-    after: dict[int, torch.Tensor] = {}
-
-    def keep_after(i: int, out: torch.Tensor) -> torch.Tensor:
-        if not out.requires_grad:
-            out.requires_grad_(True)
-        after[i] = out
-        return out.clone()  # an in-place op downstream cannot change the map we keep
-
-    with torch.enable_grad(), _frozen(adapter_t2.model), adapter_t2.hooks(keep_after):
-        logits = adapter_t2.logits(x)
-        _check_finite(logits, "the later checkpoint")
-        grads = torch.autograd.grad(logits[:, class_index].sum(),
-                                    [after[i] for i in range(n_layers)])
+    before, after, grads = paired_pass(adapter_t, adapter_t2, x, class_index,
+                                       ("the earlier checkpoint", "the later checkpoint"))
     change, taylor, act = [], [], []
     for i, g in enumerate(grads):
         layout = adapter_t2.layers_[i].shape_layout
-        a2 = after[i].detach()
+        a2 = after[i]
         change.append(spatial_sum((a2 - before[i]).abs(), layout))
         taylor.append(spatial_sum(g * a2, layout).abs())
         act.append(spatial_sum(a2.abs(), layout))
