@@ -4,6 +4,7 @@ count: they run too), found by reading the source, and the checker itself on a m
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -64,9 +65,28 @@ def package_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return sorted(g for g in groups if len(g) > 1)
 
 
+@functools.cache
+def package_graph() -> dict[str, set[str]]:
+    return import_graph(SRC)
+
+
 def test_no_import_cycle_inside_the_package():
-    cycles = package_cycles(import_graph(SRC))
+    cycles = package_cycles(package_graph())
     assert cycles == [], f"import cycles: {cycles}"
+
+
+#: the algorithms: arrays and modules in, arrays out (docs/architecture.md)
+ALGORITHMS = ["space.coactivation", "space.neuron_embedding", "space.image_embedding",
+              "space.map2d", "space.unified", "evolution.importance", "evolution.rankers",
+              "evaluate.alignment", "evaluate.matching", "evaluate.labels"]
+
+
+@pytest.mark.parametrize("module", ALGORITHMS)
+def test_an_algorithm_reads_no_config_and_no_workspace(module):
+    graph = package_graph()
+    banned = {m for m in graph if m == "conceptevo.config" or m.startswith("conceptevo.workspace")
+              or m.endswith(".stage") or m == "conceptevo.pipeline"}
+    assert not graph[f"conceptevo.{module}"] & banned
 
 
 def test_the_checker_finds_a_cycle_through_a_function_local_import(tmp_path):
