@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import torch
 
 from ..config import StudyConfig
 from ..evolution.importance import ReversionPlan, reversion_counts
@@ -26,7 +25,6 @@ from ..evolution.rankers import (
     ranker_sets,
     weight_change,
 )
-from ..models.adapter import ModelAdapter
 from ..progress import progress_bar
 from ..workspace import Workspace
 
@@ -51,15 +49,20 @@ def _stored_drops(rev, layers, bins: int) -> tuple[float, dict[str, np.ndarray]]
 def compare_rankers(cfg: StudyConfig, ws: Workspace, max_classes: int | None = None
                     ) -> dict | None:
     """The ranker table over the stored importance (None when there is none)."""
-    from ..evolution.stage import load_importance, stored_importance
-    from ..models.checkpoints import find_checkpoints, load_checkpoint
+    from ..evolution.stage import class_batches, load_importance, open_pair, stored_importance
+    from ..models.checkpoints import find_checkpoints
     from ..runs import resolve_device
 
     limit = cfg.evaluation.ranker_classes if max_classes is None else max_classes
-    groups: dict[tuple[str, int, int], list[int]] = {}
+    if limit == 0:
+        return None
+    # each stored importance file, read once: (run, t, t2) -> [(class, result, reversion)]
+    groups: dict[tuple[str, int, int], list] = {}
     for run, c, t, t2 in stored_importance(ws):
-        groups.setdefault((run, t, t2), []).append(c)
-    if not groups or limit == 0:
+        group = groups.setdefault((run, t, t2), [])
+        if len(group) < limit:
+            group.append((c, *load_importance(ws, run, c, t, t2)))
+    if not groups:
         return None
     probe = ws.load_probe()
     device = resolve_device(cfg.device)
@@ -67,10 +70,9 @@ def compare_rankers(cfg: StudyConfig, ws: Workspace, max_classes: int | None = N
     cases = []  # one per (run, class, pair): per ranker, per layer, drops per bin
     skipped: dict[str, str] = {}
     layer_names: list[str] = []
-    n_img = sum(len(load_importance(ws, run, c, t, t2)[0].image_ids)
-                for (run, t, t2), cs in groups.items() for c in cs[:limit])
+    n_img = sum(len(result.image_ids) for group in groups.values() for _, result, _ in group)
     with progress_bar(n_img, "evaluation: importance vs simple rankers", "img") as bar:
-        for (run, t, t2), classes in groups.items():
+        for (run, t, t2), group in groups.items():
             rc = cfg.run(run)
             arch, kwargs = cfg.arch_of(rc)
             ckpts = {c.epoch: c for c in find_checkpoints(cfg.resolve(rc.checkpoints), run)}
@@ -78,27 +80,15 @@ def compare_rankers(cfg: StudyConfig, ws: Workspace, max_classes: int | None = N
                 log.warning("importance of run %s %d->%d: its checkpoints are gone; left out "
                             "of the ranker comparison", run, t, t2)
                 continue
-            adapters = []
-            for e in (t, t2):
-                m = cfg.build_model(arch, kwargs)
-                load_checkpoint(m, ckpts[e].path, cfg.trust_checkpoints, arch)
-                m = m.to(device, memory_format=torch.channels_last).eval()
-                adapters.append(ModelAdapter(m, **cfg.model.adapter_options()))
-            a_t, a_t2 = adapters
-            for a in adapters:
-                a.describe(probe.tensor([0], device))
+            a_t, a_t2 = open_pair(cfg, arch, kwargs, (ckpts[t], ckpts[t2]), probe, device)
             weights, why = weight_change(a_t, a_t2)
             skipped.update({f"weight on {k}": v for k, v in why.items()})
             layer_names = [li.name for li in a_t.layers_]
-            for c in classes[:limit]:
-                result, rev = load_importance(ws, run, c, t, t2)
+            for c, result, rev in group:
                 ids = result.image_ids
 
                 def batches(ids=ids):
-                    for s in range(0, len(ids), ic.batch_size):
-                        chunk = ids[s:s + ic.batch_size]
-                        yield probe.tensor(chunk, device).contiguous(
-                            memory_format=torch.channels_last), chunk
+                    return class_batches(probe, ids, ic.batch_size, device)
 
                 scores = image_ranker_scores(a_t, a_t2, batches(), c, device)
                 # ours is the stored ranking; its other score is the first simple ranker

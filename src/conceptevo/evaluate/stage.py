@@ -51,6 +51,7 @@ from .neurons import (
     load_checkpoints,
     space_vectors,
 )
+from .rankers import compare_rankers
 from .text import evaluation_text, headline  # noqa: F401 (evaluation_text: the stage's API)
 
 log = logging.getLogger("conceptevo")
@@ -512,8 +513,6 @@ def run_evaluation(cfg: StudyConfig, ws: Workspace | None = None) -> dict:
         report["skipped"].append(f"the agreement check: {checks['agreement']['skipped']}")
     report["checks"] = checks
     report["plots"] = {"checks": write_checks_plot(ws, report)}
-    from .rankers import compare_rankers
-
     report["faithfulness"] = {"fidelity": fidelity_over_seeds(spaces),
                               "reversion": reversion_summary(ws),
                               "rankers": compare_rankers(cfg, ws)}

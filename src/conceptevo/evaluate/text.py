@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+from .invariance import checks_text
+from .rankers import rankers_text
+
 
 def headline(alignment: dict) -> str:
     """Ours and the best baseline, as mean [min, max over seeds] of the AUC, and whether ours
@@ -48,8 +51,6 @@ def auc_text(result: dict) -> str:
 
 def evaluation_text(report: dict) -> str:
     """The figures as a table (the CLI's and the demo's output)."""
-    from .invariance import checks_text
-
     lines = [f"skipped: {why}" for why in report.get("skipped") or []]
     if report["alignment"]:
         lines += _alignment_lines(report["alignment"], report["settings"],
@@ -84,8 +85,6 @@ def evaluation_text(report: dict) -> str:
                      f"{r['top_bin_drop']:.1%} vs random {r['random_drop']:.1%}, ratio "
                      f"{ratio}{extra}")
     if report["faithfulness"].get("rankers"):
-        from .rankers import rankers_text
-
         lines += rankers_text(report["faithfulness"]["rankers"])
     lines.append(report["headline"])
     return "\n".join(lines)

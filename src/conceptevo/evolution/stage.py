@@ -226,6 +226,23 @@ def _key(cfg: StudyConfig, ckpts: dict[int, Checkpoint], t: int, t2: int, class_
                         **cfg.model.neuron_key()})
 
 
+def open_pair(cfg: StudyConfig, arch: str, kwargs: dict,
+              checkpoints: tuple[Checkpoint, Checkpoint], probe: ProbeSet, device
+              ) -> tuple[ModelAdapter, ModelAdapter]:
+    """The adapters of M^t and M^t' (``checkpoints``): each model built, its checkpoint loaded
+    (``weights_only`` unless the study trusts its checkpoints), channels-last in eval mode on
+    ``device``, and described on the first probe image."""
+    example = probe.tensor([0], device).contiguous(memory_format=torch.channels_last)
+    adapters = []
+    for ckpt in checkpoints:
+        m = cfg.build_model(arch, kwargs)
+        load_checkpoint(m, ckpt.path, cfg.trust_checkpoints, arch)
+        m = m.to(device, memory_format=torch.channels_last).eval()
+        adapters.append(ModelAdapter(m, **cfg.model.adapter_options()))
+        adapters[-1].describe(example)
+    return adapters[0], adapters[1]
+
+
 def ensure_importance(cfg: StudyConfig, ws: Workspace, probe: ProbeSet,
                       heldout: ProbeSet | None, run: str, classes: list[int],
                       pairs: list[tuple[int | None, int | None]]) -> list[dict]:
@@ -257,16 +274,7 @@ def ensure_importance(cfg: StudyConfig, ws: Workspace, probe: ProbeSet,
                  ctx.describe())
     stored = []  # (class, t, t2) of every summary, in the order they are returned
     for t, t2 in resolved:
-        models = {}
-        for e in (t, t2):
-            m = cfg.build_model(arch, kwargs)
-            load_checkpoint(m, ckpts[e].path, cfg.trust_checkpoints, arch)
-            models[e] = m.to(device, memory_format=torch.channels_last).eval()
-        a_t = ModelAdapter(models[t], **cfg.model.adapter_options())
-        a_t2 = ModelAdapter(models[t2], **cfg.model.adapter_options())
-        example = probe.tensor([0], device).contiguous(memory_format=torch.channels_last)
-        a_t.describe(example)
-        a_t2.describe(example)
+        a_t, a_t2 = open_pair(cfg, arch, kwargs, (ckpts[t], ckpts[t2]), probe, device)
         beyond = ", ".join(probe.classes[c] for c in classes if c >= a_t.n_outputs)
         if beyond:
             raise ConfigError(
@@ -306,7 +314,7 @@ def _importance_pair(cfg: StudyConfig, ws: Workspace, probe: ProbeSet,
     ic = cfg.importance
     stored: list[tuple[int, int, int]] = []
     if a_t.layers_ is None:  # a process may get no image: describe the layers anyway
-        x = next(_batches(probe, todo[0][1][:1], 1, device))[0]
+        x = next(class_batches(probe, todo[0][1][:1], 1, device))[0]
         a_t.describe(x)
         a_t2.describe(x)
     w = ctx.world_size
@@ -327,7 +335,7 @@ def _importance_pair(cfg: StudyConfig, ws: Workspace, probe: ProbeSet,
     def one_class(c, train_ids, held_ids, gather_sums, gather_counts, bar):
         """The importance and reversion rows of class c over these images; the gather
         functions combine the shares of the processes (identity for a whole class)."""
-        sums = sensitivity_sums(a_t, a_t2, _batches(probe, train_ids, ic.batch_size,
+        sums = sensitivity_sums(a_t, a_t2, class_batches(probe, train_ids, ic.batch_size,
                                                     device), c, device, bar.update)
         # every process's batches, in batch order (the blocks are contiguous)
         result = combine_sensitivity(a_t.layers_,
@@ -340,7 +348,7 @@ def _importance_pair(cfg: StudyConfig, ws: Workspace, probe: ProbeSet,
             if source is None:
                 continue
             counts = reversion_counts(a_t, a_t2, plan,
-                                      _batches(source, ids, ic.batch_size, device), c,
+                                      class_batches(source, ids, ic.batch_size, device), c,
                                       device, progress=bar.update)
             parts = gather_counts(counts)
             if parts is None:  # not rank 0
@@ -392,7 +400,8 @@ def _set_label(name: str) -> str:
     return "random" if name.startswith("random") else name
 
 
-def _batches(probe: ProbeSet, ids: np.ndarray, batch_size: int, device):
+def class_batches(probe: ProbeSet, ids: np.ndarray, batch_size: int, device):
+    """(images channels-last on ``device``, ids) of the probe images ``ids``, in batches."""
     for start in range(0, len(ids), batch_size):
         chunk = ids[start:start + batch_size]
         yield probe.tensor(chunk, device).contiguous(memory_format=torch.channels_last), chunk
