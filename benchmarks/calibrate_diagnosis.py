@@ -20,8 +20,12 @@ from pathlib import Path
 from conceptevo import pipeline
 from conceptevo.config import load_config
 from conceptevo.demo import FULL, prepare_data, study_toml
-from conceptevo.evolution.stage import run_diagnosis
-from conceptevo.space.stage import ensure_space
+from conceptevo.stages.context import Context
+from conceptevo.stages.diagnosis import run_diagnosis
+from conceptevo.stages.probe import ensure_probe_sets
+from conceptevo.stages.space import ensure_space
+from conceptevo.stages.stimuli import ensure_stimuli
+from conceptevo.stages.train import ensure_training
 from conceptevo.workspace import Workspace
 
 RULES = ("collapse", "overfitting", "divergence")
@@ -39,10 +43,10 @@ def run_seed(root: Path, seed: int, data_from: Path | None, size=FULL) -> dict:
     (root / "study.toml").write_text(study_toml(size, len(classes), seed=seed))
     cfg = load_config(root / "study.toml")
     ws = pipeline.open_workspace(cfg)
-    pipeline.ensure_training(cfg, ws)
-    probe, _ = pipeline.ensure_probe_sets(cfg, ws)
-    pipeline.ensure_stimuli(cfg, ws, probe)
-    ensure_space(cfg, ws, probe)
+    ensure_training(Context.create(cfg, ws))
+    probe, _ = ensure_probe_sets(Context.create(cfg, ws))
+    ensure_stimuli(Context.create(cfg, ws), probe)
+    ensure_space(Context.create(cfg, ws), probe)
     return run_diagnosis(ws)
 
 

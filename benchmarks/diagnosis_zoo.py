@@ -122,7 +122,11 @@ def build_seed(out: Path, seed: int, classes: list[str], regimes: list[str],
     before are skipped); returns the seconds each stage took."""
     from conceptevo import pipeline
     from conceptevo.config import load_config
-    from conceptevo.space.stage import ensure_space
+    from conceptevo.stages.context import Context
+    from conceptevo.stages.probe import ensure_probe_sets
+    from conceptevo.stages.space import ensure_space
+    from conceptevo.stages.stimuli import ensure_stimuli
+    from conceptevo.stages.train import ensure_training
     from conceptevo.workspace import Workspace
 
     root = out / f"seed{seed}"
@@ -133,15 +137,15 @@ def build_seed(out: Path, seed: int, classes: list[str], regimes: list[str],
     ws = pipeline.open_workspace(cfg)
     timings = {}
     t = time.perf_counter()
-    pipeline.ensure_training(cfg, ws)
+    ensure_training(Context.create(cfg, ws))
     timings["train_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    probe, _ = pipeline.ensure_probe_sets(cfg, ws)
-    pipeline.ensure_stimuli(cfg, ws, probe)
+    probe, _ = ensure_probe_sets(Context.create(cfg, ws))
+    ensure_stimuli(Context.create(cfg, ws), probe)
     timings["stimuli_s"] = time.perf_counter() - t
     if space:  # (the diagnosis's spread in the space, as in the demo)
         t = time.perf_counter()
-        ensure_space(cfg, ws, probe)
+        ensure_space(Context.create(cfg, ws), probe)
         timings["space_s"] = time.perf_counter() - t
     # the seconds of the stages that ran (a stage found done takes none): kept across resumes
     stored = root / "zoo_build.json"
@@ -183,8 +187,9 @@ def seed_scores(out: Path, seed: int, regimes: list[str]) -> dict:
         metric_score_table,
         weightwatcher_alpha,
     )
-    from conceptevo.evolution.stage import run_diagnosis
     from conceptevo.models.checkpoints import find_checkpoints, load_checkpoint
+    from conceptevo.runs import build_model
+    from conceptevo.stages.diagnosis import run_diagnosis
     from conceptevo.workspace import Workspace
 
     root = out / f"seed{seed}"
@@ -208,7 +213,7 @@ def seed_scores(out: Path, seed: int, regimes: list[str]) -> dict:
         ww = []
         arch, kwargs = cfg.arch_of(cfg.run(regime))
         for ck in find_checkpoints(cfg.resolve(cfg.run(regime).checkpoints), regime):
-            model = cfg.build_model(arch, kwargs)
+            model = build_model(cfg, arch, kwargs)
             load_checkpoint(model, ck.path, False, arch)
             alpha = weightwatcher_alpha(model)
             ww.append({"epoch": ck.epoch, "mean_alpha": alpha["mean_alpha"],

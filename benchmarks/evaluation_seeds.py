@@ -29,7 +29,7 @@ def evaluate(root: Path) -> dict:
     import torch
 
     from conceptevo.config import load_config
-    from conceptevo.evaluate.stage import run_evaluation
+    from conceptevo.stages.evaluation import run_evaluation
 
     cfg = load_config(root / "study.toml")
     t = time.perf_counter()

@@ -44,10 +44,11 @@ def main(argv: list[str] | None = None) -> dict:
         sample_queries,
     )
     from conceptevo.evaluate.neurons import collect_neurons, load_checkpoints, space_vectors
-    from conceptevo.evaluate.stage import evaluated_checkpoints, study_config
     from conceptevo.space.image_embedding import ActivationWeights, fidelity
-    from conceptevo.space.stage import base_descriptor, load_base_space
+    from conceptevo.stages.evaluation import evaluated_checkpoints
+    from conceptevo.stages.stimuli import base_descriptor
     from conceptevo.workspace import Workspace
+    from conceptevo.workspace.artifacts import load_base_space, study_config
 
     ws = Workspace(args.workspace)
     cfg = study_config(ws)

@@ -8,7 +8,8 @@ For each training seed the full demo is trained and built as in
 evaluates), the importance of the healthy run is computed for every class and the demo's
 epoch pairs, and each layer's bins of each ranking (ours, the magnitude variant, |dF|, the
 weight-change norm, gradient x activation at the later epoch, activation magnitude, random)
-are reverted to the earlier checkpoint (:func:`conceptevo.evaluate.rankers.compare_rankers`).
+are reverted to the earlier checkpoint
+(:func:`conceptevo.stages.evaluation_rankers.compare_rankers`).
 Writes ``benchmarks/results/rankers.json``: per training seed the ranker table, and pooled
 over the seeds, per ranker and layer, the mean top-bin drop, its min-max over the seeds, the
 monotone share and the share of cases where our top bin hurts more. The README's table is
@@ -37,24 +38,26 @@ def build(root: Path, seed: int, data_from: Path | None) -> None:
     from conceptevo import pipeline
     from conceptevo.config import load_config
     from conceptevo.demo import FULL, importance_pairs
-    from conceptevo.evolution.stage import ensure_importance
+    from conceptevo.stages.context import Context
+    from conceptevo.stages.importance import ensure_importance
 
     run_seed(root, seed, data_from)
     cfg = load_config(root / "study.toml")
     ws = pipeline.open_workspace(cfg)
     probe, heldout = ws.load_probe(), ws.load_probe("heldout")
-    ensure_importance(cfg, ws, probe, heldout, "healthy", list(range(len(probe.classes))),
-                      importance_pairs(FULL.epochs))
+    ensure_importance(Context.create(cfg, ws), probe, heldout, "healthy",
+                      list(range(len(probe.classes))), importance_pairs(FULL.epochs))
 
 
 def compare(root: Path) -> dict:
     from conceptevo.config import load_config
-    from conceptevo.evaluate.rankers import compare_rankers
+    from conceptevo.stages.context import Context
+    from conceptevo.stages.evaluation_rankers import compare_rankers
     from conceptevo.workspace import Workspace
 
     cfg = load_config(root / "study.toml")
     t = time.perf_counter()
-    table = compare_rankers(cfg, Workspace(root), max_classes=100_000)
+    table = compare_rankers(Context.create(cfg, Workspace(root)), max_classes=100_000)
     if table is None:
         raise SystemExit(f"{root}: no stored importance; run with --build")
     table["seconds"] = round(time.perf_counter() - t, 1)

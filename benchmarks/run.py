@@ -355,6 +355,9 @@ def _checkpoint_scaling(sizes: list[int], n_images: int, repeats: int) -> dict:
     from conceptevo.config import load_config
     from conceptevo.data.concept_world import ConceptWorld
     from conceptevo.models.registry import build_model
+    from conceptevo.stages.context import Context
+    from conceptevo.stages.probe import ensure_probe_sets
+    from conceptevo.stages.stimuli import ensure_stimuli
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -389,12 +392,12 @@ checkpoints = "ckpt_{n}/epoch_{{epoch}}.pt"
 """)
             cfg = load_config(root / f"study_{n}.toml")
             ws = pipeline.open_workspace(cfg)
-            probe, _ = pipeline.ensure_probe_sets(cfg, ws)
+            probe, _ = ensure_probe_sets(Context.create(cfg, ws))
             log(f"scaling: stimuli stage of {n} checkpoint(s), {len(probe)} probe images")
 
             def stage(cfg=cfg, ws=ws, probe=probe):
                 shutil.rmtree(ws.root / "stimuli", ignore_errors=True)
-                pipeline.ensure_stimuli(cfg, ws, probe)
+                ensure_stimuli(Context.create(cfg, ws), probe)
 
             if not times:
                 stage()  # warm-up
@@ -416,6 +419,11 @@ def e2e_stage(stage: str, root: str, size_name: str, importance_classes: int | N
     from conceptevo import pipeline
     from conceptevo.config import load_config
     from conceptevo.demo import importance_pairs, prepare_data, study_toml
+    from conceptevo.stages.context import Context
+    from conceptevo.stages.figures import write_space_figures
+    from conceptevo.stages.probe import ensure_probe_sets
+    from conceptevo.stages.stimuli import ensure_stimuli
+    from conceptevo.stages.train import ensure_training
     from conceptevo.workspace import Workspace
 
     size = _demo_size(size_name)
@@ -432,34 +440,34 @@ def e2e_stage(stage: str, root: str, size_name: str, importance_classes: int | N
         cfg = load_config(root_p / "study.toml")
         ws = Workspace(root_p)
         if stage == "training":
-            pipeline.ensure_training(cfg, pipeline.open_workspace(cfg))
+            ensure_training(Context.create(cfg, pipeline.open_workspace(cfg)))
             info["runs"], info["epochs"] = len(cfg.runs), size.epochs
         elif stage == "stimuli":
-            probe, _ = pipeline.ensure_probe_sets(cfg, ws)
-            report = pipeline.ensure_stimuli(cfg, ws, probe)
+            probe, _ = ensure_probe_sets(Context.create(cfg, ws))
+            report = ensure_stimuli(Context.create(cfg, ws), probe)
             info["checkpoints"] = len(report.computed) + len(report.skipped)
             info["probe_images"] = len(probe)
         elif stage == "space":
-            from conceptevo.space.stage import ensure_space
+            from conceptevo.stages.space import ensure_space
 
             probe = ws.load_probe()
-            ensure_space(cfg, ws, probe)
-            pipeline.write_space_figures(ws)
+            ensure_space(Context.create(cfg, ws), probe)
+            write_space_figures(ws)
         elif stage == "importance":
-            from conceptevo.evolution.stage import ensure_importance
+            from conceptevo.stages.importance import ensure_importance
 
             probe = ws.load_probe()
             heldout = ws.load_probe("heldout")
             pairs = importance_pairs(size.epochs)
             classes = list(range(len(probe.classes)))[:importance_classes]
-            ensure_importance(cfg, ws, probe, heldout, "healthy", classes, pairs)
+            ensure_importance(Context.create(cfg, ws), probe, heldout, "healthy", classes, pairs)
             info["classes"], info["pairs"] = len(classes), len(pairs)
         elif stage == "diagnosis":
-            from conceptevo.evolution.stage import run_diagnosis
+            from conceptevo.stages.diagnosis import run_diagnosis
 
             info["report"] = run_diagnosis(ws)
         elif stage == "evaluation":
-            from conceptevo.evaluate.stage import run_evaluation
+            from conceptevo.stages.evaluation import run_evaluation
 
             alignment = run_evaluation(cfg, ws)["alignment"]
             info["alignment"] = {m: {"auc": round(r["auc"], 3),

@@ -20,6 +20,8 @@ from conceptevo.config import load_config
 from conceptevo.data.probe import load_image_folder
 from conceptevo.errors import CheckpointError, ConfigError, ProbeSetError, WorkspaceError
 from conceptevo.models.checkpoints import find_checkpoints
+from conceptevo.stages.context import Context
+from conceptevo.stages.probe import ensure_probe_sets
 from conceptevo.workspace import SCHEMA_VERSION, Workspace, atomic
 
 
@@ -85,7 +87,7 @@ def test_odd_modes_and_sizes_are_converted_and_recorded(tmp_path, vgg_checkpoint
     Image.fromarray(levels).save(root / "b" / "sixteen_bit.png")
     cfg = load_config(stimuli_config(tmp_path, root, vgg_checkpoints))
     ws = pipeline.open_workspace(cfg)
-    probe, _ = pipeline.ensure_probe_sets(cfg, ws)
+    probe, _ = ensure_probe_sets(Context.create(cfg, ws))
     assert probe.images.shape == (8, 16, 16, 3)
     info = ws.probe_meta()["info"]
     assert info["converted_modes"] == {"P": 1, "LA": 1, "CMYK": 1, "I;16": 1}
@@ -111,7 +113,7 @@ def test_unreadable_images_are_rejected_with_their_path_or_skipped(tmp_path, vgg
                                              "image_size = 16\nskip_unreadable = true"))
     cfg = load_config(path)
     ws = pipeline.open_workspace(cfg)
-    probe, _ = pipeline.ensure_probe_sets(cfg, ws)
+    probe, _ = ensure_probe_sets(Context.create(cfg, ws))
     meta = ws.probe_meta()
     assert meta["n_images"] == len(probe) == 10 and meta["info"]["n_skipped"] == 2
     assert sorted(meta["info"]["skipped"]) == ["dog/img_01.png", "eel/img_02.png"]
@@ -274,7 +276,7 @@ def test_a_full_disk_while_the_probe_images_are_reserved(tmp_path, image_folder,
     cfg = load_config(stimuli_config(tmp_path, image_folder, vgg_checkpoints))
     ws = pipeline.open_workspace(cfg)
     with pytest.raises(WorkspaceError, match=r"probe/images\.npy: No space left on device"):
-        pipeline.ensure_probe_sets(cfg, ws)
+        ensure_probe_sets(Context.create(cfg, ws))
     # (study.json is recorded once the probe sets are decoded: not here)
     assert sorted(p.name for p in ws.root.iterdir() if not p.name.startswith(".")) == [
         "conceptevo.json", "probe"]

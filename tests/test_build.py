@@ -12,8 +12,10 @@ from conceptevo.cli import main
 from conceptevo.config import load_config
 from conceptevo.data.concept_world import ConceptWorld
 from conceptevo.errors import WorkspaceError
-from conceptevo.pipeline import ensure_training, open_workspace, run_build
+from conceptevo.pipeline import open_workspace, run_build
 from conceptevo.space.image_embedding import ActivationWeights, fidelity, project
+from conceptevo.stages.context import Context
+from conceptevo.stages.train import ensure_training
 from conceptevo.workspace import Workspace, atomic
 
 MODEL = "kwargs = { num_classes = 12, widths = [4, 8, 8], depth = 1, hidden = 8 }"
@@ -63,7 +65,7 @@ def study(tmp_path_factory):
     world.write_image_folder(root / "data" / "train", 192, split="train")
     world.write_image_folder(root / "data" / "val", 48, split="val")
     cfg = load_config(write_config(root))
-    ensure_training(cfg, open_workspace(cfg))
+    ensure_training(Context.create(cfg, open_workspace(cfg)))
     out = run_build(cfg)
     return root, cfg, out
 

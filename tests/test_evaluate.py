@@ -224,7 +224,7 @@ def test_a_method_whose_neighbours_never_share_a_concept_has_no_auc(tmp_path):
     """A method with no positive candidate (the ViT demo's per-model spaces) has an undefined
     AUC: reported as n/a, not a crash, and left out of the baselines to beat."""
     from conceptevo.evaluate.alignment import StudyResult
-    from conceptevo.evaluate.stage import comparison, evaluation_text, headline
+    from conceptevo.stages.evaluation import comparison, evaluation_text, headline
     from conceptevo.viz import plot_auc_by_depth, plot_roc
 
     groups = np.repeat(np.arange(20), 6)

@@ -10,14 +10,17 @@ from conceptevo.cli import main
 from conceptevo.config import load_config
 from conceptevo.data.concept_world import ConceptWorld
 from conceptevo.errors import CheckpointError, ConfigError
-from conceptevo.evolution.stage import (
+from conceptevo.models.checkpoints import Checkpoint
+from conceptevo.pipeline import open_workspace
+from conceptevo.stages.context import Context
+from conceptevo.stages.importance import (
     ensure_importance,
     load_importance,
     resolve_class,
     resolve_pair,
 )
-from conceptevo.models.checkpoints import Checkpoint
-from conceptevo.pipeline import ensure_probe_sets, ensure_training, open_workspace
+from conceptevo.stages.probe import ensure_probe_sets
+from conceptevo.stages.train import ensure_training
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +57,8 @@ train = { regime = "healthy", epochs = 2, batch_size = 32 }
 """)
     cfg = load_config(path)
     ws = open_workspace(cfg)
-    ensure_training(cfg, ws)
-    probe, heldout = ensure_probe_sets(cfg, ws)
+    ensure_training(Context.create(cfg, ws))
+    probe, heldout = ensure_probe_sets(Context.create(cfg, ws))
     return cfg, ws, probe, heldout, path
 
 
@@ -89,11 +92,11 @@ def test_cli_stores_and_exports_importance(study, tmp_path, capsys):
 
 def test_default_pair_and_cache(study):
     cfg, ws, probe, heldout, _ = study
-    first = ensure_importance(cfg, ws, probe, heldout, "r", [0], [(None, None)])
+    first = ensure_importance(Context.create(cfg, ws), probe, heldout, "r", [0], [(None, None)])
     assert (first[0]["from"], first[0]["to"]) == (1, 2)
     path = ws.path("importance", "r", "c000", "from_0001_to_0002.npz")
     stamp = path.stat().st_mtime_ns
-    again = ensure_importance(cfg, ws, probe, heldout, "r", [0], [(1, None)])
+    again = ensure_importance(Context.create(cfg, ws), probe, heldout, "r", [0], [(1, None)])
     assert path.stat().st_mtime_ns == stamp and again[0]["train"] == first[0]["train"]
 
 
@@ -103,18 +106,18 @@ def test_ranking_by_the_mean_is_stored_and_recomputes(study):
     import dataclasses
 
     cfg, ws, probe, heldout, _ = study
-    ensure_importance(cfg, ws, probe, heldout, "r", [1], [(1, 2)])
+    ensure_importance(Context.create(cfg, ws), probe, heldout, "r", [1], [(1, 2)])
     paper, _ = load_importance(ws, "r", 1, 1, 2)
     mean_cfg = dataclasses.replace(cfg, importance=dataclasses.replace(cfg.importance,
                                                                         ranking="mean"))
-    ensure_importance(mean_cfg, ws, probe, heldout, "r", [1], [(1, 2)])
+    ensure_importance(Context.create(mean_cfg, ws), probe, heldout, "r", [1], [(1, 2)])
     mean, _ = load_importance(ws, "r", 1, 1, 2)
     assert (paper.meta["ranking"], mean.meta["ranking"]) == ("fraction", "mean")
     np.testing.assert_array_equal(paper.score, mean.score)
     for info in mean.layers:
         sl = slice(info.offset, info.offset + info.channels)
         assert np.all(np.diff(mean.mean_sensitivity[sl][np.argsort(mean.rank[sl])]) <= 0)
-    ensure_importance(cfg, ws, probe, heldout, "r", [1], [(1, 2)])
+    ensure_importance(Context.create(cfg, ws), probe, heldout, "r", [1], [(1, 2)])
     assert load_importance(ws, "r", 1, 1, 2)[0].meta["ranking"] == "fraction"
 
 
@@ -137,7 +140,7 @@ def test_errors_name_what_is_wrong(study):
     empty = heldout.__class__(heldout.images[:0], heldout.labels[:0], [], heldout.classes,
                               heldout.mean, heldout.std, dict(heldout.info))
     with pytest.raises(ConfigError, match="no image in the held-out set"):
-        ensure_importance(cfg, ws, probe, empty, "r", [1], [(0, 1)])
+        ensure_importance(Context.create(cfg, ws), probe, empty, "r", [1], [(0, 1)])
     assert main(["-q", "importance", "--config", str(path), "--run", "nope",
                  "--all-classes"]) == 2
     assert main(["-q", "importance", "--config", str(path), "--run", "r"]) == 2

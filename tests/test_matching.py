@@ -173,7 +173,7 @@ def test_class_labels_follow_the_share_of_stimuli():
 
 
 def test_ours_wins_a_seed_only_with_a_disjoint_interval_against_every_baseline():
-    from conceptevo.evaluate.stage import comparison, headline
+    from conceptevo.stages.evaluation import comparison, headline
 
     def method(title, rows):
         aucs = [r[0] for r in rows if r[0] is not None]

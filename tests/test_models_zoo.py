@@ -379,8 +379,8 @@ def check_study(cli, cfg, root, layer_names: list[str]) -> None:
     assert code == 0, err
     code, out, err = cli("importance", "--config", cfg, "--run", "a", "--class", "cat")
     assert code == 0, err
-    from conceptevo.evolution.stage import load_importance, stored_importance
     from conceptevo.serve.data import StudyData
+    from conceptevo.stages.importance import load_importance, stored_importance
     from conceptevo.workspace import Workspace
 
     ws = Workspace(root / "ws")

@@ -131,7 +131,7 @@ def importance_accuracy(cli, cfg, class_name: str) -> tuple[float, str]:
                              class_name, "--from", "0", "--to", "1")
     assert code == 0, err
     ws = Workspace(cfg.parent / "ws")
-    from conceptevo.evolution.stage import load_importance, stored_importance
+    from conceptevo.stages.importance import load_importance, stored_importance
 
     (run, c, t, t2), = [s for s in stored_importance(ws)
                         if ws.load_probe().classes[s[1]] == class_name]
@@ -456,7 +456,7 @@ def test_a_factory_that_raises_is_one_error_line(tmp_path, cli):
 
 # ----------------------------------------------------------------------- smaller defaults
 def test_a_reversion_ratio_without_a_random_drop_is_na():
-    from conceptevo.evolution.stage import verification_table
+    from conceptevo.stages.importance import verification_table
 
     rows = [{"from": 1, "to": 2, "train": {"accuracy": 0.5, "top_bin_drop": 0.0,
                                            "other_bins_drop": 0.0, "random_drop": 0.0,
@@ -472,7 +472,7 @@ def test_a_reversion_ratio_without_a_random_drop_is_na():
 def test_a_random_drop_left_by_rounding_is_no_drop():
     """Random reverts whose drops cancel out leave a mean of about 1e-19 (the ViT demo's
     19->20 pair): no ratio of 3e14, in the table and in the evaluation's faithfulness."""
-    from conceptevo.evolution.stage import reversion_ratio, verification_table
+    from conceptevo.stages.importance import reversion_ratio, verification_table
 
     rows = [{"from": 19, "to": 20, "train": {"accuracy": 0.8, "top_bin_drop": 0.001,
                                              "other_bins_drop": 0.0,

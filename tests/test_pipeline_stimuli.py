@@ -10,6 +10,7 @@ from conceptevo import pipeline
 from conceptevo.cli import main
 from conceptevo.config import load_config
 from conceptevo.models.adapter import ModelAdapter
+from conceptevo.stages import stimuli as stimuli_stage
 from conceptevo.stimuli import compute_stimuli
 from conceptevo.workspace import Workspace
 
@@ -42,7 +43,7 @@ def test_interrupted_run_resumes_without_recomputing(tmp_path, image_folder, vgg
     cfg = load_config(write_study(tmp_path, image_folder, vgg_checkpoints.as_posix()))
     calls = []
     armed = [True]
-    real = pipeline.compute_stimuli
+    real = stimuli_stage.compute_stimuli
 
     def dies_on_second_checkpoint(*args, **kwargs):
         calls.append(kwargs["context"])
@@ -50,7 +51,7 @@ def test_interrupted_run_resumes_without_recomputing(tmp_path, image_folder, vgg
             raise Killed  # as if the process died mid-pass
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "compute_stimuli", dies_on_second_checkpoint)
+    monkeypatch.setattr(stimuli_stage, "compute_stimuli", dies_on_second_checkpoint)
     try:
         pipeline.run_stimuli_stage(cfg)
         raise AssertionError("the interruption did not propagate")

@@ -21,7 +21,7 @@ from study_factory import running, served_workspace, write_version
 
 from conceptevo.errors import ConfigError
 from conceptevo.serve import app as serve_app
-from conceptevo.serve import data as data_module
+from conceptevo.serve import consistency as data_module
 from conceptevo.serve.data import StudyData
 
 with warnings.catch_warnings():

@@ -214,9 +214,9 @@ def _feed(acc, acts, where, order, batch):
                                                       (16, False, 1 << 20), (41, True, 52)])
 def test_spilled_activations_are_bit_identical_to_numpy(monkeypatch, tmp_path, batch, shuffle,
                                                         read_bytes):
-    import conceptevo.stimuli as stimuli
+    import conceptevo.spill as spill
 
-    monkeypatch.setattr(stimuli, "SPILL_READ_BYTES", read_bytes)  # many read-back blocks
+    monkeypatch.setattr(spill, "SPILL_READ_BYTES", read_bytes)  # many read-back blocks
     layers, acts, where = _synthetic()
     order = np.random.default_rng(batch).permutation(len(acts)) if shuffle \
         else np.arange(len(acts))
@@ -261,7 +261,7 @@ class _Boom(Exception):
 def test_the_temporary_file_is_removed_on_error_and_interrupt(monkeypatch, tmp_path, failure):
     import tempfile as tempfile_module
 
-    import conceptevo.stimuli as stimuli
+    import conceptevo.spill as spill
 
     opened = []
     real = tempfile_module.TemporaryFile
@@ -271,7 +271,7 @@ def test_the_temporary_file_is_removed_on_error_and_interrupt(monkeypatch, tmp_p
         opened.append((f, kwargs.get("dir")))
         return f
 
-    monkeypatch.setattr(stimuli.tempfile, "TemporaryFile", recording)
+    monkeypatch.setattr(spill.tempfile, "TemporaryFile", recording)
     torch.manual_seed(0)
     model = randomise(TinyVGG(), 1).eval()
     if failure is NonFiniteActivationError:

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from conceptevo import pipeline
 from conceptevo.config import load_config
 from conceptevo.data.concept_world import ConceptWorld
 from conceptevo.data.models import SmallResNet, SmallVGG, SmallViT
 from conceptevo.errors import ConfigError
 from conceptevo.models.checkpoints import find_checkpoints, load_checkpoint
+from conceptevo.stages import train as train_stage
+from conceptevo.stages.context import Context
 from conceptevo.train import (
     RECIPES,
     REGIMES,
@@ -68,7 +69,7 @@ train = {{ regime = "{regime}", epochs = {epochs}, batch_size = 16 }}
 def test_training_writes_a_loadable_checkpoint_per_epoch_and_metrics(tmp_path, world_dirs):
     cfg = study(tmp_path, world_dirs, epochs=2)
     ws = Workspace(cfg.workspace_path, create=True)
-    report = pipeline.ensure_training(cfg, ws)
+    report = train_stage.ensure_training(Context.create(cfg, ws))
     assert report.computed == [("r", 0), ("r", 1), ("r", 2)]
     ckpts = find_checkpoints(tmp_path / "ckpt" / "r")
     assert [c.epoch for c in ckpts] == [0, 1, 2]
@@ -78,16 +79,16 @@ def test_training_writes_a_loadable_checkpoint_per_epoch_and_metrics(tmp_path, w
     assert [r["epoch"] for r in rows] == [0, 1, 2]
     assert all(0 <= r["val_acc"] <= 1 and r["train_loss"] > 0 for r in rows)
     # a finished run is not trained again
-    assert pipeline.ensure_training(cfg, ws).computed == []
+    assert train_stage.ensure_training(Context.create(cfg, ws)).computed == []
 
 
 def test_resumed_training_ends_with_identical_weights(tmp_path, world_dirs, monkeypatch):
     whole = study(tmp_path / "a", world_dirs, epochs=3)
-    pipeline.ensure_training(whole, Workspace(whole.workspace_path, create=True))
+    train_stage.ensure_training(Context.create(whole, Workspace(whole.workspace_path, create=True)))
 
     cfg = study(tmp_path / "b", world_dirs, epochs=3)
     ws = Workspace(cfg.workspace_path, create=True)
-    real = pipeline.save_checkpoint
+    real = train_stage.save_checkpoint
 
     class Killed(BaseException):
         pass
@@ -97,14 +98,14 @@ def test_resumed_training_ends_with_identical_weights(tmp_path, world_dirs, monk
             raise Killed
         real(path, model, epoch, *a)
 
-    monkeypatch.setattr(pipeline, "save_checkpoint", die_at_epoch_2)
+    monkeypatch.setattr(train_stage, "save_checkpoint", die_at_epoch_2)
     try:
-        pipeline.ensure_training(cfg, ws)
+        train_stage.ensure_training(Context.create(cfg, ws))
         raise AssertionError("not interrupted")
     except Killed:
         pass
-    monkeypatch.setattr(pipeline, "save_checkpoint", real)
-    report = pipeline.ensure_training(cfg, ws)
+    monkeypatch.setattr(train_stage, "save_checkpoint", real)
+    report = train_stage.ensure_training(Context.create(cfg, ws))
     assert report.computed == [("r", 2), ("r", 3)]
     a = torch.load(tmp_path / "a" / "ckpt" / "r" / "epoch_0003.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / "ckpt" / "r" / "epoch_0003.pt", weights_only=True)

@@ -172,13 +172,15 @@ def cmd_export(args) -> int:
 def cmd_importance(args) -> int:
     from . import distributed
     from .config import load_config
-    from .evolution.stage import (
+    from .pipeline import open_workspace
+    from .stages.context import Context
+    from .stages.importance import (
         check_class_order_for,
         ensure_importance,
         resolve_class,
         verification_table,
     )
-    from .pipeline import ensure_probe_sets, open_workspace
+    from .stages.probe import ensure_probe_sets
 
     cfg = load_config(args.config)
     if args.trust_checkpoints:
@@ -187,13 +189,14 @@ def cmd_importance(args) -> int:
     if bool(args.classes) == args.all_classes:
         raise ConfigError("give --class C (repeatable) or --all-classes")
     with _writing(cfg.workspace_path, "importance"), distributed.session(cfg.device) as ctx:
-        ws = open_workspace(cfg)  # torchrun: shared out, rank 0 writes
-        probe, heldout = ensure_probe_sets(cfg, ws)
+        study = Context.create(cfg, open_workspace(cfg))  # torchrun: shared out, rank 0 writes
+        ws = study.ws
+        probe, heldout = ensure_probe_sets(study)
         classes = list(range(len(probe.classes))) if args.all_classes else \
             [resolve_class(probe, c) for c in args.classes]
         if ctx.is_main:
-            check_class_order_for(cfg, ws, probe, args.run, args.to_epoch)
-        summaries = ensure_importance(cfg, ws, probe, heldout, args.run, classes,
+            check_class_order_for(study, probe, args.run, args.to_epoch)
+        summaries = ensure_importance(study, probe, heldout, args.run, classes,
                                       [(args.from_epoch, args.to_epoch)])
     if not ctx.is_main:
         return 0
@@ -241,7 +244,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_diagnose(args) -> int:
-    from .evolution.stage import diagnosis_text, run_diagnosis
+    from .stages.diagnosis import diagnosis_text, run_diagnosis
     from .workspace import Workspace
 
     ws = Workspace(args.workspace)
@@ -258,8 +261,9 @@ def cmd_evaluate(args) -> int:
     from pathlib import Path
 
     from .config import load_config
-    from .evaluate.stage import evaluation_text, run_evaluation, study_config
+    from .stages.evaluation import evaluation_text, run_evaluation
     from .workspace import Workspace
+    from .workspace.artifacts import study_config
 
     target = Path(args.workspace)
     if target.is_file():
@@ -285,12 +289,14 @@ def cmd_evaluate(args) -> int:
 
 def cmd_train(args) -> int:
     from .config import load_config
-    from .pipeline import ensure_training, open_workspace
+    from .pipeline import open_workspace
+    from .stages.context import Context
+    from .stages.train import ensure_training
 
     cfg = load_config(args.config)
     with _writing(cfg.workspace_path, "train"):
         ws = open_workspace(cfg)
-        report = ensure_training(cfg, ws, args.run or None)
+        report = ensure_training(Context.create(cfg, ws), args.run or None)
     if not any(r.train is not None for r in cfg.runs):
         print("no run of this config has a `train` table; nothing to train")
         return 0

@@ -36,9 +36,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError
-from .evolution.diagnosis import DiagnosisThresholds
-from .schema import MAX_SEED, bounded, check_field, check_name, check_text
-from .train import TrainConfig
+from .params import (
+    INDIRECT_METHODS,
+    LAYOUTS,
+    PROJECTIONS,
+    RANKINGS,
+    TOKEN_MODES,
+    DiagnosisThresholds,
+    TrainConfig,
+)
+from .schema import MAX_SEED, bounded, check_class_names, check_field, check_name, check_text
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -82,7 +89,6 @@ class ProbeConfig:
         if self.per_class is not None and self.fraction is not None:
             raise ConfigError(f"[{where}] sets both per_class and fraction; keep one")
         if isinstance(self.classes, list):
-            from .data.classes import check_class_names
             check_class_names(self.classes, f"[{where}] classes")
         elif isinstance(self.classes, str) and not self.classes.strip():
             raise ConfigError(f"[{where}] classes must be a list of class names or the path "
@@ -142,8 +148,6 @@ class ModelConfig:
         if self.reduction not in ("max", "mean"):
             raise ConfigError(f"[{where}] reduction must be \"max\" or \"mean\", "
                               f"not {self.reduction!r}")
-        from .models.layouts import LAYOUTS, TOKEN_MODES
-
         if self.tokens not in TOKEN_MODES:
             raise ConfigError(f"[{where}] tokens must be one of "
                               f"{', '.join(map(repr, TOKEN_MODES))}, not {self.tokens!r}")
@@ -269,10 +273,8 @@ class SpaceConfig:
                               f"not {self.umap_metric!r}")
         if self.image_method not in ("normal", "lsqr"):
             raise ConfigError(f"[{where}] image_method must be \"normal\" or \"lsqr\"")
-        from .space.image_embedding import INDIRECT_METHODS
         if self.indirect not in INDIRECT_METHODS:
             raise ConfigError(f"[{where}] indirect must be one of {', '.join(INDIRECT_METHODS)}")
-        from .space.image_embedding import PROJECTIONS
         if self.projection not in PROJECTIONS:
             raise ConfigError(f"[{where}] projection must be one of {', '.join(PROJECTIONS)}")
 
@@ -296,8 +298,6 @@ class ImportanceConfig:
     ranking: str = "fraction"
 
     def validate(self, where: str) -> None:
-        from .evolution.importance import RANKINGS
-
         if self.ranking not in RANKINGS:
             raise ConfigError(f"[{where}] ranking must be one of {', '.join(RANKINGS)}, not "
                               f"{self.ranking!r}")
@@ -442,17 +442,6 @@ class StudyConfig:
         self.probe.image_size = int(size)
         if self.heldout is not None:
             self.heldout.image_size = int(size)
-
-    def build_model(self, arch: str, kwargs: dict | None = None):
-        """The model ``arch`` (a factory only when this configuration may run code). An
-        ``hf:PATH`` to a local config is relative to the config file, like every path."""
-        from .models.registry import build_model
-
-        if isinstance(arch, str) and arch.startswith("hf:"):
-            local = self.resolve(arch[3:])
-            if ("/" in arch[3:] or arch[3:].endswith(".json")) and local.exists():
-                arch = f"hf:{local}"
-        return build_model(arch, kwargs, allow_code=self.allow_code)
 
     def arch_of(self, run: RunConfig) -> tuple[str, dict]:
         return (run.arch or self.model.arch,

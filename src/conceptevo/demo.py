@@ -226,6 +226,15 @@ def run_demo(directory: str | Path, quick: bool = False, size: DemoSize | None =
     be trained again over the other's checkpoints).
     """
     from . import pipeline
+    from .stages.context import Context
+    from .stages.diagnosis import run_diagnosis
+    from .stages.evaluation import ensure_evaluation, evaluation_text
+    from .stages.figures import write_space_figures
+    from .stages.importance import ensure_importance, verification_table
+    from .stages.probe import ensure_probe_sets
+    from .stages.space import ensure_space
+    from .stages.stimuli import ensure_stimuli
+    from .stages.train import ensure_training
 
     t0 = time.perf_counter()
     spec = demo_arch(arch)
@@ -241,38 +250,31 @@ def run_demo(directory: str | Path, quick: bool = False, size: DemoSize | None =
 
     t = time.perf_counter()
     pipeline.open_workspace(cfg)
-    pipeline.ensure_training(cfg, ws)
+    ctx = Context.create(cfg, ws)
+    ensure_training(ctx)
     timings["training"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    probe, _ = pipeline.ensure_probe_sets(cfg, ws)
-    pipeline.ensure_stimuli(cfg, ws, probe)
+    probe, _ = ensure_probe_sets(ctx)
+    ensure_stimuli(ctx, probe)
     timings["stimuli"] = time.perf_counter() - t
 
-    from .space.stage import ensure_space
-
     t = time.perf_counter()
-    ensure_space(cfg, ws, probe)
-    figures = pipeline.write_space_figures(ws)
+    ensure_space(ctx, probe)
+    figures = write_space_figures(ws)
     timings["space"] = time.perf_counter() - t
-
-    from .evolution.stage import ensure_importance, verification_table
 
     t = time.perf_counter()
     heldout = ws.load_probe("heldout")
     pairs = importance_pairs(size.epochs)
     ranked = list(range(len(probe.classes)))[:size.importance_classes]
-    summaries = ensure_importance(cfg, ws, probe, heldout, "healthy", ranked, pairs)
+    summaries = ensure_importance(ctx, probe, heldout, "healthy", ranked, pairs)
     timings["importance"] = time.perf_counter() - t
-
-    from .evolution.stage import run_diagnosis
 
     diagnosis = run_diagnosis(ws)
 
-    from .evaluate.stage import evaluation_text, run_evaluation
-
     t = time.perf_counter()
-    evaluation = run_evaluation(cfg, ws)
+    evaluation = ensure_evaluation(ctx)
     timings["evaluation"] = time.perf_counter() - t
 
     from .report import write_report

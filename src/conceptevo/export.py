@@ -28,8 +28,12 @@ from pathlib import Path
 import numpy as np
 
 from .errors import WorkspaceError
-from .runs import run_order  # noqa: F401  (part of this module's API)
 from .workspace import Workspace, atomic
+from .workspace.artifacts import (  # noqa: F401  (run_order: part of this module's API)
+    load_importance,
+    run_order,
+    stored_importance,
+)
 
 
 class Table:
@@ -211,8 +215,6 @@ def metrics(ws: Workspace) -> Table:
 def importance(ws: Workspace) -> Table:
     """Every stored importance ranking: run, class, from_epoch, to_epoch, layer, channel,
     score, rank (``class`` is the class name)."""
-    from .evolution.stage import load_importance, stored_importance
-
     cols: dict[str, list] = {k: [] for k in ("run", "class", "from_epoch", "to_epoch",
                                              "layer", "channel", "score", "rank")}
     for run, c, t, t2 in stored_importance(ws):
@@ -233,8 +235,6 @@ def importance(ws: Workspace) -> Table:
 def reversion(ws: Workspace) -> Table:
     """Every stored reversion check: run, class, from_epoch, to_epoch, layer, set, split,
     top1, top5 (one row per reverted set and split; ``layer`` is empty for ``set=none``)."""
-    from .evolution.stage import load_importance, stored_importance
-
     cols: dict[str, list] = {k: [] for k in ("run", "class", "from_epoch", "to_epoch",
                                              "layer", "set", "split", "top1", "top5")}
     for run, c, t, t2 in stored_importance(ws):

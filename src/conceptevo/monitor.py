@@ -37,6 +37,7 @@ from .models.adapter import LayerSelection, ModelAdapter
 from .space.image_embedding import project
 from .stimuli import StimuliResult, compute_stimuli
 from .workspace import Workspace, atomic
+from .workspace.artifacts import load_base_space
 
 
 class TrainingIssueWarning(UserWarning):
@@ -164,8 +165,6 @@ class Monitor:
         """(the paper's image embedding, the spread of the base) when the workspace has a
         unified space whose probe set is ours; else None (stimulus-only diagnosis). The
         diagnosis places neurons by their stimuli (see ``run_diagnosis``)."""
-        from .space.stage import load_base_space
-
         if not self.ws.has_space():
             return None
         space = load_base_space(self.ws)

@@ -1,58 +1,33 @@
-"""What every stage needs of a study's runs, below the stages themselves: the device, cache
-keys, the order of the runs, the probe's class order, and each run's model ready for its
-checkpoints. :mod:`conceptevo.pipeline` orders the stages; the stage modules
-(:mod:`conceptevo.space.stage`, :mod:`conceptevo.evolution.stage`, ...) import from here, so
-that none of them imports the pipeline that calls them.
+"""What the stages need of a study's runs, below the stages themselves: the order of the
+runs' checkpoints, the probe's class order, each run's model ready for its checkpoints, and
+the key of a stimulus pass. The stages (:mod:`conceptevo.stages`) import from here;
+``resolve_device`` and ``stable_hash`` live in :mod:`conceptevo.common`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 
 import torch
 
-from . import distributed
+from .common import resolve_device, stable_hash  # noqa: F401 (re-exported)
 from .config import StudyConfig
 from .data.probe import ProbeSet
 from .errors import ConfigError
+from .models import registry
 from .models.adapter import ModelAdapter
 from .models.checkpoints import Checkpoint, find_checkpoints, load_checkpoint
-from .workspace import Workspace
+from .workspace.artifacts import run_order  # noqa: F401 (re-exported)
 
 
-def resolve_device(spec: str = "auto") -> torch.device:
-    """``"auto"`` picks CUDA when available, else the CPU. Under torchrun, a CUDA device
-    without an index is this process's GPU, ``cuda:LOCAL_RANK``."""
-    if spec == "auto":
-        return distributed.device_for("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except (RuntimeError, ValueError, TypeError):
-        raise ConfigError(f"device {spec!r} is not a device; use \"auto\", \"cpu\", \"cuda\", "
-                          "\"cuda:N\" or \"mps\"") from None
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"device {spec!r} cannot run a study; use \"auto\", \"cpu\", "
-                          "\"cuda\", \"cuda:N\" or \"mps\"")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {spec!r} was asked for but CUDA is not available here; "
-                              "use device = \"auto\" or \"cpu\"")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"device {spec!r}: this machine has {torch.cuda.device_count()} "
-                              f"CUDA device(s) (cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) is not None
-                                     and torch.backends.mps.is_available()):
-        raise ConfigError(f"device {spec!r} was asked for but Apple's MPS is not available "
-                          "here; use device = \"auto\" or \"cpu\"")
-    return distributed.device_for(device)
-
-
-def stable_hash(obj) -> str:
-    """A short hash of a JSON-able object (keys sorted): the cache key of a stage."""
-    text = json.dumps(obj, sort_keys=True, default=str)
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+def build_model(cfg: StudyConfig, arch: str, kwargs: dict | None = None) -> torch.nn.Module:
+    """The model ``arch`` of a study (a factory only when ``cfg`` may run code). An
+    ``hf:PATH`` to a local config is relative to the config file, like every path."""
+    if isinstance(arch, str) and arch.startswith("hf:"):
+        local = cfg.resolve(arch[3:])
+        if ("/" in arch[3:] or arch[3:].endswith(".json")) and local.exists():
+            arch = f"hf:{local}"
+    return registry.build_model(arch, kwargs, allow_code=cfg.allow_code)
 
 
 def probe_classes(cfg: StudyConfig) -> tuple[list[str] | None, str]:
@@ -99,7 +74,7 @@ def run_model(cfg: StudyConfig, run_name: str, device: torch.device | str = "cpu
     checkpoints = find_checkpoints(cfg.resolve(run.checkpoints), run.name)
     # channels-last weights (and inputs, see compute_stimuli) make convolutions about twice as
     # fast on CPUs; checkpoints load into them unchanged
-    model = cfg.build_model(arch, kwargs).to(device, memory_format=torch.channels_last).eval()
+    model = build_model(cfg, arch, kwargs).to(device, memory_format=torch.channels_last).eval()
     adapter = ModelAdapter(model, **cfg.model.adapter_options())
     return RunModel(run.name, arch, kwargs, checkpoints, model, adapter)
 
@@ -132,11 +107,3 @@ def check_ranking_sizes(cfg: StudyConfig, probe: ProbeSet, adapter: ModelAdapter
         raise ConfigError(f"[stimuli] k_responsive = {sc.k_responsive} exceeds the "
                           f"{adapter.n_neurons} probed neurons of {what}; lower it or probe more "
                           "layers")
-
-
-def run_order(ws: Workspace, among: list[str] | None = None) -> list[str]:
-    """Runs in the order of the study config: those with stimuli, or those of ``among``
-    (runs the config does not name, e.g. a live Monitor's, follow in sorted order)."""
-    have = ws.stimuli_runs() if among is None else list(among)
-    study = [r["name"] for r in ws.load_study().get("runs", [])]
-    return [r for r in study if r in have] + sorted(set(have) - set(study))

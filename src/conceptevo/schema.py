@@ -93,3 +93,17 @@ def check_name(name: str, where: str, what: str = "run name") -> None:
     if len(name.encode("utf-8")) > MAX_NAME:
         raise ConfigError(f"{where}: {what} {name[:40]!r}... is {len(name.encode('utf-8'))} "
                           f"bytes long; at most {MAX_NAME}")
+
+
+def check_class_names(names: list[str], where: str) -> None:
+    """Non-empty, unique names."""
+    if not names:
+        raise ConfigError(f"{where}: the class list is empty; give the class folder names in "
+                          "the model's output order")
+    seen: set[str] = set()
+    for name in names:
+        if not name.strip():
+            raise ConfigError(f"{where}: a class name is blank")
+        if name in seen:
+            raise ConfigError(f"{where}: class {name!r} is listed twice")
+        seen.add(name)

@@ -63,7 +63,7 @@ def save_png(fig, path: str | Path) -> Path:
     return path
 
 
-#: Colours of the alignment study's methods, ours first (see evaluate.stage.METHODS).
+#: Colours of the alignment study's methods, ours first (see evaluate.neurons.METHODS).
 METHOD_COLOURS = ("#c2410c", "#db2777", "#2563eb", "#059669", "#0891b2", "#65a30d",
                   "#7c3aed", "#6b7280")
 

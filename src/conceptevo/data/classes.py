@@ -19,6 +19,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from ..errors import ConfigError
+from ..schema import check_class_names  # noqa: F401 (part of this module's API)
 
 CLASS_FILE = "classes.txt"
 
@@ -39,20 +40,6 @@ def read_class_list(path: str | Path) -> list[str]:
     names = [n for n in names if n and not n.startswith("#")]
     check_class_names(names, str(path))
     return names
-
-
-def check_class_names(names: list[str], where: str) -> None:
-    """Non-empty, unique names."""
-    if not names:
-        raise ConfigError(f"{where}: the class list is empty; give the class folder names in "
-                          "the model's output order")
-    seen: set[str] = set()
-    for name in names:
-        if not name.strip():
-            raise ConfigError(f"{where}: a class name is blank")
-        if name in seen:
-            raise ConfigError(f"{where}: class {name!r} is listed twice")
-        seen.add(name)
 
 
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, n_classes: int,

@@ -1,5 +1,5 @@
 """What ``conceptevo evaluate`` prints: the text of an evaluation report (the JSON that
-:func:`conceptevo.evaluate.stage.run_evaluation` writes), its headline and figures."""
+:func:`conceptevo.stages.evaluation.run_evaluation` writes), its headline and figures."""
 
 from __future__ import annotations
 

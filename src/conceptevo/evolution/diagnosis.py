@@ -50,33 +50,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from ..schema import bounded
+from ..params import DiagnosisThresholds  # noqa: F401 (part of this module's API)
 from ..stimuli import StimuliResult
-
-
-@dataclass
-class DiagnosisThresholds:
-    """Rule thresholds (fractions unless stated)."""
-
-    collapse_dead_degenerate: float = bounded(0.25, 0, 1)  # dead + degenerate share >= this
-    collapse_rise: float = bounded(0.15, 0, 1)     # ... and this much above the first snapshot
-    collapse_diversity_drop: float = bounded(0.10, 0, 1)  # diversity this much below the first
-    stall_turnover: float = bounded(0.15, 0, 1)    # turnover below this: a stalled snapshot
-    stall_snapshots: int = bounded(2, 1, 1000)     # for this many consecutive snapshots
-    overfit_train_acc: float = bounded(0.90, 0, 1)  # training accuracy at least this ...
-    overfit_gap: float = bounded(0.15, 0, 1)       # ... and at least this above validation
-    degenerate_jaccard: float = bounded(0.8, 0, 1, lo_open=True)  # stimuli overlap: the same
-    slow_turnover: float = bounded(0.5, 0, 1)      # slow-learning: turnover below this ...
-    slow_probe_acc: float = bounded(0.5, 0, 1)     # ... while probe accuracy is below this
-    noise_gap: float = bounded(0.12, 0, 1)         # label-noise: probe acc - train acc >= this
-    noise_probe_acc: float = bounded(0.5, 0, 1)    # ... with a probe accuracy of at least this
-    noise_snapshots: int = bounded(2, 1, 1000)     # ... for this many consecutive snapshots
-    frozen_turnover: float = bounded(0.005, 0, 1)   # frozen-layer: its turnover below this ...
-    frozen_others: float = bounded(0.3, 0, 1)     # ... while the others' mean is above this
-    dead_layer: float = bounded(0.95, 0, 1, lo_open=True)  # dead-layer: this share dead
-    shortcut_gap: float = bounded(0.35, 0, 1)      # shortcut: P(c | concept) - P(c | not)
-    shortcut_rest: float = bounded(0.05, 0, 1)     # ... with P(c | not concept) at most this
-    concept_purity: float = bounded(0.6, 0, 1)     # a neuron detects a concept from this purity
 
 
 @dataclass

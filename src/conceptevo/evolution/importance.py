@@ -27,6 +27,7 @@ import torch
 
 from ..models.adapter import LayerInfo, ModelAdapter
 from ..models.layouts import Layout, index_channels, spatial_sum
+from ..params import RANKINGS
 
 
 @contextmanager
@@ -198,7 +199,6 @@ def sensitivity_sums(adapter_t: ModelAdapter, adapter_t2: ModelAdapter,
 
 #: what orders the neurons: the fraction of images with s_n(x) > 0 (the paper's), or the
 #: mean of s_n(x) (the magnitude variant); each breaks its ties by the other
-RANKINGS = ("fraction", "mean")
 
 
 def combine_sensitivity(layers: list[LayerInfo], batches: Sequence[SensitivitySums],

@@ -42,9 +42,8 @@ import torch
 from torch import nn
 
 from ..errors import LayerSelectionError
+from ..params import LAYOUTS, TOKEN_MODES  # noqa: F401 (part of this module's API)
 
-LAYOUTS = ("conv", "nhwc", "tokens", "flat")
-TOKEN_MODES = ("patches", "all", "cls")
 _CHANNEL_FIRST_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.BatchNorm1d,
                         nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d, nn.MaxPool2d,
                         nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)

@@ -37,9 +37,7 @@ import scipy.sparse.linalg as spla
 import torch
 import torch.nn.functional as F
 
-INDIRECT_METHODS = ("neuron-mean", "image-mean", "skipgram")
-#: How a neuron is projected: activation-weighted over the probe set, or its top-k stimuli.
-PROJECTIONS = ("activations", "stimuli")
+from ..params import INDIRECT_METHODS, PROJECTIONS  # noqa: F401 (part of this module's API)
 
 
 def stimulus_matrix(stimuli: np.ndarray, rows: np.ndarray, n_images: int,

@@ -1,5 +1,6 @@
 """The importance stage: which concept evolutions of a run matter for a class, verified by
-reversion, stored in ``importance/<run>/c<class>/from_<t>_to_<t2>.npz``.
+reversion, stored in ``importance/<run>/c<class>/from_<t>_to_<t2>.npz`` (read back with
+:func:`conceptevo.workspace.artifacts.load_importance`).
 
 Each file holds, for one run, class and epoch pair: the importance score, mean sensitivity
 and within-layer rank of every neuron, the class images used, and the reversion table (one
@@ -9,98 +10,36 @@ row per reverted set and split: layer, set, split, top-1, top-5).
 from __future__ import annotations
 
 import logging
-import re
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from .. import distributed
 from ..config import StudyConfig
+from ..data.classes import check_class_order, class_order_message
 from ..data.probe import ProbeSet
 from ..errors import CheckpointError, ConfigError, NonFiniteActivationError
-from ..models.adapter import ModelAdapter, layers_array, layers_from_array
-from ..models.checkpoints import Checkpoint, find_checkpoints, load_checkpoint
-from ..progress import progress_bar
-from ..workspace import Workspace
-from .importance import (
-    ImportanceResult,
+from ..evolution.importance import (
     ReversionPlan,
     combine_sensitivity,
     reversion_counts,
     sensitivity_sums,
 )
+from ..models.adapter import ModelAdapter, layers_array
+from ..models.checkpoints import Checkpoint, find_checkpoints
+from ..progress import progress_bar
+from ..runs import probe_classes, run_model, stimuli_key
+from ..workspace import Workspace
+from ..workspace.artifacts import (  # noqa: F401 (part of this stage's API)
+    SPLITS,
+    Reversion,
+    importance_path,
+    load_importance,
+    stored_importance,
+)
+from .context import Context, cache_key, first_image, open_model, up_to_date
 
 log = logging.getLogger("conceptevo")
-SPLITS = ("train", "heldout")
-
-
-@dataclass
-class Reversion:
-    """Accuracy of M^t' with each set reverted. Arrays of equal length, one row per (set,
-    split): ``layer`` (-1 for the unreverted model), ``set`` ("none", "0".."bins-1" or
-    "random<d>"), ``split`` ("train" / "heldout"), ``top1``, ``top5``."""
-
-    layer: np.ndarray
-    set: np.ndarray
-    split: np.ndarray
-    top1: np.ndarray
-    top5: np.ndarray
-
-    def summary(self, split: str = "train") -> dict:
-        """Mean top-1 drop (from the unreverted model) of the top bin, of the other bins and
-        of the random sets, averaged over layers; and their ratio."""
-        sel = self.split == split
-        if not sel.any():
-            return {}
-        base = float(self.top1[sel & (self.set == "none")][0])
-        drops = base - self.top1
-        top = drops[sel & (self.set == "0")]
-        rand = drops[sel & np.char.startswith(self.set.astype(str), "random")]
-        rest = drops[sel & (self.layer >= 0) & (self.set != "0")
-                     & ~np.char.startswith(self.set.astype(str), "random")]
-        return {"accuracy": base, "top_bin_drop": float(top.mean()),
-                "other_bins_drop": float(rest.mean()) if rest.size else float("nan"),
-                "random_drop": float(rand.mean()) if rand.size else float("nan"),
-                "random_drop_std": float(rand.std()) if rand.size else float("nan")}
-
-
-_IMPORTANCE_FILE = re.compile(r"from_(\d{1,9})_to_(\d{1,9})\.npz")
-_CLASS_DIR = re.compile(r"c(\d{1,6})")
-
-
-def importance_path(ws: Workspace, run: str, class_index: int, t: int, t2: int) -> Path:
-    return ws.path("importance", run, f"c{class_index:03d}", f"from_{t:04d}_to_{t2:04d}.npz")
-
-
-def load_importance(ws: Workspace, run: str, class_index: int, t: int, t2: int
-                    ) -> tuple[ImportanceResult, Reversion]:
-    """The stored importance and reversion of one run, class and epoch pair."""
-    meta, a = ws.load_arrays(importance_path(ws, run, class_index, t, t2))
-    layers = layers_from_array(a["layers"])
-    result = ImportanceResult(layers, a["score"], a["mean_sensitivity"], a["rank"],
-                              a["image_ids"], meta)
-    rev = Reversion(a["rev_layer"], a["rev_set"], a["rev_split"], a["rev_top1"], a["rev_top5"])
-    return result, rev
-
-
-def stored_importance(ws: Workspace) -> list[tuple[str, int, int, int]]:
-    """(run, class, from, to) of every stored importance file."""
-    out = []
-    root = ws.path("importance")
-    if not root.is_dir():
-        return out
-    from ..runs import run_order
-
-    found = []
-    for path in sorted(root.glob("*/c*/from_*_to_*.npz")):
-        m = _IMPORTANCE_FILE.fullmatch(path.name)
-        c = _CLASS_DIR.fullmatch(path.parent.name)
-        if m and c:  # any other file name is not ConceptEvo's: ignored
-            found.append((path.parent.parent.name, int(c.group(1)), int(m.group(1)),
-                          int(m.group(2))))
-    order = {run: i for i, run in enumerate(run_order(ws, sorted({f[0] for f in found})))}
-    return sorted(found, key=lambda f: (order.get(f[0], len(order)), f[1:]))
 
 
 # ------------------------------------------------------------------------ resolution
@@ -166,17 +105,14 @@ def class_images(probe: ProbeSet, class_index: int, limit: int | None, seed: int
     return ids
 
 
-def check_class_order_for(cfg: StudyConfig, ws: Workspace, probe: ProbeSet, run: str,
-                          epoch: int | None = None, per_class: int = 20) -> dict | None:
+def check_class_order_for(ctx: Context, probe: ProbeSet, run: str, epoch: int | None = None,
+                          per_class: int = 20) -> dict | None:
     """The probe accuracy of ``run``'s checkpoint ``epoch`` (default its last), logged, with a
     warning when it is near chance or the class order probably differs from the model's
     output order (:func:`conceptevo.data.classes.check_class_order`). The predictions come
     from the checkpoint's stored stimulus pass when it is up to date, else from a forward pass
     over up to ``per_class`` probe images of each class."""
-    from ..data.classes import check_class_order, class_order_message
-    from ..runs import probe_classes, resolve_device, run_model, stimuli_key
-
-    device = resolve_device(cfg.device)
+    cfg, ws, device = ctx.cfg, ctx.ws, ctx.device
     rm = run_model(cfg, run, device)
     ckpt = rm.checkpoints[-1] if epoch is None else \
         next((c for c in rm.checkpoints if c.epoch == epoch), rm.checkpoints[-1])
@@ -185,7 +121,7 @@ def check_class_order_for(cfg: StudyConfig, ws: Workspace, probe: ProbeSet, run:
     if meta is not None and meta.get("key") == stimuli_key(cfg, probe, rm, ckpt):
         predicted = ws.load_stimuli(run, ckpt.epoch).predicted
     if predicted is None or len(predicted) != len(probe):
-        rng = np.random.default_rng(cfg.seed)
+        rng = np.random.default_rng(ctx.seed)
         ids = np.sort(np.concatenate([
             rng.permutation(probe.class_ids(c))[:per_class] for c in range(len(probe.classes))]))
         rm.load(ckpt.epoch, cfg.trust_checkpoints)
@@ -212,18 +148,15 @@ def check_class_order_for(cfg: StudyConfig, ws: Workspace, probe: ProbeSet, run:
 # ------------------------------------------------------------------------------ stage
 def _key(cfg: StudyConfig, ckpts: dict[int, Checkpoint], t: int, t2: int, class_index: int,
          train_ids: np.ndarray, probe: ProbeSet, heldout: ProbeSet | None) -> str:
-    from ..runs import stable_hash
-
     files = [(str(ckpts[e].path.resolve()), ckpts[e].path.stat().st_size,
               ckpts[e].path.stat().st_mtime_ns) for e in (t, t2)]
     ic = cfg.importance
-    return stable_hash({"files": files, "class": class_index, "ids": train_ids.tolist(),
-                        "probe": probe.info.get("fingerprint"),
-                        "heldout": heldout.info.get("fingerprint") if heldout else None,
-                        "bins": ic.bins, "draws": ic.random_draws, "seed": cfg.seed,
-                        # the default ranking leaves the key (and stored results) as before
-                        **({} if ic.ranking == "fraction" else {"ranking": ic.ranking}),
-                        **cfg.model.neuron_key()})
+    return cache_key(files=files, ids=train_ids.tolist(), probe=probe.info.get("fingerprint"),
+                     heldout=heldout.info.get("fingerprint") if heldout else None,
+                     bins=ic.bins, draws=ic.random_draws, seed=cfg.seed,
+                     # the default ranking leaves the key (and stored results) as before
+                     **({} if ic.ranking == "fraction" else {"ranking": ic.ranking}),
+                     **{"class": class_index}, **cfg.model.neuron_key())
 
 
 def open_pair(cfg: StudyConfig, arch: str, kwargs: dict,
@@ -232,20 +165,15 @@ def open_pair(cfg: StudyConfig, arch: str, kwargs: dict,
     """The adapters of M^t and M^t' (``checkpoints``): each model built, its checkpoint loaded
     (``weights_only`` unless the study trusts its checkpoints), channels-last in eval mode on
     ``device``, and described on the first probe image."""
-    example = probe.tensor([0], device).contiguous(memory_format=torch.channels_last)
-    adapters = []
-    for ckpt in checkpoints:
-        m = cfg.build_model(arch, kwargs)
-        load_checkpoint(m, ckpt.path, cfg.trust_checkpoints, arch)
-        m = m.to(device, memory_format=torch.channels_last).eval()
-        adapters.append(ModelAdapter(m, **cfg.model.adapter_options()))
-        adapters[-1].describe(example)
-    return adapters[0], adapters[1]
+    example = first_image(probe, device)
+    a_t, a_t2 = (open_model(cfg, arch, kwargs, ckpt.path, device, example=example)
+                 for ckpt in checkpoints)
+    return a_t, a_t2
 
 
-def ensure_importance(cfg: StudyConfig, ws: Workspace, probe: ProbeSet,
-                      heldout: ProbeSet | None, run: str, classes: list[int],
-                      pairs: list[tuple[int | None, int | None]]) -> list[dict]:
+def ensure_importance(ctx: Context, probe: ProbeSet, heldout: ProbeSet | None, run: str,
+                      classes: list[int], pairs: list[tuple[int | None, int | None]]
+                      ) -> list[dict]:
     """Importance and reversion of ``run`` for every class of ``classes`` and epoch pair of
     ``pairs`` (either end may be None: see :func:`resolve_pair`); returns one summary per
     (class, pair).
@@ -256,22 +184,19 @@ def ensure_importance(cfg: StudyConfig, ws: Workspace, probe: ProbeSet,
     single process's, bit for bit, and every process needs it for the reversion plan) and
     whose reversion hit counts are summed on rank 0. Rank 0 writes.
     """
-    from .. import distributed
-    from ..runs import resolve_device
-
-    ctx = distributed.current()
+    cfg, ws, device = ctx.cfg, ctx.ws, ctx.device
+    world = distributed.current()
     rc = cfg.run(run)
     arch, kwargs = cfg.arch_of(rc)
     ckpts = {c.epoch: c for c in find_checkpoints(cfg.resolve(rc.checkpoints), run)}
     resolved = [resolve_pair(list(ckpts.values()), run, t, t2) for t, t2 in pairs]
-    device = resolve_device(cfg.device)
     ic = cfg.importance
     if heldout is None:
         log.warning("no [heldout] set in the config: reversion is measured on the probe "
                     "(training) images only")
-    if ctx.enabled:
+    if world.enabled:
         log.info("importance of run %s: classes and their images shared out among %s", run,
-                 ctx.describe())
+                 world.describe())
     stored = []  # (class, t, t2) of every summary, in the order they are returned
     for t, t2 in resolved:
         a_t, a_t2 = open_pair(cfg, arch, kwargs, (ckpts[t], ckpts[t2]), probe, device)
@@ -289,47 +214,48 @@ def ensure_importance(cfg: StudyConfig, ws: Workspace, probe: ProbeSet,
             key = _key(cfg, ckpts, t, t2, c, train_ids, probe, heldout)
             items[c] = (c, train_ids, held_ids, key, importance_path(ws, run, c, t, t2))
         # the classes to compute: rank 0's list, on every process
-        todo_classes = ctx.broadcast([c for c, (*_, key, path) in items.items()
-                                      if ws.arrays_key(path) != key])
+        todo_classes = world.broadcast([c for c, (*_, key, path) in items.items()
+                                        if not up_to_date(ws, path, key)])
         todo = [items[c] for c in todo_classes]
         stored += [(c, t, t2) for c in classes if c not in todo_classes]
         if not todo:
             continue
         try:
-            stored += _importance_pair(cfg, ws, probe, heldout, run, t, t2, a_t, a_t2, todo,
-                                       device, ctx)
+            stored += _importance_pair(ctx, probe, heldout, run, t, t2, a_t, a_t2, todo,
+                                       world)
         except NonFiniteActivationError as e:
             raise NonFiniteActivationError(f"run {run!r}, epochs {t} -> {t2}: {e}") from None
-    ctx.barrier()  # rank 0 has written every file: every process can read them
+    world.barrier()  # rank 0 has written every file: every process can read them
     return [_summary(ws, run, c, t, t2, probe) for c, t, t2 in stored]
 
 
-def _importance_pair(cfg: StudyConfig, ws: Workspace, probe: ProbeSet,
-                     heldout: ProbeSet | None, run: str, t: int, t2: int, a_t: ModelAdapter,
-                     a_t2: ModelAdapter, todo: list, device, ctx) -> list[tuple[int, int, int]]:
+def _importance_pair(ctx: Context, probe: ProbeSet, heldout: ProbeSet | None, run: str,
+                     t: int, t2: int, a_t: ModelAdapter, a_t2: ModelAdapter, todo: list,
+                     world: distributed.Context) -> list[tuple[int, int, int]]:
     """Compute and (rank 0) store the importance of ``todo`` [(class, train ids, held-out
     ids, key, path)] for one epoch pair, shared out among the processes of ``ctx``: whole
     classes, one per process, while at least one per process is left; then the class images
     of the last ones, in blocks of whole batches. Returns (class, t, t2) of each, in order."""
+    cfg, ws, device = ctx.cfg, ctx.ws, ctx.device
     ic = cfg.importance
     stored: list[tuple[int, int, int]] = []
     if a_t.layers_ is None:  # a process may get no image: describe the layers anyway
         x = next(class_batches(probe, todo[0][1][:1], 1, device))[0]
         a_t.describe(x)
         a_t2.describe(x)
-    w = ctx.world_size
+    w = world.world_size
     whole = len(todo) - len(todo) % w
 
     def my_ids(ids: np.ndarray | None) -> np.ndarray | None:
         if ids is None:
             return None
-        block = ctx.shard(-(-len(ids) // ic.batch_size))
+        block = world.shard(-(-len(ids) // ic.batch_size))
         return ids[block.start * ic.batch_size:block.stop * ic.batch_size]
 
     def size(tr, h) -> int:
         return len(tr) * 2 + (len(h) if h is not None else 0)
 
-    n_img = sum(size(*todo[i + ctx.rank][1:3]) for i in range(0, whole, w)) + \
+    n_img = sum(size(*todo[i + world.rank][1:3]) for i in range(0, whole, w)) + \
         sum(size(my_ids(tr), my_ids(h)) for _, tr, h, _, _ in todo[whole:])
 
     def one_class(c, train_ids, held_ids, gather_sums, gather_counts, bar):
@@ -363,7 +289,7 @@ def _importance_pair(cfg: StudyConfig, ws: Workspace, probe: ProbeSet,
     def save(item, result, rows) -> None:
         c, train_ids, held_ids, key, path = item
         stored.append((c, t, t2))
-        if not ctx.is_main:
+        if not world.is_main:
             return
         meta = {"key": key, "run": run, "class": c, "class_name": probe.classes[c],
                 "from_epoch": t, "to_epoch": t2, "ranking": ic.ranking,
@@ -384,15 +310,15 @@ def _importance_pair(cfg: StudyConfig, ws: Workspace, probe: ProbeSet,
 
     with progress_bar(n_img, f"importance {run} {t}->{t2}", "img") as bar:
         for start in range(0, whole, w):
-            c, train_ids, held_ids, _, _ = todo[start + ctx.rank]
+            c, train_ids, held_ids, _, _ = todo[start + world.rank]
             out = one_class(c, train_ids, held_ids, alone, alone, bar)
             for item, (result, rows) in zip(todo[start:start + w],
-                                            ctx.gather(out) or [(None, None)] * w):
+                                            world.gather(out) or [(None, None)] * w):
                 save(item, result, rows)
         for item in todo[whole:]:
             c, train_ids, held_ids, _, _ = item
             save(item, *one_class(c, my_ids(train_ids), my_ids(held_ids),
-                                  ctx.all_gather, ctx.gather, bar))
+                                  world.all_gather, world.gather, bar))
     return stored
 
 
@@ -451,118 +377,3 @@ def verification_table(summaries: list[dict], split: str = "train") -> tuple[str
         lines.append(f"{f'{t}->{t2}':>10} {len(rows):>8} {acc:>9.1%} {top:>8.1%} {other:>11.1%} "
                      f"{rand:>7.1%} +-{spread:>4.1%} {ratio_text}")
     return "\n".join(lines), figures
-
-
-
-# -------------------------------------------------------------------------- diagnosis
-def run_diagnosis(ws: Workspace, thresholds=None, runs: list[str] | None = None) -> dict:
-    """Diagnosis metrics and flags of every run with stimuli (``diagnosis.json``).
-
-    Space metrics (speed, diversity) are computed when the workspace has a unified space of
-    the same probe set; the others need only the stimuli, so a live run is diagnosed from its
-    first snapshots on. The space metrics place neurons by the paper's projection (the mean
-    of the stimuli's image embedding, ``BaseSpace.stimulus_embedding``) whatever projection
-    the space shows, so that their thresholds keep one calibration. ``probe_acc`` is the
-    checkpoint's top-1 accuracy on the probe set (recorded by its stimulus pass). Runs are in
-    the study's order.
-
-    The shortcut rule runs when the probe images' concepts are known (``[evaluation] tags``,
-    or pixel masks: the concept world's).
-    """
-    from dataclasses import asdict
-
-    from ..config import section_from_dict
-    from ..runs import run_order
-    from ..space.image_embedding import project
-    from ..space.stage import load_base_space
-    from ..workspace import atomic
-    from .diagnosis import DiagnosisThresholds, apply_rules, snapshot_metrics, spread
-
-    th = thresholds or section_from_dict(DiagnosisThresholds,
-                                         ws.load_study().get("diagnosis", {}),
-                                         f"{ws.path('study.json')} [diagnosis]")
-    base_spread, e_stim = None, None
-    if ws.has_space():
-        space = load_base_space(ws)
-        base_spread = spread(space.neuron_embedding)
-        e_stim = space.stimulus_embedding.astype(np.float64)
-    out = {"thresholds": asdict(th), "runs": {}}
-    probe = ws.load_probe() if ws.has_probe() else None
-    labels = probe.labels if probe is not None else None
-    concepts, own = _probe_concepts(ws, probe)
-    for run in run_order(ws):
-        if runs is not None and run not in runs:
-            continue
-        recorded = {int(m["epoch"]): m for m in ws.load_metrics(run)}
-        rows, previous, previous_emb = [], None, None
-        for epoch in ws.stimuli_epochs(run):
-            result = ws.load_stimuli(run, epoch)
-            emb = None
-            if base_spread and e_stim is not None and len(e_stim) == result.n_images:
-                emb = project(result.stimuli, e_stim)
-            row = {"epoch": epoch, **snapshot_metrics(
-                result, previous, emb, previous_emb, base_spread, th, labels, concepts, own,
-                list(probe.classes) if probe is not None else None)}
-            for key, value in recorded.get(epoch, {}).items():
-                if key != "epoch" and isinstance(value, (int, float)):
-                    row[key] = value
-            rows.append(row)
-            previous, previous_emb = result, emb
-        out["runs"][run] = {"metrics": rows,
-                            "flags": [f.to_dict() for f in apply_rules(rows, th)]}
-    from ..workspace.lock import file_lock
-
-    with file_lock(ws.path("diagnosis.json")):
-        atomic.write_json(ws.path("diagnosis.json"), out)
-    return out
-
-
-def _probe_concepts(ws: Workspace, probe: ProbeSet | None):
-    """(ImageConcepts, own bool [n_classes, n_concepts]) of the workspace's probe set, from
-    the study's ``[evaluation] tags`` or pixel masks (``study.json``, paths against its
-    ``base_dir``); (None, None) when there are none, or no study to name them."""
-    from ..evaluate.tags import class_concepts, study_concepts
-
-    study = ws.load_study() if probe is not None else None
-    if not isinstance(study, dict) or not isinstance(study.get("probe"), dict):
-        return None, None
-    base = Path(study.get("base_dir") or ".")
-    ev = study.get("evaluation") or {}
-
-    def resolve(value):
-        return None if not value else (base / Path(value).expanduser())
-
-    concepts = study_concepts(resolve(ev.get("tags")), resolve(ev.get("annotations")),
-                              resolve(study["probe"].get("root")) or base, probe)
-    if concepts is None:
-        return None, None
-    return concepts, class_concepts(probe.labels, concepts, len(probe.classes))
-
-
-def diagnosis_text(report: dict) -> str:
-    """The table `conceptevo diagnose` prints."""
-    cols = [("epoch", "{:>5}"), ("train_acc", "{:>9.1%}"), ("val_acc", "{:>8.1%}"),
-            ("turnover", "{:>9.2f}"), ("speed", "{:>6.2f}"), ("dead", "{:>6.1%}"),
-            ("degenerate", "{:>11.1%}"), ("distinct_stimuli", "{:>9.3f}"),
-            ("diversity", "{:>10.2f}")]
-    heads = ["epoch", "train acc", "val acc", "turnover", "speed", "dead", "degenerate",
-             "distinct", "diversity"]
-    widths = [5, 9, 8, 9, 6, 6, 11, 9, 10]
-    lines = []
-    for run, data in report["runs"].items():
-        lines.append(f"run {run}")
-        lines.append("  " + " ".join(f"{h:>{w}}" for h, w in zip(heads, widths)))
-        for row in data["metrics"]:
-            cells = []
-            for (key, fmt), w in zip(cols, widths):
-                value = row.get(key)
-                cells.append(fmt.format(value) if isinstance(value, (int, float))
-                             and value == value else f"{'-':>{w}}")
-            lines.append("  " + " ".join(cells))
-        if data["flags"]:
-            for flag in data["flags"]:
-                lines.append(f"  FLAG epoch {flag['epoch']}: {flag['rule']}: {flag['message']}")
-        else:
-            lines.append("  no flag")
-        lines.append("")
-    return "\n".join(lines).rstrip()
