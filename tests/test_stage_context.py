@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conceptevo.stages.context import cache_key, cached, stored_key, up_to_date
-from conceptevo.workspace import Workspace
+from conceptevo.workspace import Workspace, atomic
 
 
 def test_the_cache_computes_once_per_key_and_again_when_damaged(tmp_path):
@@ -21,22 +21,29 @@ def test_the_cache_computes_once_per_key_and_again_when_damaged(tmp_path):
     def compute(value):
         def run():
             calls.append(value)
-            return {"what": "thing"}, {"x": np.full(3, value, dtype=np.float32)}
+            return np.full(3, value, dtype=np.float32)
         return run
+
+    def through(key, value):
+        """The cache over a typed writer / reader of one array, as the stages use it."""
+        return cached(ws, path, key, compute(value), lambda: ws.load_arrays(path)[1]["x"],
+                      lambda x: ws.save_arrays(path, {"key": key, "what": "thing"}, x=x))
 
     key = cache_key(a=1, b=[2, 3])
     assert key == cache_key(b=[2, 3], a=1) != cache_key(a=1, b=[3, 2])
-    meta, arrays = cached(ws, path, key, compute(1.0))
-    assert meta == {"key": key, "what": "thing"} and calls == [1.0]
-    meta, arrays = cached(ws, path, key, compute(2.0))  # up to date: read, not computed
-    assert calls == [1.0] and np.all(arrays["x"] == 1.0) and up_to_date(ws, path, key)
+    assert np.all(through(key, 1.0) == 1.0) and calls == [1.0]
+    assert ws.load_arrays(path)[0] == {"key": key, "what": "thing"}
+    x = through(key, 2.0)  # up to date: read, not computed
+    assert calls == [1.0] and np.all(x == 1.0) and up_to_date(ws, path, key)
     other = cache_key(a=2)
-    _, arrays = cached(ws, path, other, compute(3.0))  # another key: computed and stored
+    through(other, 3.0)  # another key: computed and stored
     assert calls == [1.0, 3.0] and stored_key(ws, path) == other
     path.write_bytes(b"not an npz")  # damaged: computed again
-    _, arrays = cached(ws, path, other, compute(4.0))
-    assert calls == [1.0, 3.0, 4.0] and np.all(arrays["x"] == 4.0)
+    assert np.all(through(other, 4.0) == 4.0) and calls == [1.0, 3.0, 4.0]
     assert stored_key(ws, ws.path("missing.json")) is None
+    # a JSON artifact's key is its "key" field
+    atomic.write_json(ws.path("thing.json"), {"key": other, "value": 1})
+    assert stored_key(ws, ws.path("thing.json")) == other
 
 
 def test_the_old_entry_points_warn_and_still_work(tmp_path):

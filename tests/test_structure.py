@@ -145,6 +145,47 @@ def test_the_floor_imports_nothing_above_it():
     assert graph["conceptevo.common"] <= {"conceptevo.errors", "conceptevo.distributed"}
 
 
+#: the raw workspace I/O that only ``workspace/`` may do: the artifacts' schema lives there
+RAW_IO = {"save_arrays", "load_arrays", "write_json", "read_json", "write_npz", "load"}
+#: where another module may still do it, and why
+RAW_IO_ALLOWED = {
+    "conceptevo.stages.context": "stored_key reads any artifact's key, whatever its schema",
+    "conceptevo.stages.probe": "maps the probe images it has just written (np.load, mmap)",
+    "conceptevo.evaluate.annotations": "reads the user's annotation file, not the workspace",
+    "conceptevo.data.concept_world": "its own data set files, not the workspace",
+}
+
+
+def raw_io_calls(path: Path) -> list[str]:
+    """Calls ``x.save_arrays(...)``, ``np.load(...)``, ``atomic.write_json(...)``, ... ."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call):
+            f = node.func
+            name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", None)
+            if name in RAW_IO and (name != "load" or (isinstance(f, ast.Attribute)
+                                                      and getattr(f.value, "id", "") == "np")):
+                found.append(f"{name} (line {node.lineno})")
+    return found
+
+
+def test_only_the_workspace_reads_and_writes_artifacts_by_hand():
+    offenders = {}
+    for path in SRC.rglob("*.py"):
+        name = module_name(path, SRC)
+        if name.startswith("conceptevo.workspace") or name in RAW_IO_ALLOWED:
+            continue
+        if calls := raw_io_calls(path):
+            offenders[name] = calls
+    assert not offenders, offenders
+
+
+def test_the_raw_io_checker_sees_method_and_numpy_calls(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("import numpy as np\nws.save_arrays(p, {})\nnp.load(p)\njson.load(f)\n")
+    assert [c.split()[0] for c in raw_io_calls(f)] == ["save_arrays", "load"]
+
+
 def test_no_file_is_too_long_to_read():
     """No Python file over 600 lines but the concept-world generator (and, below, no
     dashboard file over 700): a file that long holds more than one idea."""
@@ -153,8 +194,6 @@ def test_no_file_is_too_long_to_read():
     assert set(long) <= {"data/concept_world.py"}, long
 
 
-@pytest.mark.xfail(strict=True, reason="issue 17, open: serve/static/app.js (2.8k lines) is "
-                   "not split yet; remove this mark when it is")
 def test_no_dashboard_file_is_too_long_to_read():
     static = {p.name: n for p in (SRC / "serve" / "static").iterdir()
               if (n := len(p.read_text(encoding="utf-8").splitlines())) > 700}

@@ -27,14 +27,23 @@ from .space.image_embedding import (
 )
 from .space.map2d import ConceptMap
 from .space.neuron_embedding import NeuronEmbedding
-from .space.unified import BaseSpace, SpaceParams, build_base_space, project_result
+from .space.projection import ActivationWeighted, Projection, StimuliMean
+from .space.unified import (
+    BaseSpace,
+    SpaceParams,
+    UnifiedSpace,
+    build_base_space,
+    project_result,
+)
 from .stimuli import StimuliResult, compute_stimuli
 from .workspace import Workspace
 
 __all__ = [
-    "BaseSpace", "CoActivation", "ConceptEvoError", "ConceptMap", "ConceptWorld", "LayerInfo",
-    "ModelAdapter", "Monitor", "NeuronEmbedding", "ProbeSet", "SpaceParams", "StimuliResult",
-    "StudyConfig", "TrainingIssueWarning", "Workspace", "__version__", "activation_weights",
+    "ActivationWeighted", "BaseSpace", "CoActivation", "ConceptEvoError", "ConceptMap",
+    "ConceptWorld", "LayerInfo",
+    "ModelAdapter", "Monitor", "NeuronEmbedding", "ProbeSet", "Projection", "SpaceParams",
+    "StimuliMean", "StimuliResult", "StudyConfig", "TrainingIssueWarning", "UnifiedSpace",
+    "Workspace", "__version__", "activation_weights",
     "build_base_space", "build_model", "compute_stimuli", "fidelity", "find_checkpoints",
     "from_dataset", "load_checkpoint", "load_config", "load_image_folder", "project",
     "project_result", "select_layers", "solve_image_embedding",

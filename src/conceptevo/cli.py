@@ -120,6 +120,7 @@ def cmd_build(args) -> int:
     from . import distributed
     from .config import load_config
     from .pipeline import run_build
+    from .workspace.artifacts import load_fidelity
 
     cfg = load_config(args.config)
     if args.trust_checkpoints:
@@ -129,7 +130,7 @@ def cmd_build(args) -> int:
     if not ctx.is_main:
         return 0
     ws = out["workspace"]
-    report = ws.read_json(ws.space_path("fidelity.json"))
+    report = load_fidelity(ws)
     fid = report["fidelity"]
     print(f"stimuli: {len(out['stimuli'].computed)} checkpoint(s) computed, "
           f"{len(out['stimuli'].skipped)} up to date")
@@ -263,7 +264,7 @@ def cmd_evaluate(args) -> int:
     from .config import load_config
     from .stages.evaluation import evaluation_text, run_evaluation
     from .workspace import Workspace
-    from .workspace.artifacts import study_config
+    from .workspace.artifacts import evaluation_path, study_config
 
     target = Path(args.workspace)
     if target.is_file():
@@ -281,7 +282,7 @@ def cmd_evaluate(args) -> int:
     else:
         print(evaluation_text(report))
         plots = (report["alignment"] or {}).get("plots") or {}
-        written = [ws.path("evaluation", "evaluation.json")] + \
+        written = [evaluation_path(ws)] + \
             [ws.path(p) for p in plots.values()]
         print(f"\nwritten: {', '.join(map(str, written))}")
     return 0

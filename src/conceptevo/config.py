@@ -37,15 +37,22 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .params import (
-    INDIRECT_METHODS,
     LAYOUTS,
-    PROJECTIONS,
     RANKINGS,
     TOKEN_MODES,
     DiagnosisThresholds,
+    SpaceParams,
     TrainConfig,
 )
-from .schema import MAX_SEED, bounded, check_class_names, check_field, check_name, check_text
+from .schema import (
+    MAX_SEED,
+    bounded,
+    check_class_names,
+    check_field,
+    check_name,
+    check_text,
+    same_as,
+)
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -235,18 +242,17 @@ class SpaceConfig:
     base_arch: str | None = None
     base_kwargs: dict | None = None
     base_checkpoint: str | None = None
-    dim: int = bounded(30, 1, 1024)
-    epochs: int = bounded(20, 1, 1000, why="passes over every co-activated pair")
-    lr: float = bounded(0.01, 0, 10, lo_open=True)
-    negatives: int = bounded(3, 1, 100)
-    batch_size: int = bounded(2048, 1, 10 ** 7)
-    image_method: str = "normal"
-    indirect: str = "neuron-mean"
-    exclude_dead: bool = True
-    projection: str = "activations"
-    temperature: float = bounded(1.0, 0, 100, lo_open=True)
-    ridge: float = bounded(1e-4, 0, 1, lo_open=True, why="relative to the mean of the Gram "
-                                                          "matrix's diagonal")
+    dim: int = same_as(SpaceParams, "dim")
+    epochs: int = same_as(SpaceParams, "epochs")
+    lr: float = same_as(SpaceParams, "lr")
+    negatives: int = same_as(SpaceParams, "negatives")
+    batch_size: int = same_as(SpaceParams, "batch_size")
+    image_method: str = same_as(SpaceParams, "image_method")
+    indirect: str = same_as(SpaceParams, "indirect")
+    exclude_dead: bool = same_as(SpaceParams, "exclude_dead")
+    projection: str = same_as(SpaceParams, "projection")
+    temperature: float = same_as(SpaceParams, "temperature")
+    ridge: float = same_as(SpaceParams, "ridge")
     umap_neighbors: int = bounded(15, 2, 200)
     umap_min_dist: float = bounded(0.1, 0, 1, why="UMAP needs min_dist <= its spread, 1")
     umap_metric: str = "cosine"
@@ -254,7 +260,14 @@ class SpaceConfig:
     @property
     def records_activations(self) -> bool:
         """Whether stimulus passes keep every activation (the projection needs them)."""
-        return self.projection == "activations"
+        return self.params().records_activations
+
+    def params(self, seed: int = 0, device: str = "cpu") -> SpaceParams:
+        """The unified space's hyper-parameters (checked: a :class:`ConfigError` names the
+        setting)."""
+        names = [f.name for f in dataclasses.fields(SpaceParams) if f.name not in ("seed",
+                                                                                   "device")]
+        return SpaceParams(**{n: getattr(self, n) for n in names}, seed=seed, device=device)
 
     def validate(self, where: str, runs: list[RunConfig]) -> None:
         if (self.base_arch is None) != (self.base_checkpoint is None):
@@ -271,12 +284,7 @@ class SpaceConfig:
         if self.umap_metric not in UMAP_METRICS:
             raise ConfigError(f"[{where}] umap_metric must be one of {', '.join(UMAP_METRICS)}, "
                               f"not {self.umap_metric!r}")
-        if self.image_method not in ("normal", "lsqr"):
-            raise ConfigError(f"[{where}] image_method must be \"normal\" or \"lsqr\"")
-        if self.indirect not in INDIRECT_METHODS:
-            raise ConfigError(f"[{where}] indirect must be one of {', '.join(INDIRECT_METHODS)}")
-        if self.projection not in PROJECTIONS:
-            raise ConfigError(f"[{where}] projection must be one of {', '.join(PROJECTIONS)}")
+        self.params().validate(where)
 
 
 @dataclass

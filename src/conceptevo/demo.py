@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .config import load_config
 from .workspace import Workspace
+from .workspace.artifacts import load_fidelity
 
 log = logging.getLogger("conceptevo")
 
@@ -376,7 +377,7 @@ def _command() -> str:
 def space_summary(ws: Workspace) -> dict:
     """The fidelity figures of the unified space, as printed by the demo."""
 
-    report = ws.read_json(ws.space_path("fidelity.json"))
+    report = load_fidelity(ws)
     fid, info = report["fidelity"], report["info"]
     comparison = report["indirect_comparison"]["methods"]
     weighted = report.get("projection", "stimuli") == "activations"

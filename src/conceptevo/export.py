@@ -30,7 +30,9 @@ import numpy as np
 from .errors import WorkspaceError
 from .workspace import Workspace, atomic
 from .workspace.artifacts import (  # noqa: F401  (run_order: part of this module's API)
+    load_base_neurons,
     load_importance,
+    load_projection,
     run_order,
     stored_importance,
 )
@@ -148,7 +150,7 @@ def neurons(ws: Workspace) -> tuple[Table, np.ndarray, np.ndarray, np.ndarray]:
     emb, stim, act = [], [], []
     for run in run_order(ws):
         for epoch in ws.projection_epochs(run):
-            _, proj = ws.load_arrays(ws.projection_path(run, epoch))
+            proj = load_projection(ws, run, epoch)
             s = ws.load_stimuli(run, epoch)
             layer, channel = _layer_columns(s.layers)
             n = s.n_neurons
@@ -175,11 +177,8 @@ def base_neurons(ws: Workspace) -> tuple[Table, np.ndarray]:
     """The base model's neurons (row, layer, channel, run, epoch) and their own v_n
     (float32 [rows, d]; NaN rows are neurons outside the space: dead or never
     co-activated)."""
-    from .models.adapter import layers_from_array
-
-    meta, base = ws.load_arrays(ws.space_path("base.npz"))
-    layer, channel = _layer_columns(layers_from_array(base["layers"]))
-    desc = meta.get("base", {})
+    desc, layers, embedding = load_base_neurons(ws)
+    layer, channel = _layer_columns(layers)
     n = len(layer)
     run = np.full(n, desc.get("run", ""), dtype=object)
     epoch = np.full(n, desc.get("epoch", np.nan), dtype=np.float64)
@@ -187,7 +186,7 @@ def base_neurons(ws: Workspace) -> tuple[Table, np.ndarray]:
         epoch = epoch.astype(np.int64)
     table = Table({"row": np.arange(n), "layer": layer, "channel": channel, "run": run,
                    "epoch": epoch})
-    return table, base["neuron_embedding"].astype(np.float32)
+    return table, embedding
 
 
 def metrics(ws: Workspace) -> Table:

@@ -37,7 +37,7 @@ from .models.adapter import LayerSelection, ModelAdapter
 from .space.image_embedding import project
 from .stimuli import StimuliResult, compute_stimuli
 from .workspace import Workspace, atomic
-from .workspace.artifacts import load_base_space
+from .workspace.artifacts import diagnosis_path, load_base_space, load_diagnosis, save_diagnosis
 
 
 class TrainingIssueWarning(UserWarning):
@@ -170,7 +170,7 @@ class Monitor:
         space = load_base_space(self.ws)
         if len(space.stimulus_embedding) != len(self.probe):
             return None
-        if space.projection == "activations" and not self.record_activations:
+        if space.needs_activations and not self.record_activations:
             raise ConfigError(f"the unified space of {self.ws.root} places neurons by their "
                               "activations, which a snapshot must then record: keep "
                               "Monitor(record_activations=True)")
@@ -179,9 +179,8 @@ class Monitor:
     def _stored_rows(self) -> list[dict]:
         """The run's diagnosis rows already in the workspace (a restarted Monitor), for the
         epochs whose snapshot is stored."""
-        path = self.ws.path("diagnosis.json")
         try:
-            stored = (self.ws.read_json(path) or {}).get("runs", {}).get(self.run, {})
+            stored = (load_diagnosis(self.ws) or {}).get("runs", {}).get(self.run, {})
         except (CorruptArtifactError, AttributeError):
             return []  # a damaged diagnosis: it is rewritten from this snapshot on
         have = set(self.ws.stimuli_epochs(self.run))
@@ -318,10 +317,9 @@ class Monitor:
 
         from .workspace.lock import file_lock
 
-        path = self.ws.path("diagnosis.json")
-        with file_lock(path):  # other runs' rows may be written by another process
+        with file_lock(diagnosis_path(self.ws)):  # other runs' rows: another process's
             try:
-                report = self.ws.read_json(path, {})
+                report = load_diagnosis(self.ws, {})
             except CorruptArtifactError:
                 report = {}
             if not isinstance(report, dict):
@@ -329,4 +327,4 @@ class Monitor:
             report["thresholds"] = asdict(self.thresholds)
             report.setdefault("runs", {})[self.run] = {
                 "metrics": self.rows, "flags": [f.to_dict() for f in self.flags]}
-            atomic.write_json(path, report)
+            save_diagnosis(self.ws, report)

@@ -11,7 +11,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 
 from .errors import ConfigError
-from .schema import MAX_SEED, bounded
+from .schema import MAX_SEED, bounded, check_fields
 
 #: How the indirect image embedding is estimated (:mod:`conceptevo.space.image_embedding`).
 INDIRECT_METHODS = ("neuron-mean", "image-mean", "skipgram")
@@ -23,6 +23,59 @@ RANKINGS = ("fraction", "mean")
 LAYOUTS = ("conv", "nhwc", "tokens", "flat")
 #: Which tokens of a token layer are a neuron's positions.
 TOKEN_MODES = ("patches", "all", "cls")
+
+
+#: How the vocabulary's image embedding is solved (:mod:`conceptevo.space.image_embedding`).
+IMAGE_METHODS = ("normal", "lsqr")
+
+
+@dataclass
+class SpaceParams:
+    """Hyper-parameters of the unified space (:class:`conceptevo.space.unified.UnifiedSpace`);
+    defaults: the reference's (SPEC). Checked when made: a value out of its range or an
+    unknown method name raises :class:`~conceptevo.errors.ConfigError` naming it.
+
+    ``dim``, ``epochs``, ``lr``, ``negatives``, ``batch_size``: the neuron embedding's.
+    ``image_method``: how the vocabulary's image embedding is solved (:data:`IMAGE_METHODS`);
+    ``indirect``: how the other probe images are embedded (:data:`INDIRECT_METHODS`);
+    ``exclude_dead``: leave neurons that never fire out of the space. ``projection``: how a
+    neuron of any checkpoint is placed (:data:`PROJECTIONS`), with the activation-weighted
+    projection's ``temperature`` and ``ridge``. ``seed`` seeds every random step; ``device``
+    is where the torch steps run (it does not change the result beyond float rounding).
+    """
+
+    dim: int = bounded(30, 1, 1024)
+    epochs: int = bounded(20, 1, 1000, why="passes over every co-activated pair")
+    lr: float = bounded(0.01, 0, 10, lo_open=True)
+    negatives: int = bounded(3, 1, 100)
+    batch_size: int = bounded(2048, 1, 10 ** 7)
+    image_method: str = "normal"
+    indirect: str = "neuron-mean"
+    exclude_dead: bool = True
+    projection: str = "activations"
+    temperature: float = bounded(1.0, 0, 100, lo_open=True)
+    ridge: float = bounded(1e-4, 0, 1, lo_open=True, why="relative to the mean of the Gram "
+                                                          "matrix's diagonal")
+    seed: int = bounded(0, 0, MAX_SEED)
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self, where: str = "space") -> None:
+        """Every range and method name; ``where`` names the table in the error."""
+        check_fields(self, where)
+        for name, allowed in (("image_method", IMAGE_METHODS), ("indirect", INDIRECT_METHODS),
+                              ("projection", PROJECTIONS)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"[{where}] {name} must be one of "
+                                  f"{', '.join(map(repr, allowed))}, not "
+                                  f"{getattr(self, name)!r}")
+
+    @property
+    def records_activations(self) -> bool:
+        """Whether stimulus passes must keep every activation (the projection needs them)."""
+        return self.projection == "activations"
 
 
 @dataclass

@@ -147,20 +147,14 @@ def cached_receptive_fields(ws, arch: str, kwargs: dict, layers, image_size: tup
     """
     import json
 
-    from .errors import CorruptArtifactError, WorkspaceError
-    from .workspace import atomic
+    from .errors import WorkspaceError
+    from .workspace.artifacts import load_receptive_fields, save_receptive_fields
 
     key = json.dumps([arch, kwargs, layers, list(image_size)], sort_keys=True)
     if layouts or tokens != "patches" or margin != 0.5:  # (keys of earlier stores unchanged)
         key = json.dumps([arch, kwargs, layers, list(image_size), layouts or {}, tokens,
                           margin], sort_keys=True)
-    path = ws.path("patches", "receptive_fields.json")
-    try:
-        cache = ws.read_json(path, {})
-    except CorruptArtifactError:
-        cache = {}  # recomputed below (or refused, for a model the workspace names)
-    if not isinstance(cache, dict):
-        cache = {}
+    cache = load_receptive_fields(ws)  # damaged: recomputed below (or refused, see below)
     if key not in cache:
         if not allow_code and str(arch).split(":", 1)[0] not in BUILTIN_NAMESPACES:
             raise WorkspaceError(
@@ -176,7 +170,7 @@ def cached_receptive_fields(ws, arch: str, kwargs: dict, layers, image_size: tup
                                tokens=tokens)
         cache[key] = [f.to_dict() for f in receptive_fields(adapter, tuple(image_size),
                                                             margin=margin)]
-        atomic.write_json(ws.contained(path, write=True), cache)
+        save_receptive_fields(ws, cache)
     return [ReceptiveField.from_dict(d) for d in cache[key]]
 
 

@@ -1,8 +1,9 @@
 """``conceptevo report``: the dashboard as one self-contained HTML file.
 
-The page code is the dashboard's own (``serve/static``), inlined; the data it would fetch from
-the server is embedded as ``window.CONCEPTEVO_EMBED = {api: {path: payload}, patches: {url:
-data URI}}``, so the file opens offline, in any browser, with no request to anything.
+The page code is the dashboard's own (``serve/static``: its style and its scripts, inlined in
+the order of ``serve/page.py``'s ``SCRIPTS``); the data it would fetch from the server is
+embedded as ``window.CONCEPTEVO_EMBED = {api: {path: payload}, patches: {url: data URI}}``,
+so the file opens offline, in any browser, with no request to anything.
 
 Embedded: the study, the base map, every checkpoint's points (with their concept labels), the
 metrics, every stored importance result, the evaluation (when ``conceptevo evaluate`` ran);
@@ -20,8 +21,8 @@ import re
 from pathlib import Path
 
 from .progress import progress_bar
-from .serve.app import STATIC
 from .serve.data import BadRequest, StudyData
+from .serve.page import SCRIPTS, STATIC
 from .workspace import atomic
 
 REPORT_PATCHES, REPORT_TILE = 4, 40  # smaller strips than the dashboard's, to keep the file light
@@ -81,21 +82,29 @@ def collect(data: StudyData, patch_epochs: int = 2) -> dict:
 
 
 def render(embed: dict, title: str) -> str:
-    """The HTML page: the dashboard's index.html with its CSS and JS inlined and the data
-    embedded before the code."""
+    """The HTML page: the dashboard's index.html with its CSS and scripts inlined (one inline
+    script per file of SCRIPTS, in their order, each named by a ``sourceURL`` comment) and the
+    data embedded before the code."""
     html = (STATIC / "index.html").read_text(encoding="utf-8")
     css = (STATIC / "style.css").read_text(encoding="utf-8")
-    js = (STATIC / "app.js").read_text(encoding="utf-8")
     payload = script_safe_json(embed)
     link = re.compile(r'<link[^>]*href="/static/style\.css"[^>]*>')
-    script = re.compile(r'<script[^>]*src="/static/app\.js"[^>]*>\s*</script>')
-    if not link.search(html) or not script.search(html):
-        raise RuntimeError("index.html must load /static/style.css with a <link> and "
-                           "/static/app.js with a <script src>")
+    script = re.compile(r'<script[^>]*src="/static/([^"]*)"[^>]*>\s*</script>')
+    loaded = tuple(m.group(1) for m in script.finditer(html))
+    if not link.search(html) or loaded != SCRIPTS:
+        raise RuntimeError("index.html must load /static/style.css with a <link> and the "
+                           f"scripts {', '.join(SCRIPTS)} (serve/page.py: SCRIPTS), in this "
+                           f"order, each with a <script src>; it loads {list(loaded)}")
     html = link.sub(lambda m: f"<style>\n{css}\n</style>", html, count=1)
-    code = js.replace("</script", "<\\/script")
-    html = script.sub(lambda m: "<script>window.CONCEPTEVO_EMBED = " + payload
-                      + ";</script>\n<script>\n" + code + "\n</script>", html, count=1)
+
+    def inline(match: re.Match) -> str:
+        name = match.group(1)
+        code = (STATIC / name).read_text(encoding="utf-8").replace("</script", "<\\/script")
+        data = ("<script>window.CONCEPTEVO_EMBED = " + payload + ";</script>\n"
+                if name == SCRIPTS[0] else "")
+        return f"{data}<script>\n{code}\n//# sourceURL={name}\n</script>"
+
+    html = script.sub(inline, html)
     from html import escape
 
     return re.sub(r"<title>(.*?)</title>",

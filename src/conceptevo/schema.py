@@ -33,6 +33,20 @@ def bounded(default, lo: float, hi: float, *, lo_open: bool = False, items: bool
     return dataclasses.field(default=default, metadata=meta)
 
 
+def same_as(cls, name: str):
+    """A dataclass field with the default and declared range of field ``name`` of the dataclass
+    ``cls``: a config table that exposes an estimator's hyper-parameter declares it once, on
+    the estimator's parameters."""
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    return dataclasses.field(default=f.default, metadata=f.metadata)
+
+
+def check_fields(value, where: str) -> None:
+    """Every declared range of the dataclass instance ``value``; ``where`` names its table."""
+    for f in dataclasses.fields(value):
+        check_field(f, getattr(value, f.name), f"[{where}] {f.name}")
+
+
 def _text(v: float) -> str:
     return f"{v:g}" if isinstance(v, float) else f"{v:,}".replace(",", "_") \
         if abs(v) >= 10 ** 6 else str(v)

@@ -15,21 +15,24 @@ only deep, class-selective neurons get).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from ..config import StudyConfig
+from ..params import SpaceParams
 from ..progress import progress_bar
 from ..space.coactivation import CoActivation
-from ..space.image_embedding import project
 from ..space.neuron_embedding import NeuronEmbedding
-from ..space.unified import BaseSpace, project_known, project_result
+from ..space.projection import Projection, StimuliMean
+from ..space.unified import BaseSpace, project_known
 from ..stimuli import StimuliResult
 from ..workspace import Workspace
-from ..workspace.store import epoch_name
+from ..workspace.artifacts import (  # noqa: F401 (labels_path: re-exported)
+    labels_path,
+    load_labels,
+    load_projection,
+)
 from .labels import ConceptLabels
 from .matching import match_layers, standardise
 
@@ -49,19 +52,6 @@ METHODS: dict[str, str] = {
 }
 #: the methods whose vectors depend on the space (and its seed)
 SPACE_METHODS = ("unified", "stimuli", "no-indirect", "separate", "random")
-
-
-def labels_path(ws: Workspace, run: str, epoch: int) -> Path:
-    return ws.path("evaluation", "labels", run, f"{epoch_name(epoch)}.npz")
-
-
-def load_labels(ws: Workspace, run: str, epoch: int) -> tuple[ConceptLabels, list[str]]:
-    """The stored labels of one checkpoint and the concept names. The stored activation
-    vectors are those on the matching images (meta ``match_ids``), not on the labelling
-    images."""
-    _, a = ws.load_arrays(labels_path(ws, run, epoch))
-    return (ConceptLabels(a["iou"], a["label"], a["threshold"], a["activations"]),
-            json.loads(str(a["concept_names"])))
 
 
 @dataclass
@@ -84,7 +74,7 @@ def load_checkpoints(ws: Workspace, checkpoints: list[tuple[str, int]], activati
     with progress_bar(len(checkpoints), "alignment study: reading", "ckpt") as bar:
         for run, epoch in checkpoints:
             stim = ws.load_stimuli(run, epoch, activations=activations)
-            _, proj = ws.load_arrays(ws.projection_path(run, epoch))
+            proj = load_projection(ws, run, epoch)
             labels = load_labels(ws, run, epoch)[0] if with_labels else None
             out.append(Checkpoint(run, epoch, stim, proj["embedding"].astype(np.float64),
                                   labels))
@@ -183,41 +173,97 @@ def collect_neurons(cfg: StudyConfig, data: list[Checkpoint], image_labels: np.n
                         [(d.run, d.epoch) for d in data], names, iou, usable)
 
 
+class VocabularyMean(StimuliMean):
+    """Baseline: the paper's projection without indirect image embeddings. A neuron is the
+    mean embedding of those of its stimuli that are in the vocabulary (zero when none is)."""
+
+    name = "no-indirect"
+
+    def __init__(self, image_method: str = "normal", seed: int = 0, device: str = "cpu"):
+        super().__init__(image_method, "none", seed, device)
+
+    def with_vocabulary(self, image_embedding: np.ndarray, vocab: np.ndarray
+                        ) -> VocabularyMean:
+        """This baseline on a fitted space's image embedding and vocabulary (no fit)."""
+        self.vocab_ = np.asarray(vocab, dtype=bool)
+        return self.with_embedding(image_embedding)
+
+    def project_stimuli(self, stimuli: np.ndarray) -> np.ndarray:
+        return project_known(stimuli, self._embedding(), self.vocab_)
+
+
+class SeparateEmbedding:
+    """Baseline without unification: each model gets a neuron embedding of its own, by the
+    same algorithm and ``params`` as the base space, on its own co-activation, from its own
+    random start (the n-th model transformed uses seed ``params.seed + n``: a shared start
+    would align the spaces of models of one architecture by channel index, a unification by
+    accident). Neurons that co-activate with no other get NaN rows. Nothing is learned from
+    the base model."""
+
+    name = "separate"
+    needs_activations = False
+
+    def __init__(self, params: SpaceParams):
+        self.params, self.models_ = params, 0
+
+    def fit(self, base: StimuliResult, v: np.ndarray, known: np.ndarray) -> SeparateEmbedding:
+        return self
+
+    def transform(self, result: StimuliResult) -> np.ndarray:
+        p, alive = self.params, ~result.dead
+        coact = CoActivation.from_stimuli(result.stimuli, alive)
+        model = NeuronEmbedding(p.dim, p.epochs, p.lr, p.negatives, p.batch_size,
+                                seed=p.seed + self.models_, device=p.device).fit(coact)
+        self.models_ += 1
+        out = model.embedding_.astype(np.float64)
+        out[~(alive & model.trained_)] = np.nan
+        return out
+
+
+class RandomVectors:
+    """Baseline: a standard normal vector of ``dim`` values per neuron (one generator seeded
+    by ``seed``, drawn from in the order the checkpoints are transformed)."""
+
+    name = "random"
+    needs_activations = False
+
+    def __init__(self, dim: int, seed: int = 0):
+        self.dim, self.rng = dim, np.random.default_rng(seed)
+
+    def fit(self, base: StimuliResult, v: np.ndarray, known: np.ndarray) -> RandomVectors:
+        return self
+
+    def transform(self, result: StimuliResult) -> np.ndarray:
+        return self.rng.standard_normal((result.n_neurons, self.dim))
+
+
+def space_methods(cfg: StudyConfig, space: BaseSpace, seed: int) -> dict[str, Projection]:
+    """The methods of :data:`SPACE_METHODS` on a fitted ``space``, as projections
+    (``seed`` seeds the per-model embeddings and the random vectors); "stimuli" only when
+    the space projects by activations (else it is "unified")."""
+    methods: dict[str, Projection] = {"unified": space.projector()}
+    if space.needs_activations:
+        methods["stimuli"] = StimuliMean().with_embedding(space.stimulus_embedding)
+    methods["no-indirect"] = VocabularyMean().with_vocabulary(space.stimulus_embedding,
+                                                              space.vocab)
+    methods["separate"] = SeparateEmbedding(cfg.space.params(seed=seed + 1000))
+    methods["random"] = RandomVectors(space.stimulus_embedding.shape[1], seed)
+    return methods
+
+
 def space_vectors(cfg: StudyConfig, data: list[Checkpoint], space: BaseSpace, stored: bool,
                   seed: int) -> dict[str, np.ndarray]:
     """The vectors of the space's methods for every neuron of ``data`` (concatenated), from
     ``space`` (``stored``: the workspace's own, whose projections are read, not recomputed);
-    ``seed`` seeds the per-model embeddings and the random vectors."""
-    e = space.stimulus_embedding.astype(np.float64)
-    vocab = space.vocab.astype(bool)
-    weighted = space.projection == "activations"
-    rng = np.random.default_rng(seed)
-    parts: dict[str, list] = {m: [] for m in SPACE_METHODS if weighted or m != "stimuli"}
-    for i, d in enumerate(data):
-        stim = d.stimuli
-        parts["unified"].append(d.projection if stored else
-                                project_result(stim, space).astype(np.float32)
-                                .astype(np.float64))
-        if weighted:
-            parts["stimuli"].append(project(stim.stimuli, e))
-        parts["no-indirect"].append(project_known(stim.stimuli, e, vocab))
-        parts["separate"].append(separate_embedding(stim.stimuli, ~stim.dead, cfg,
-                                                    seed + 1000 + i))
-        parts["random"].append(rng.standard_normal((stim.n_neurons, e.shape[1])))
+    ``seed`` seeds the per-model embeddings and the random vectors. The unified space's
+    vectors are rounded to float32, as the workspace stores them."""
+    methods = space_methods(cfg, space, seed)
+    parts: dict[str, list] = {m: [] for m in methods}
+    for d in data:
+        for name, method in methods.items():
+            if name == "unified":
+                parts[name].append(d.projection if stored else method.transform(d.stimuli)
+                                   .astype(np.float32).astype(np.float64))
+            else:
+                parts[name].append(method.transform(d.stimuli))
     return {m: np.concatenate(v) for m, v in parts.items()}
-
-
-def separate_embedding(stimuli: np.ndarray, alive: np.ndarray, cfg: StudyConfig, seed: int
-                       ) -> np.ndarray:
-    """A neuron embedding of one model alone (the baseline without unification): the same
-    algorithm and parameters as the base space, on this model's co-activation, from its own
-    random start (``seed``: a shared start would align the spaces of models of one
-    architecture by channel index, a unification by accident); NaN rows for neurons that
-    co-activate with no other."""
-    sc = cfg.space
-    coact = CoActivation.from_stimuli(stimuli, alive)
-    model = NeuronEmbedding(sc.dim, sc.epochs, sc.lr, sc.negatives, sc.batch_size,
-                            seed=seed).fit(coact)
-    out = model.embedding_.astype(np.float64)
-    out[~(alive & model.trained_)] = np.nan
-    return out

@@ -33,7 +33,6 @@ import ipaddress
 import logging
 import re
 from collections.abc import Iterable
-from importlib import resources
 from pathlib import Path
 
 import h11
@@ -46,9 +45,9 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..errors import ConfigError, WorkspaceError
 from .data import BadRequest, StudyData, WorkspaceChanging
+from .page import STATIC
 
 log = logging.getLogger("conceptevo")
-STATIC = Path(str(resources.files("conceptevo") / "serve" / "static"))
 MAX_BODY = 64 * 1024  # the API only reads; any large body is refused
 MAX_URL = 2048        # the longest API path is well under 200 characters
 MAX_HEADERS = 16 * 1024  # request headers, all together

@@ -7,7 +7,6 @@ report`` (embedded in the HTML file), so the page code is the same in both.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -23,9 +22,24 @@ from ..patches import (
     image_bytes,
     patch_strip,
 )
-from ..workspace import Workspace, atomic
-from ..workspace.artifacts import importance_path, load_importance, run_order, stored_importance
-from ..workspace.store import corrupt, epoch_name
+from ..workspace import atomic
+from ..workspace.artifacts import (
+    evaluation_path,
+    importance_path,
+    labels_path,
+    load_diagnosis,
+    load_evaluation,
+    load_fidelity,
+    load_importance,
+    load_label_table,
+    load_map,
+    load_projection,
+    map_path,
+    receptive_fields_path,
+    run_order,
+    stored_importance,
+)
+from ..workspace.store import corrupt
 from .consistency import (  # noqa: F401 (BadRequest, WorkspaceChanging: this module's API)
     BadRequest,
     ConsistentReader,
@@ -109,8 +123,8 @@ class StudyData(ConsistentReader):
         return neuron
 
     def _projection(self, run: str, epoch: int) -> dict:
-        path = self.ws.projection_path(run, epoch)
-        return self._cached(path, lambda: _checked_projection(path, self.ws.load_arrays(path)[1]))
+        return self._cached(self.ws.projection_path(run, epoch),
+                            lambda: load_projection(self.ws, run, epoch))
 
     def _stimuli(self, run: str, epoch: int):
         path = self.ws.stimuli_path(run, epoch)
@@ -138,14 +152,14 @@ class StudyData(ConsistentReader):
         """The concept labels of a checkpoint written by ``conceptevo evaluate``, or None when
         it has none: {"names": [n_concepts], "label": int64 [n_neurons] (-1: none), "iou":
         float32 [n_neurons, n_concepts], "best": float32 [n_neurons] (the largest IoU)}."""
-        path = self.ws.path("evaluation", "labels", run, epoch_name(epoch) + ".npz")
+        path = labels_path(self.ws, run, epoch)
         if not path.exists() and not path.is_symlink():
             return None
         try:
-            return self._cached(path, lambda: _load_concepts(self.ws, path,
-                                                             self._n_neurons(run, epoch)))
-        except CorruptArtifactError as e:  # a link out or a FIFO: ignored like a damaged file
-            log.warning("ignoring %s: %s", path, e)
+            return self._cached(path, lambda: load_label_table(self.ws, run, epoch,
+                                                               self._n_neurons(run, epoch)))
+        except (CorruptArtifactError, FileNotFoundError) as e:  # ignored like no labels
+            log.warning("ignoring %s: %s; run `conceptevo evaluate` again", path, e)
             return None
 
     # --------------------------------------------------------------- payloads
@@ -163,10 +177,7 @@ class StudyData(ConsistentReader):
         if not runs:
             raise WorkspaceError(f"workspace {self.ws.root} has no unified space yet; run "
                                  "`conceptevo build --config study.toml` first")
-        fid_path = self.ws.space_path("fidelity.json")
-        fidelity = self.ws.read_json(fid_path, {})
-        if not isinstance(fidelity, dict):
-            raise corrupt(fid_path, "not a JSON object")
+        fidelity = load_fidelity(self.ws, required=False)
         try:
             stored = stored_importance(self.ws)
         except ValueError as e:  # a stray file name under importance/
@@ -202,10 +213,7 @@ class StudyData(ConsistentReader):
         return s, proj
 
     def base(self) -> dict:
-        path = self.ws.space_path("map.npz")
-        coords = self._cached(path, lambda: self.ws.load_arrays(path)[1]).get("coords")
-        if coords is None or coords.ndim != 2 or coords.shape[1] != 2:
-            raise corrupt(path, "it holds no coords array of shape [n, 2]")
+        coords = self._cached(map_path(self.ws), lambda: load_map(self.ws))
         return {"x": _round(coords[:, 0]), "y": _round(coords[:, 1])}
 
     def points(self, run: str, epoch: int) -> dict:
@@ -340,9 +348,7 @@ class StudyData(ConsistentReader):
         for run in run_order(self.ws, self.ws.metric_runs()):
             runs[run] = [{k: v for k, v in row.items() if isinstance(v, (int, float))}
                          for row in self.ws.load_metrics(run)]
-        diagnosis_path = self.ws.path("diagnosis.json")
-        diagnosis = self.ws.read_json(diagnosis_path)
-        return {"runs": runs, "diagnosis": diagnosis}
+        return {"runs": runs, "diagnosis": load_diagnosis(self.ws)}
 
     def importance(self, run: str, class_index: int, t: int, t2: int) -> dict:
         n_classes = len(self.probe.classes)
@@ -397,7 +403,7 @@ class StudyData(ConsistentReader):
                 "reversion": reversion}
 
     def _evaluation_path(self) -> Path:
-        return self.ws.path("evaluation", "evaluation.json")
+        return evaluation_path(self.ws)
 
     def evaluation(self) -> dict:
         """The results of ``conceptevo evaluate`` (``evaluation/evaluation.json``) as stored,
@@ -408,7 +414,7 @@ class StudyData(ConsistentReader):
                              f"`conceptevo evaluate {self.ws.root}` to compute it", 404)
 
         def load() -> dict:
-            value = self.ws.read_json(path)  # a damaged file: CorruptArtifactError (503)
+            value = load_evaluation(self.ws)  # a damaged file: CorruptArtifactError (503)
             if not isinstance(value, dict):
                 raise corrupt(path, "not a JSON object; run `conceptevo evaluate` again")
             return _finite(value)
@@ -421,7 +427,7 @@ class StudyData(ConsistentReader):
         if run in self._rf:
             return self._rf[run]
         # computing missing fields writes them there: never through a link out of the workspace
-        self.ws.contained(self.ws.path("patches", "receptive_fields.json"), write=True)
+        self.ws.contained(receptive_fields_path(self.ws), write=True)
         study = self.ws.load_study()
         spec = next((r for r in study.get("runs", []) if r["name"] == run), {})
         model_cfg = study.get("model", {})
@@ -489,40 +495,6 @@ class StudyData(ConsistentReader):
         return [Image.fromarray(c) for c in
                 crop_patches(self.probe.images, s.stimuli[neuron][:N_PATCHES],
                              s.stimuli_loc[neuron][:N_PATCHES], self.fields(run)[li])]
-
-
-def _checked_projection(path: Path, arrays: dict) -> dict:
-    """The arrays of a projection file, checked to be the ones the payloads index."""
-    coords, dead, emb = (arrays.get(k) for k in ("coords", "dead", "embedding"))
-    if coords is None or dead is None or emb is None:
-        raise corrupt(path, "it lacks coords, dead or embedding")
-    n = len(coords)
-    if coords.shape != (n, 2) or dead.shape != (n,) or emb.ndim != 2 or len(emb) != n:
-        raise corrupt(path, f"coords {coords.shape}, dead {dead.shape} and embedding "
-                            f"{emb.shape} do not describe the same neurons")
-    return arrays
-
-
-def _load_concepts(ws: Workspace, path: Path, n_neurons: int) -> dict | None:
-    """The parts of a concept-label file the dashboard shows (not its activations, the
-    largest array); None, with a warning, when it cannot be read or does not match its
-    checkpoint."""
-    try:
-        with ws.reading(path) as checked, np.load(checked, allow_pickle=False) as z:
-            names = [str(n) for n in json.loads(str(z["concept_names"]))]
-            label = z["label"].astype(np.int64)
-            iou = z["iou"].astype(np.float32)
-    except (CorruptArtifactError, FileNotFoundError) as e:
-        log.warning("ignoring %s: %s; run `conceptevo evaluate` again", path, e)
-        return None
-    if label.shape != (n_neurons,) or iou.shape != (n_neurons, len(names)) or \
-            label.max(initial=-1) >= len(names):
-        log.warning("ignoring %s: labels %s and an IoU table %s for %d neurons and %d "
-                    "concepts; run `conceptevo evaluate` again", path, label.shape, iou.shape,
-                    n_neurons, len(names))
-        return None
-    best = iou.max(1) if len(names) else np.full(n_neurons, np.nan, np.float32)
-    return {"names": names, "label": label, "iou": iou, "best": best}
 
 
 def patch_url(run: str, epoch: int, neuron: int) -> str:

@@ -30,6 +30,7 @@ the same concept closer together (docs/space.md has the measurements).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
@@ -38,6 +39,9 @@ import torch
 import torch.nn.functional as F
 
 from ..params import INDIRECT_METHODS, PROJECTIONS  # noqa: F401 (part of this module's API)
+
+if TYPE_CHECKING:
+    from ..stimuli import StimuliResult
 
 
 def stimulus_matrix(stimuli: np.ndarray, rows: np.ndarray, n_images: int,
@@ -194,6 +198,33 @@ def _indirect_skipgram(targets, responsive, e, known, seed, lr, epochs, negative
             if progress is not None:
                 progress(xb.numel())
     return emb[torch.from_numpy(targets)].double().numpy()
+
+
+def embed_images(base: StimuliResult, v: np.ndarray, known: np.ndarray, method: str,
+                 indirect: str, seed: int = 0, allowed: np.ndarray | None = None,
+                 device: str = "cpu") -> tuple[np.ndarray, np.ndarray, float]:
+    """Image embedding of every probe image: exact least squares on the vocabulary of the
+    ``known`` base neurons (bool [n_base]), ``indirect`` for the other images.
+
+    ``allowed`` (bool [n_images]) restricts the vocabulary (to test the indirect methods).
+    ``indirect="none"`` leaves the other images at zero (they are flagged out of ``vocab``).
+    Returns (e float64 [n_images, d], vocab bool [n_images], rmse on the known neurons).
+    """
+    rows = np.flatnonzero(known)
+    a, vocab_ids = stimulus_matrix(base.stimuli, rows, base.n_images, allowed)
+    nonempty = np.asarray(a.getnnz(axis=1)) > 0
+    a, rows = a[nonempty], rows[nonempty]
+    e_vocab = solve_image_embedding(a, v[rows], method, device=device)
+    err = rmse(a, e_vocab, v[rows])
+    e = np.zeros((base.n_images, v.shape[1]))
+    e[vocab_ids] = e_vocab
+    vocab = np.zeros(base.n_images, dtype=bool)
+    vocab[vocab_ids] = True
+    if indirect != "none":
+        others = np.flatnonzero(~vocab)
+        e[others] = embed_other_images(others, base.responsive, e, vocab, v, known, indirect,
+                                       seed=seed)
+    return e, vocab, err
 
 
 def project(stimuli: np.ndarray, e: np.ndarray) -> np.ndarray:

@@ -1,56 +1,38 @@
 """The unified semantic space, end to end: from the base model's stimuli to the embedding of
 every probe image, ready to project any neuron of any model and epoch.
 
-:func:`build_base_space` chains the steps of ``../../docs/space.md``:
-co-activation -> neuron embedding -> image embedding of the vocabulary -> embedding of the
-other probe images (the paper's projection by stimuli), and, for the activation-weighted
-projection, the image embedding that reproduces the base neurons from their activations.
-:func:`project_result` projects one checkpoint either way. :func:`compare_indirect_methods`
-measures, by holding out part of the vocabulary, how well each way of embedding
-non-vocabulary images preserves the space.
+:class:`UnifiedSpace` is the estimator: ``UnifiedSpace(params).fit(base_stimuli)`` chains the
+steps of ``../../docs/space.md`` (co-activation -> neuron embedding -> the image embedding of
+the space's projection method, :mod:`conceptevo.space.projection`), and
+``.transform(stimuli_result)`` places every neuron of any checkpoint. What it learned is a
+:class:`BaseSpace`, the form the workspace stores. :func:`compare_indirect_methods` measures,
+by holding out part of the vocabulary, how well each way of embedding non-vocabulary images
+preserves the space.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from ..errors import SpaceError
+from ..params import SpaceParams
 from ..stimuli import StimuliResult
 from .coactivation import CoActivation
-from .image_embedding import (
-    INDIRECT_METHODS,
-    PROJECTIONS,
-    ActivationWeights,
-    embed_other_images,
-    fidelity,
-    project,
-    rmse,
-    solve_image_embedding,
-    stimulus_matrix,
-)
+from .image_embedding import INDIRECT_METHODS, embed_images, fidelity, project
 from .neuron_embedding import NeuronEmbedding
+from .projection import (
+    PROJECTION_METHODS,
+    ActivationWeighted,
+    ImageProjection,
+    StimuliMean,
+)
 
-
-@dataclass
-class SpaceParams:
-    """Parameters of the base space (defaults: the reference's, see SPEC)."""
-
-    dim: int = 30
-    epochs: int = 20
-    lr: float = 0.01
-    negatives: int = 3
-    batch_size: int = 2048
-    image_method: str = "normal"
-    indirect: str = "neuron-mean"
-    exclude_dead: bool = True
-    projection: str = "activations"
-    temperature: float = 1.0
-    ridge: float = 1e-4
-    seed: int = 0
-    device: str = "cpu"
+__all__ = ["BaseSpace", "SpaceParams", "UnifiedSpace", "base_validity", "build_base_space",
+           "compare_indirect_methods", "embed_images", "project_known", "project_result",
+           "projection_method"]
 
 
 @dataclass
@@ -89,50 +71,99 @@ class BaseSpace:
     projection: str = "stimuli"
     temperature: float = 1.0
 
+    @property
+    def needs_activations(self) -> bool:
+        """Whether projecting a checkpoint reads every activation of its stimulus pass."""
+        return PROJECTION_METHODS[self.projection].needs_activations
+
+    def projector(self, device: str = "cpu") -> ImageProjection:
+        """The fitted projection of this space (from its stored image embedding)."""
+        method = (ActivationWeighted(self.temperature, device=device)
+                  if self.projection == ActivationWeighted.name else StimuliMean(device=device))
+        return method.with_embedding(self.image_embedding)
+
+
+def projection_method(params: SpaceParams) -> ImageProjection:
+    """The (unfitted) projection method that ``params`` choose."""
+    if params.projection == ActivationWeighted.name:
+        return ActivationWeighted(params.temperature, params.ridge, params.device)
+    return StimuliMean(params.image_method, params.indirect, params.seed, params.device)
+
 
 def base_validity(base: StimuliResult, exclude_dead: bool = True) -> np.ndarray:
     return ~base.dead if exclude_dead else np.ones(base.n_neurons, dtype=bool)
 
 
+class UnifiedSpace:
+    """The unified space as an estimator (hyper-parameters in :class:`SpaceParams`, checked
+    when they are made).
+
+    ``fit(base)`` learns the space from the base model's stimulus pass: the neuron embedding
+    of its co-activated neurons, the paper's image embedding (:class:`StimuliMean`, always
+    computed: the evaluation compares it) and, for the activation-weighted projection, that
+    method's image embedding. ``transform(result)`` projects every neuron of a checkpoint.
+
+    Fitted attributes: ``space_`` (:class:`BaseSpace`, what the workspace stores) and
+    ``projection_`` (the fitted projection method).
+    """
+
+    def __init__(self, params: SpaceParams | None = None, **overrides):
+        self.params = replace(params or SpaceParams(), **overrides)
+
+    @classmethod
+    def from_space(cls, space: BaseSpace, device: str = "cpu") -> UnifiedSpace:
+        """An estimator fitted to a stored space (``conceptevo.workspace.artifacts``)."""
+        self = cls(projection=space.projection, temperature=space.temperature, device=device)
+        self.space_, self.projection_ = space, space.projector(device)
+        return self
+
+    def fit(self, base: StimuliResult, progress: Callable[[int], None] | None = None
+            ) -> UnifiedSpace:
+        """Neuron embedding, image embedding(s) and indirect embedding from the base stimuli;
+        ``progress(n)`` is called as co-activated pairs are trained on."""
+        params = self.params
+        alive = base_validity(base, params.exclude_dead)
+        coact = CoActivation.from_stimuli(base.stimuli, alive)
+        model = NeuronEmbedding(params.dim, params.epochs, params.lr, params.negatives,
+                                params.batch_size, seed=params.seed, device=params.device)
+        model.fit(coact, progress)
+        valid = alive & model.trained_
+        if valid.sum() < 2:
+            raise SpaceError(
+                f"the base model has {int(valid.sum())} neuron(s) that share a stimulus with "
+                f"another (of {base.n_neurons}; {int((~alive).sum())} dead): a unified space "
+                "needs at least 2. Probe more layers, more probe images or a larger [stimuli] "
+                "k_stimuli, or choose another base checkpoint ([space] base_run / base_epoch)")
+        v = model.embedding_.astype(np.float64)
+        paper = StimuliMean(params.image_method, params.indirect, params.seed,
+                            params.device).fit(base, v, valid)
+        info = {"n_neurons": int(base.n_neurons), "n_valid": int(valid.sum()),
+                "n_dead": int((~alive).sum()), "n_isolated": int((alive & ~model.trained_).sum()),
+                "pairs_per_epoch": int(coact.n_pairs), "n_vocab": int(paper.vocab_.sum()),
+                "n_images": int(base.n_images), "stimuli_rmse": paper.rmse_,
+                "stimuli_fidelity": paper.fidelity_}
+        method = paper if params.projection == StimuliMean.name else \
+            projection_method(params).fit(base, v, valid)
+        emb = model.embedding_.copy()
+        emb[~valid] = np.nan
+        self.space_ = BaseSpace(emb, valid, list(model.loss_), method.image_embedding_,
+                                paper.vocab_, method.rmse_, method.fidelity_, info,
+                                paper.image_embedding_, params.projection, params.temperature)
+        self.projection_ = method
+        return self
+
+    def transform(self, result: StimuliResult) -> np.ndarray:
+        """v~ float64 [n_neurons, d] of every neuron of one checkpoint, by the space's
+        projection (``result`` must hold its activations when the projection needs them)."""
+        if not hasattr(self, "projection_"):
+            raise RuntimeError("UnifiedSpace is not fitted: call fit(base_stimuli) first")
+        return self.projection_.transform(result)
+
+
 def build_base_space(base: StimuliResult, params: SpaceParams,
                      progress: Callable[[int], None] | None = None) -> BaseSpace:
-    """Neuron embedding, image embedding and indirect embedding from the base stimuli."""
-    alive = base_validity(base, params.exclude_dead)
-    coact = CoActivation.from_stimuli(base.stimuli, alive)
-    model = NeuronEmbedding(params.dim, params.epochs, params.lr, params.negatives,
-                            params.batch_size, seed=params.seed, device=params.device)
-    model.fit(coact, progress)
-    valid = alive & model.trained_
-    if valid.sum() < 2:
-        raise SpaceError(
-            f"the base model has {int(valid.sum())} neuron(s) that share a stimulus with another "
-            f"(of {base.n_neurons}; {int((~alive).sum())} dead): a unified space needs at least "
-            "2. Probe more layers, more probe images or a larger [stimuli] k_stimuli, or "
-            "choose another base checkpoint ([space] base_run / base_epoch)")
-    v = model.embedding_.astype(np.float64)
-    e_stim, vocab, err = embed_images(base, v, valid, params.image_method, params.indirect,
-                                      params.seed, device=params.device)
-    e_stim = e_stim.astype(np.float32)  # as stored: the fidelity is that of the stored space
-    rows = np.flatnonzero(valid)
-    fid_stim = fidelity(project(base.stimuli[rows], e_stim.astype(np.float64)), v[rows])
-    info = {"n_neurons": int(base.n_neurons), "n_valid": int(valid.sum()),
-            "n_dead": int((~alive).sum()), "n_isolated": int((alive & ~model.trained_).sum()),
-            "pairs_per_epoch": int(coact.n_pairs), "n_vocab": int(vocab.sum()),
-            "n_images": int(base.n_images), "stimuli_rmse": err, "stimuli_fidelity": fid_stim}
-    e, fid = e_stim, fid_stim
-    if params.projection == "activations":
-        weights = ActivationWeights(base.activations[rows], params.temperature,
-                                    device=params.device, scale=base.activation_scale[rows])
-        e = weights.solve(v[rows], params.ridge).astype(np.float32)
-        projected = weights.project(e)
-        err = float(np.sqrt(((projected - v[rows]) ** 2).sum(1).mean()))
-        fid = fidelity(projected, v[rows])
-    elif params.projection != "stimuli":
-        raise ValueError(f"unknown projection {params.projection!r}; use one of {PROJECTIONS}")
-    emb = model.embedding_.copy()
-    emb[~valid] = np.nan
-    return BaseSpace(emb, valid, list(model.loss_), e, vocab, err, fid, info, e_stim,
-                     params.projection, params.temperature)
+    """``UnifiedSpace(params).fit(base).space_``: the space learned from the base stimuli."""
+    return UnifiedSpace(params).fit(base, progress).space_
 
 
 def project_result(result: StimuliResult, space: BaseSpace, device: str = "cpu"
@@ -140,43 +171,7 @@ def project_result(result: StimuliResult, space: BaseSpace, device: str = "cpu"
     """v~ float64 [n_neurons, d] of every neuron of one checkpoint, by the space's
     projection: activation-weighted over the probe set (``result`` must hold its
     activations; computed on ``device``) or the mean embedding of the neuron's stimuli."""
-    e = np.asarray(space.image_embedding, dtype=np.float64)
-    if space.projection == "activations":
-        if result.activations is None:
-            raise ValueError("the stimulus pass did not record the activations that the "
-                             "activation-weighted projection needs")
-        return ActivationWeights(result.activations, space.temperature, device=device,
-                                 scale=result.activation_scale).project(e)
-    return project(result.stimuli, e)
-
-
-def embed_images(base: StimuliResult, v: np.ndarray, known: np.ndarray, method: str,
-                 indirect: str, seed: int = 0, allowed: np.ndarray | None = None,
-                 device: str = "cpu") -> tuple[np.ndarray, np.ndarray, float]:
-    """Image embedding of every probe image: exact least squares on the vocabulary of the
-    ``known`` base neurons (bool [n_base]), ``indirect`` for the other images.
-
-    ``allowed`` (bool [n_images]) restricts the vocabulary (to test the indirect methods).
-    ``indirect="none"`` leaves the other images at zero (they are flagged out of ``vocab``).
-    Returns (e float64 [n_images, d], vocab bool [n_images], rmse on the known neurons).
-    """
-    rows = np.flatnonzero(known)
-    a, vocab_ids = stimulus_matrix(base.stimuli, rows, base.n_images, allowed)
-    nonempty = np.asarray(a.getnnz(axis=1)) > 0
-    a, rows = a[nonempty], rows[nonempty]
-    e_vocab = solve_image_embedding(a, v[rows], method, device=device)
-    err = rmse(a, e_vocab, v[rows])
-    e = np.zeros((base.n_images, v.shape[1]))
-    e[vocab_ids] = e_vocab
-    vocab = np.zeros(base.n_images, dtype=bool)
-    vocab[vocab_ids] = True
-    if indirect != "none":
-        others = np.flatnonzero(~vocab)
-        e[others] = embed_other_images(others, base.responsive, e, vocab, v, known, indirect,
-                                       seed=seed)
-    return e, vocab, err
-
-
+    return space.projector(device).transform(result)
 def project_known(stimuli: np.ndarray, e: np.ndarray, vocab: np.ndarray) -> np.ndarray:
     """Projection using vocabulary images only (the baseline without indirect embeddings):
     the mean over the stimuli that are in the vocabulary; zero when none is."""

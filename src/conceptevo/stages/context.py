@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -83,6 +84,9 @@ def first_image(probe: ProbeSet, device) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------- the cache
+T = TypeVar("T")
+
+
 def cache_key(**inputs) -> str:
     """The key of an artifact: a hash of everything its content depends on."""
     return stable_hash(inputs)
@@ -104,17 +108,17 @@ def up_to_date(ws: Workspace, path: Path, key: str) -> bool:
     return stored_key(ws, path) == key
 
 
-def cached(ws: Workspace, path: Path, key: str,
-           compute: Callable[[], tuple[dict, dict]]) -> tuple[dict, dict]:
-    """The ``(meta, arrays)`` stored at ``path`` when its key is ``key``; else
-    ``compute() -> (meta, arrays)``, stored atomically with ``key`` in its meta. A damaged
-    file is computed again (with a warning)."""
-    if ws.arrays_key(path) == key:
+def cached(ws: Workspace, path: Path, key: str, compute: Callable[[], T],
+           load: Callable[[], T], save: Callable[[T], None]) -> T:
+    """The artifact at ``path``, read by ``load()`` when its stored key is ``key``; else
+    ``compute()``, written by ``save(value)`` (a typed writer of
+    :mod:`conceptevo.workspace.artifacts` that stores ``key`` with it). A damaged file is
+    computed again (with a warning)."""
+    if stored_key(ws, path) == key:
         try:
-            return ws.load_arrays(path)
+            return load()
         except CorruptArtifactError as e:
             log.warning("%s; computing it again", e)
-    meta, arrays = compute()
-    meta = {"key": key, **meta}
-    ws.save_arrays(path, meta, **arrays)
-    return meta, arrays
+    value = compute()
+    save(value)
+    return value

@@ -14,8 +14,8 @@ from ..data.probe import ProbeSet
 from ..evaluate.tags import class_concepts, study_concepts
 from ..evolution.diagnosis import DiagnosisThresholds, apply_rules, snapshot_metrics, spread
 from ..space.image_embedding import project
-from ..workspace import Workspace, atomic
-from ..workspace.artifacts import load_base_space, run_order
+from ..workspace import Workspace
+from ..workspace.artifacts import diagnosis_path, load_base_space, run_order, save_diagnosis
 from ..workspace.lock import file_lock
 from .context import Context
 
@@ -71,8 +71,8 @@ def run_diagnosis(ws: Workspace, thresholds=None, runs: list[str] | None = None)
             previous, previous_emb = result, emb
         out["runs"][run] = {"metrics": rows,
                             "flags": [f.to_dict() for f in apply_rules(rows, th)]}
-    with file_lock(ws.path("diagnosis.json")):
-        atomic.write_json(ws.path("diagnosis.json"), out)
+    with file_lock(diagnosis_path(ws)):
+        save_diagnosis(ws, out)
     return out
 
 

@@ -16,7 +16,6 @@ them.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -50,20 +49,23 @@ from ..evaluate.neurons import (
     METHODS,
     StudyNeurons,
     collect_neurons,
-    labels_path,
     load_checkpoints,
     space_vectors,
 )
 from ..evaluate.text import evaluation_text, headline  # noqa: F401 (evaluation_text: API)
 from ..progress import progress_bar
 from ..runs import run_model
-from ..space.unified import BaseSpace, build_base_space
+from ..space.unified import BaseSpace, UnifiedSpace
 from ..viz import plot_auc_by_depth, plot_checks, plot_roc
-from ..workspace import Workspace, atomic
+from ..workspace import Workspace
 from ..workspace.artifacts import (  # noqa: F401 (study_config, load_evaluation: API)
+    labels_path,
     load_base_space,
     load_evaluation,
+    load_fidelity,
     load_importance,
+    save_evaluation,
+    save_labels,
     stored_importance,
     study_config,
 )
@@ -155,7 +157,6 @@ def ensure_labels(ctx: Context, probe: ProbeSet, masks: ConceptMasks, match_ids:
     if not n:
         return done
     log.info("concept labels: %d checkpoint(s) on %d annotated images", n, len(masks))
-    names = np.array(json.dumps(masks.concept_names))
     batch = cfg.stimuli.batch_size
     with progress_bar(n * (2 * len(masks) + len(match_ids)), "concept labels", "img") as bar:
         for run, items in todo.items():
@@ -176,12 +177,10 @@ def ensure_labels(ctx: Context, probe: ProbeSet, masks: ConceptMasks, match_ids:
                 acts = activation_vectors(rm.adapter, _tensors(probe, match_ids, batch, device),
                                           device)
                 bar.update(len(match_ids))
-                ws.save_arrays(labels_path(ws, run, epoch),
-                               {"key": key, "run": run, "epoch": epoch,
-                                "probe_ids": masks.probe_ids.tolist(),
-                                "match_ids": match_ids.tolist()},
-                               iou=labels.iou, label=labels.label, threshold=labels.threshold,
-                               activations=acts, concept_names=names)
+                save_labels(ws, run, epoch, replace(labels, activations=acts),
+                            masks.concept_names,
+                            {"key": key, "probe_ids": masks.probe_ids.tolist(),
+                             "match_ids": match_ids.tolist()})
                 done.append((run, epoch))
     return done
 
@@ -207,7 +206,7 @@ def seed_spaces(ctx: Context, probe: ProbeSet, seeds: int) -> list[SeedSpace]:
     """The base space with the study's seed (as stored) and ``seeds - 1`` others (neuron and
     image embeddings rebuilt from the same base stimuli with seeds ``seed + 1, ...``)."""
     cfg, ws = ctx.cfg, ctx.ws
-    stored = ws.read_json(ws.space_path("fidelity.json"))
+    stored = load_fidelity(ws)
     out = [SeedSpace(cfg.seed, load_base_space(ws), True,
                      dict(seed=cfg.seed, rmse=stored["rmse"], **stored["fidelity"]))]
     if seeds > 1:
@@ -215,7 +214,7 @@ def seed_spaces(ctx: Context, probe: ProbeSet, seeds: int) -> list[SeedSpace]:
         params = space_params(ctx)
         with progress_bar(seeds - 1, "the space with other seeds", "seed") as bar:
             for s in range(cfg.seed + 1, cfg.seed + seeds):
-                space = build_base_space(base, replace(params, seed=s))
+                space = UnifiedSpace(params, seed=s).fit(base).space_
                 out.append(SeedSpace(s, space, False,
                                      dict(seed=s, rmse=space.rmse, **space.fidelity)))
                 bar.update(1)
@@ -470,7 +469,7 @@ def ensure_evaluation(ctx: Context) -> dict:
             "docs/concepts.md); the class-level study and the other checks ran")
     spaces = seed_spaces(ctx, probe, ec.seeds)
     stored = spaces[0].space
-    data = load_checkpoints(ws, checkpoints, stored.projection == "activations",
+    data = load_checkpoints(ws, checkpoints, stored.needs_activations,
                             annotations is not None)
     neurons = collect_neurons(cfg, data, probe.labels, stored)
     with progress_bar(len(spaces), "space methods over seeds", "seed") as bar:
@@ -480,7 +479,7 @@ def ensure_evaluation(ctx: Context) -> dict:
             seeds.append((s.seed, {m: v[neurons.rows] for m, v in vectors.items()}))
             bar.update(1)
     del data
-    methods = neurons.methods(stored.projection == "activations")
+    methods = neurons.methods(stored.needs_activations)
     if annotations is not None:
         alignment = run_alignment(neurons, neurons.concept, seeds, methods,
                                   ec.queries_per_layer, ec.neighbours, ec.bootstrap)
@@ -519,7 +518,7 @@ def ensure_evaluation(ctx: Context) -> dict:
     report["headline"] = headline(report["alignment"]) if report["alignment"] else \
         "concept alignment study skipped: no concept masks (the class-level study and the " \
         "annotation-free checks ran)"
-    atomic.write_json(ws.path("evaluation", "evaluation.json"), report)
+    save_evaluation(ws, report)
     return report
 
 

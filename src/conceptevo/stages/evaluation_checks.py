@@ -38,7 +38,7 @@ def invariance_checks(ctx: Context, probe: ProbeSet, space: BaseSpace,
     rm = run_model(cfg, run, device)
     epoch = desc["epoch"] if desc["kind"] == "run" else rm.checkpoints[-1].epoch
     model = rm.load(epoch, cfg.trust_checkpoints)
-    record = space.projection == "activations"
+    record = space.needs_activations
 
     def place(m: nn.Module, what: str):
         """(stimuli, positions as stored, positions from the unrounded activations)."""

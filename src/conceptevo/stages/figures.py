@@ -8,7 +8,7 @@ from pathlib import Path
 from ..patches import cached_receptive_fields
 from ..viz import plot_run_map
 from ..workspace import Workspace
-from ..workspace.artifacts import run_order
+from ..workspace.artifacts import load_map, load_projection, run_order
 from .context import Context
 
 
@@ -21,14 +21,14 @@ def ensure_figures(ctx: Context) -> list[Path]:
 
 def write_space_figures(ws: Workspace) -> list[Path]:
     """``figures/space_<run>.png``: each run's neurons by epoch on the grey base map."""
-    _, base = ws.load_arrays(ws.space_path("map.npz"))
+    base = load_map(ws)
     paths = []
     for run in run_order(ws):
         epochs = ws.projection_epochs(run)
         if not epochs:
             continue
-        coords = [ws.load_arrays(ws.projection_path(run, e))[1]["coords"] for e in epochs]
-        paths.append(plot_run_map(base["coords"], epochs, coords,
+        coords = [load_projection(ws, run, e)["coords"] for e in epochs]
+        paths.append(plot_run_map(base, epochs, coords,
                                   ws.path("figures", f"space_{run}.png"),
                                   f"run {run}: neurons by epoch on the base model (grey)"))
     return paths

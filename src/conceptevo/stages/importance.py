@@ -25,7 +25,7 @@ from ..evolution.importance import (
     reversion_counts,
     sensitivity_sums,
 )
-from ..models.adapter import ModelAdapter, layers_array
+from ..models.adapter import ModelAdapter
 from ..models.checkpoints import Checkpoint, find_checkpoints
 from ..progress import progress_bar
 from ..runs import probe_classes, run_model, stimuli_key
@@ -35,6 +35,7 @@ from ..workspace.artifacts import (  # noqa: F401 (part of this stage's API)
     Reversion,
     importance_path,
     load_importance,
+    save_importance,
     stored_importance,
 )
 from .context import Context, cache_key, first_image, open_model, up_to_date
@@ -287,7 +288,7 @@ def _importance_pair(ctx: Context, probe: ProbeSet, heldout: ProbeSet | None, ru
         return result, rows
 
     def save(item, result, rows) -> None:
-        c, train_ids, held_ids, key, path = item
+        c, train_ids, held_ids, key, _ = item
         stored.append((c, t, t2))
         if not world.is_main:
             return
@@ -296,14 +297,8 @@ def _importance_pair(ctx: Context, probe: ProbeSet, heldout: ProbeSet | None, ru
                 "n_train": int(len(train_ids)),
                 "n_heldout": int(len(held_ids)) if held_ids is not None else 0}
         layer, sets, splits, top1, top5 = (np.array(col) for col in zip(*rows))
-        ws.save_arrays(path, meta, score=result.score,
-                       mean_sensitivity=result.mean_sensitivity, rank=result.rank,
-                       image_ids=result.image_ids,
-                       layers=layers_array(result.layers),
-                       rev_layer=layer.astype(np.int64), rev_set=sets.astype(str),
-                       rev_split=splits.astype(str),
-                       rev_top1=top1.astype(np.float64),
-                       rev_top5=top5.astype(np.float64))
+        save_importance(ws, run, c, t, t2, result, Reversion(layer, sets, splits, top1, top5),
+                        meta)
 
     def alone(x):
         return [x]

@@ -21,21 +21,26 @@ import numpy as np
 
 from ..data.probe import ProbeSet
 from ..errors import CorruptArtifactError, WorkspaceError
-from ..models.adapter import layers_array
 from ..progress import progress_bar
 from ..space.coactivation import CoActivation
 from ..space.map2d import ConceptMap
 from ..space.unified import (
     BaseSpace,
     SpaceParams,
+    UnifiedSpace,
     base_validity,
-    build_base_space,
     compare_indirect_methods,
     project_result,
 )
 from ..stimuli import StimuliResult
-from ..workspace import atomic
-from ..workspace.artifacts import load_base_space
+from ..workspace.artifacts import (
+    load_base_space,
+    load_map,
+    map_path,
+    save_base_space,
+    save_map,
+    save_projection,
+)
 from .context import Context, cache_key, cached, up_to_date
 from .stimuli import base_descriptor, ensure_base_stimuli
 
@@ -45,12 +50,7 @@ log = logging.getLogger("conceptevo")
 # ------------------------------------------------------------------------------- base
 def space_params(ctx: Context) -> SpaceParams:
     """The base space's hyper-parameters, from ``[space]``."""
-    sc = ctx.cfg.space
-    return SpaceParams(dim=sc.dim, epochs=sc.epochs, lr=sc.lr, negatives=sc.negatives,
-                       batch_size=sc.batch_size, image_method=sc.image_method,
-                       indirect=sc.indirect, exclude_dead=sc.exclude_dead,
-                       projection=sc.projection, temperature=sc.temperature, ridge=sc.ridge,
-                       seed=ctx.seed, device=str(ctx.device))
+    return ctx.cfg.space.params(seed=ctx.seed, device=str(ctx.device))
 
 
 def ensure_base_space(ctx: Context, base: StimuliResult, desc: dict
@@ -68,19 +68,12 @@ def ensure_base_space(ctx: Context, base: StimuliResult, desc: dict
     log.info("base space: %s, %d neurons", _describe(desc), base.n_neurons)
     with progress_bar(params.epochs * max(1, _pairs(base, params)), "neuron embedding",
                       "pair") as bar:
-        space = build_base_space(base, params, progress=bar.update)
+        space = UnifiedSpace(params).fit(base, progress=bar.update).space_
     comparison = compare_indirect_methods(base, space, params)
-    meta = {"key": key, "base": desc, "params": key_params, "info": space.info}
-    ws.save_arrays(ws.space_path("base.npz"), meta, neuron_embedding=space.neuron_embedding,
-                   valid=space.valid, loss=np.asarray(space.loss, dtype=np.float64),
-                   layers=layers_array(base.layers))
-    atomic.write_json(ws.space_path("fidelity.json"), {
-        "key": key, "base": desc, "rmse": space.rmse, "fidelity": space.fidelity,
-        "indirect_default": params.indirect, "indirect_comparison": comparison,
-        "projection": params.projection, "info": space.info, "loss": space.loss})
-    ws.save_arrays(ws.space_path("images.npz"), dict(meta, rmse=space.rmse),
-                   image_embedding=space.image_embedding, vocab=space.vocab,
-                   stimulus_embedding=space.stimulus_embedding)
+    save_base_space(ws, space, {"key": key, "base": desc, "params": key_params,
+                                "info": space.info},
+                    {"indirect_default": params.indirect, "indirect_comparison": comparison},
+                    base.layers)
     return space, key
 
 
@@ -110,14 +103,16 @@ def ensure_map(ctx: Context, space: BaseSpace, space_key: str) -> MapState:
     state = MapState(cache_key(space=space_key, n_neighbors=sc.umap_neighbors,
                                min_dist=sc.umap_min_dist, metric=sc.umap_metric, seed=ctx.seed))
 
-    def compute() -> tuple[dict, dict]:
+    def compute() -> np.ndarray:
         log.info("2-D map: UMAP of %d base neurons", int(space.valid.sum()))
         state.model = _fit_map(ctx, space)
         coords = np.full((len(space.valid), 2), np.nan, dtype=np.float32)
         coords[space.valid] = state.model.embedding_
-        return {}, {"coords": coords}
+        return coords
 
-    cached(ctx.ws, ctx.ws.space_path("map.npz"), state.key, compute)
+    ws = ctx.ws
+    cached(ws, map_path(ws), state.key, compute, lambda: load_map(ws),
+           lambda coords: save_map(ws, coords, state.key))
     return state
 
 
@@ -131,7 +126,7 @@ def ensure_projections(ctx: Context, space: BaseSpace, space_key: str, state: Ma
                        runs: list[str] | None = None) -> list[tuple[str, int]]:
     """v~ and 2-D coordinates of every neuron of every checkpoint with stimuli."""
     ws, device = ctx.ws, str(ctx.device)
-    activations = space.projection == "activations"
+    activations = space.needs_activations
     done = []
     for run in ws.stimuli_runs():
         if runs is not None and run not in runs:
@@ -156,9 +151,7 @@ def ensure_projections(ctx: Context, space: BaseSpace, space_key: str, state: Ma
                 r = ws.load_stimuli(run, epoch, activations=activations)
                 projected = project_result(r, space, device).astype(np.float32)
                 coords = _place(state.model, projected)
-                ws.save_arrays(ws.projection_path(run, epoch), {"key": key, "run": run,
-                                                                "epoch": epoch},
-                               embedding=projected, coords=coords, dead=r.dead)
+                save_projection(ws, run, epoch, key, projected, coords, r.dead)
                 done.append((run, epoch))
                 bar.update(1)
     return done

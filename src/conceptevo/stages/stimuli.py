@@ -11,11 +11,11 @@ from .. import distributed
 from ..config import StudyConfig
 from ..data.probe import ProbeSet
 from ..errors import ConfigError
-from ..models.adapter import layers_array, layers_from_array
 from ..models.checkpoints import Checkpoint, find_checkpoints
 from ..progress import progress_bar
 from ..runs import RunModel, check_ranking_sizes, run_model, stimuli_key
 from ..stimuli import StimuliResult, compute_stimuli, merge_shards
+from ..workspace.artifacts import base_stimuli_path, load_base_stimuli, save_base_stimuli
 from .context import Context, StageReport, cache_key, cached, open_model
 
 log = logging.getLogger("conceptevo")
@@ -134,7 +134,7 @@ def ensure_base_stimuli(ctx: Context, probe: ProbeSet, desc: dict) -> StimuliRes
                     k_s=cfg.stimuli.k_stimuli, k_i=cfg.stimuli.k_responsive,
                     activations=activations)
 
-    def compute() -> tuple[dict, dict]:
+    def compute() -> StimuliResult:
         adapter = open_model(cfg, desc["arch"], desc["kwargs"], ckpt, device,
                              channels_last=False)
         check_ranking_sizes(cfg, probe, adapter, f"the base model {desc['arch']}")
@@ -144,14 +144,10 @@ def ensure_base_stimuli(ctx: Context, probe: ProbeSet, desc: dict) -> StimuliRes
                 k_stimuli=cfg.stimuli.k_stimuli, k_responsive=cfg.stimuli.k_responsive,
                 device=device, context=f"base model {ckpt}", record_activations=activations,
                 spill_dir=ws.root, progress=bar.update).result()
-        arrays = {name: getattr(result, name) for name in StimuliResult.ARRAYS}
-        if activations:
-            arrays.update(activations=result.activations,
-                          activation_scale=result.activation_scale)
-        arrays["layers"] = layers_array(result.layers)
-        return {"base": desc}, arrays
+        result.meta = {"key": key, "base": desc}
+        # the external model's own predictions are of its classes, not the probe's
+        result.predicted = None
+        return result
 
-    meta, arrays = cached(ws, ws.space_path("base_stimuli.npz"), key, compute)
-    arrays = dict(arrays)
-    layers = layers_from_array(arrays.pop("layers"))
-    return StimuliResult(layers=layers, meta=meta, **arrays)
+    return cached(ws, base_stimuli_path(ws), key, compute, lambda: load_base_stimuli(ws),
+                  lambda result: save_base_stimuli(ws, result, result.meta))

@@ -19,7 +19,8 @@ from ..progress import progress_bar
 from ..runs import build_model, probe_classes
 from ..train import config_dict, subset_per_class, train
 from ..workspace import Workspace
-from ..workspace.atomic import atomic_path, write_json
+from ..workspace.artifacts import metrics_source_path, save_training_log
+from ..workspace.atomic import atomic_path
 from .context import Context, StageReport, record_study, stored_key
 
 log = logging.getLogger("conceptevo")
@@ -42,8 +43,7 @@ def ensure_metrics(ctx: Context) -> list[str]:
                               "TensorBoard event files (relative paths start at the config "
                               "file's directory)")
         key = stable_hash({"source": str(source.resolve()), "files": _stamps(source)})
-        meta_path = ws.path("runs", run.name, "metrics_source.json")
-        if stored_key(ws, meta_path) == key:
+        if stored_key(ws, metrics_source_path(ws, run.name)) == key:
             continue
         rows, info = read_metrics(source, run.name)
         epochs = {c.epoch for c in find_checkpoints(cfg.resolve(run.checkpoints), run.name)}
@@ -53,8 +53,7 @@ def ensure_metrics(ctx: Context) -> list[str]:
                         "checkpoint (%d..%d); check the epoch numbering", run.name, source,
                         min(r["epoch"] for r in rows), max(r["epoch"] for r in rows),
                         min(epochs), max(epochs))
-        ws.save_metrics(run.name, rows)
-        write_json(meta_path, {"key": key, "source": str(source), **info})
+        save_training_log(ws, run.name, rows, {"key": key, "source": str(source), **info})
         log.info("run %s: %d epochs of training metrics (%s) read from %s", run.name, len(rows),
                  ", ".join(info["columns"]), source)
         done.append(run.name)

@@ -1,9 +1,23 @@
-"""Typed readers of the artifacts the stages write, for every reader of a workspace (the
-stages after the writer, export, the dashboard, the report, the CLI): the base space, the
-importance files and their reversion tables, and the order of the runs."""
+"""The schema of every artifact a stage writes, as typed writers and readers: the stages
+write through them, and every reader of a workspace (the later stages, export, the dashboard,
+the report, the CLI) reads through them. One section per artifact (docs/workspace.md):
+
+* base stimuli of an external base model (``space/base_stimuli.npz``);
+* the base space (``space/base.npz``), its image embedding (``space/images.npz``) and its
+  fidelity report (``space/fidelity.json``);
+* the 2-D map of the base neurons (``space/map.npz``) and each checkpoint's projection
+  (``space/projection/<run>/epoch_NNNN.npz``);
+* importance and reversion (``importance/<run>/cNNN/from_T_to_T2.npz``);
+* concept labels (``evaluation/labels/<run>/epoch_NNNN.npz``) and the evaluation report
+  (``evaluation/evaluation.json``); the diagnosis (``diagnosis.json``).
+
+An ``.npz`` holds a JSON ``meta`` next to its arrays, with the cache ``key`` that says what it
+was computed from (:mod:`conceptevo.stages.context`).
+"""
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,11 +25,14 @@ from pathlib import Path
 import numpy as np
 
 from ..config import StudyConfig, config_from_dict
-from ..errors import WorkspaceError
+from ..errors import CorruptArtifactError, WorkspaceError
+from ..evaluate.labels import ConceptLabels
 from ..evolution.importance import ImportanceResult
-from ..models.adapter import layers_from_array
+from ..models.adapter import layers_array, layers_from_array
 from ..space.unified import BaseSpace
-from .store import Workspace, corrupt
+from ..stimuli import StimuliResult
+from . import atomic
+from .store import Workspace, corrupt, epoch_name, stimuli_arrays
 
 SPLITS = ("train", "heldout")
 
@@ -28,18 +45,145 @@ def run_order(ws: Workspace, among: list[str] | None = None) -> list[str]:
     return [r for r in study if r in have] + sorted(set(have) - set(study))
 
 
+# ----------------------------------------------------------------------- training logs
+def metrics_source_path(ws: Workspace, run: str) -> Path:
+    return ws.path("runs", run, "metrics_source.json")
+
+
+def save_training_log(ws: Workspace, run: str, rows: list[dict], source: dict) -> None:
+    """The training metrics of a run ConceptEvo did not train (``runs/<run>/metrics.csv``)
+    and where they were read from (``metrics_source.json``: key, source, columns)."""
+    ws.save_metrics(run, rows)
+    atomic.write_json(metrics_source_path(ws, run), source)
+
+
+# ------------------------------------------------------------------- receptive fields
+def receptive_fields_path(ws: Workspace) -> Path:
+    return ws.path("patches", "receptive_fields.json")
+
+
+def load_receptive_fields(ws: Workspace) -> dict:
+    """{model key: [receptive field dicts]}; ``{}`` when missing or damaged (recomputed, or
+    refused for a model the workspace names, by :func:`conceptevo.patches`)."""
+    try:
+        stored = ws.read_json(receptive_fields_path(ws), {})
+    except CorruptArtifactError:
+        return {}
+    return stored if isinstance(stored, dict) else {}
+
+
+def save_receptive_fields(ws: Workspace, fields: dict) -> None:
+    atomic.write_json(ws.contained(receptive_fields_path(ws), write=True), fields)
+
+
+# ------------------------------------------------------------------------ base stimuli
+def base_stimuli_path(ws: Workspace) -> Path:
+    return ws.space_path("base_stimuli.npz")
+
+
+def save_base_stimuli(ws: Workspace, result: StimuliResult, meta: dict) -> None:
+    """The stimulus pass of an external base model; ``meta`` holds its key."""
+    arrays = stimuli_arrays(result)
+    arrays.pop("meta")
+    ws.save_arrays(base_stimuli_path(ws), meta, **arrays)
+
+
+def load_base_stimuli(ws: Workspace) -> StimuliResult:
+    meta, arrays = ws.load_arrays(base_stimuli_path(ws))
+    layers = layers_from_array(arrays.pop("layers"))
+    return StimuliResult(layers=layers, meta=meta, **arrays)
+
+
+# -------------------------------------------------------------------------- base space
+def save_base_space(ws: Workspace, space: BaseSpace, meta: dict, report: dict,
+                    layers) -> None:
+    """``space/base.npz`` (v_n, validity, loss, the base layers), ``space/fidelity.json``
+    (``meta``'s key and base, the space's RMSE, fidelity and counts, plus ``report``: the
+    indirect-method comparison and the settings it names) and ``space/images.npz`` (e_x, the
+    vocabulary, the paper's embedding). ``meta``: key, base, params, info."""
+    ws.save_arrays(ws.space_path("base.npz"), meta, neuron_embedding=space.neuron_embedding,
+                   valid=space.valid, loss=np.asarray(space.loss, dtype=np.float64),
+                   layers=layers_array(layers))
+    atomic.write_json(ws.space_path("fidelity.json"), {
+        "key": meta["key"], "base": meta["base"], "rmse": space.rmse,
+        "fidelity": space.fidelity, "indirect_default": report["indirect_default"],
+        "indirect_comparison": report["indirect_comparison"], "projection": space.projection,
+        "info": space.info, "loss": space.loss})
+    ws.save_arrays(ws.space_path("images.npz"), dict(meta, rmse=space.rmse),
+                   image_embedding=space.image_embedding, vocab=space.vocab,
+                   stimulus_embedding=space.stimulus_embedding)
+
+
 def load_base_space(ws: Workspace) -> BaseSpace:
     meta, base = ws.load_arrays(ws.space_path("base.npz"))
     imeta, images = ws.load_arrays(ws.space_path("images.npz"))
-    report = ws.read_json(ws.space_path("fidelity.json"))
-    if not isinstance(report, dict):
-        raise corrupt(ws.space_path("fidelity.json"), "missing, or not a JSON object")
+    report = load_fidelity(ws)
     params = meta.get("params", {})
     return BaseSpace(base["neuron_embedding"], base["valid"], list(base["loss"]),
                      images["image_embedding"], images["vocab"], float(imeta.get("rmse", 0.0)),
                      report.get("fidelity", {}), meta.get("info", {}),
                      images.get("stimulus_embedding", images["image_embedding"]),
                      params.get("projection", "stimuli"), params.get("temperature", 1.0))
+
+
+def load_fidelity(ws: Workspace, required: bool = True) -> dict:
+    """``space/fidelity.json``; ``{}`` when it is missing and not ``required``."""
+    path = ws.space_path("fidelity.json")
+    report = ws.read_json(path, None)
+    if report is None and not required and not path.exists():
+        return {}
+    if not isinstance(report, dict):
+        raise corrupt(path, "missing, or not a JSON object")
+    return report
+
+
+def load_base_neurons(ws: Workspace) -> tuple[dict, list, np.ndarray]:
+    """(the base descriptor, the base layers, v_n float32 [n_base, d]) of ``space/base.npz``
+    (NaN rows: neurons outside the space)."""
+    meta, base = ws.load_arrays(ws.space_path("base.npz"))
+    return (meta.get("base", {}), layers_from_array(base["layers"]),
+            base["neuron_embedding"].astype(np.float32))
+
+
+# ------------------------------------------------------------------- map and projections
+def map_path(ws: Workspace) -> Path:
+    return ws.space_path("map.npz")
+
+
+def save_map(ws: Workspace, coords: np.ndarray, key: str) -> None:
+    """2-D coordinates float32 [n_base, 2] of the base neurons (NaN outside the space)."""
+    ws.save_arrays(map_path(ws), {"key": key}, coords=coords)
+
+
+def load_map(ws: Workspace) -> np.ndarray:
+    path = map_path(ws)
+    coords = ws.load_arrays(path)[1].get("coords")
+    if coords is None or coords.ndim != 2 or coords.shape[1] != 2:
+        raise corrupt(path, "it holds no coords array of shape [n, 2]")
+    return coords
+
+
+def save_projection(ws: Workspace, run: str, epoch: int, key: str, embedding: np.ndarray,
+                    coords: np.ndarray, dead: np.ndarray) -> None:
+    """v~ float32 [n, d], 2-D coordinates float32 [n, 2] and the dead mask of one
+    checkpoint's neurons."""
+    ws.save_arrays(ws.projection_path(run, epoch), {"key": key, "run": run, "epoch": epoch},
+                   embedding=embedding, coords=coords, dead=dead)
+
+
+def load_projection(ws: Workspace, run: str, epoch: int) -> dict:
+    """{"embedding", "coords", "dead"} of one checkpoint, checked to describe the same
+    neurons."""
+    path = ws.projection_path(run, epoch)
+    arrays = ws.load_arrays(path)[1]
+    coords, dead, emb = (arrays.get(k) for k in ("coords", "dead", "embedding"))
+    if coords is None or dead is None or emb is None:
+        raise corrupt(path, "it lacks coords, dead or embedding")
+    n = len(coords)
+    if coords.shape != (n, 2) or dead.shape != (n,) or emb.ndim != 2 or len(emb) != n:
+        raise corrupt(path, f"coords {coords.shape}, dead {dead.shape} and embedding "
+                            f"{emb.shape} do not describe the same neurons")
+    return arrays
 
 
 @dataclass
@@ -91,6 +235,19 @@ def load_importance(ws: Workspace, run: str, class_index: int, t: int, t2: int
     return result, rev
 
 
+def save_importance(ws: Workspace, run: str, class_index: int, t: int, t2: int,
+                    result: ImportanceResult, reversion: Reversion, meta: dict) -> None:
+    """One run's importance for a class between epochs ``t`` and ``t2`` and its reversion
+    check; ``meta`` holds the key, the class name, the ranking and the image counts."""
+    ws.save_arrays(importance_path(ws, run, class_index, t, t2), meta, score=result.score,
+                   mean_sensitivity=result.mean_sensitivity, rank=result.rank,
+                   image_ids=result.image_ids, layers=layers_array(result.layers),
+                   rev_layer=reversion.layer.astype(np.int64),
+                   rev_set=reversion.set.astype(str), rev_split=reversion.split.astype(str),
+                   rev_top1=reversion.top1.astype(np.float64),
+                   rev_top5=reversion.top5.astype(np.float64))
+
+
 def stored_importance(ws: Workspace) -> list[tuple[str, int, int, int]]:
     """(run, class, from, to) of every stored importance file."""
     out = []
@@ -124,6 +281,72 @@ def study_config(ws: Workspace) -> StudyConfig:
     return cfg
 
 
+# --------------------------------------------------------------- labels and evaluation
+def labels_path(ws: Workspace, run: str, epoch: int) -> Path:
+    return ws.path("evaluation", "labels", run, f"{epoch_name(epoch)}.npz")
+
+
+def save_labels(ws: Workspace, run: str, epoch: int, labels: ConceptLabels,
+                concept_names: list[str], meta: dict) -> None:
+    """One checkpoint's concept labels (IoU per concept, label, threshold) and its
+    activation vectors on the matching images (``meta["match_ids"]``)."""
+    meta = {"key": meta.get("key"), "run": run, "epoch": epoch, **meta}
+    ws.save_arrays(labels_path(ws, run, epoch), meta,
+                   iou=labels.iou, label=labels.label, threshold=labels.threshold,
+                   activations=labels.activations,
+                   concept_names=np.array(json.dumps(list(concept_names))))
+
+
+def load_labels(ws: Workspace, run: str, epoch: int) -> tuple[ConceptLabels, list[str]]:
+    """The stored labels of one checkpoint and the concept names. The stored activation
+    vectors are those on the matching images (meta ``match_ids``), not on the labelling
+    images."""
+    _, a = ws.load_arrays(labels_path(ws, run, epoch))
+    return (ConceptLabels(a["iou"], a["label"], a["threshold"], a["activations"]),
+            json.loads(str(a["concept_names"])))
+
+
+def load_label_table(ws: Workspace, run: str, epoch: int, n_neurons: int) -> dict:
+    """The parts of a checkpoint's concept labels that describe its neurons (not the
+    activation vectors, the largest array): {"names", "label" int64 [n] (-1: none), "iou"
+    float32 [n, n_concepts], "best" float32 [n]}, checked against ``n_neurons``."""
+    path = labels_path(ws, run, epoch)
+    with ws.reading(path) as checked, np.load(checked, allow_pickle=False) as z:
+        try:
+            names = [str(n) for n in json.loads(str(z["concept_names"]))]
+            label = z["label"].astype(np.int64)
+            iou = z["iou"].astype(np.float32)
+        except (KeyError, ValueError, TypeError) as e:
+            raise corrupt(path, e) from e
+    if label.shape != (n_neurons,) or iou.shape != (n_neurons, len(names)) or \
+            label.max(initial=-1) >= len(names):
+        raise corrupt(path, f"labels {label.shape} and an IoU table {iou.shape} for "
+                            f"{n_neurons} neurons and {len(names)} concepts")
+    best = iou.max(1) if len(names) else np.full(n_neurons, np.nan, np.float32)
+    return {"names": names, "label": label, "iou": iou, "best": best}
+
+
+def evaluation_path(ws: Workspace) -> Path:
+    return ws.path("evaluation", "evaluation.json")
+
+
+def save_evaluation(ws: Workspace, report: dict) -> None:
+    atomic.write_json(evaluation_path(ws), report)
+
+
 def load_evaluation(ws: Workspace) -> dict | None:
-    path = ws.path("evaluation", "evaluation.json")
-    return ws.read_json(path)
+    return ws.read_json(evaluation_path(ws))
+
+
+def diagnosis_path(ws: Workspace) -> Path:
+    return ws.path("diagnosis.json")
+
+
+def save_diagnosis(ws: Workspace, report: dict) -> None:
+    """Written under :func:`conceptevo.workspace.lock.file_lock` of :func:`diagnosis_path`
+    by the caller: several runs' monitors may share it."""
+    atomic.write_json(diagnosis_path(ws), report)
+
+
+def load_diagnosis(ws: Workspace, default=None) -> dict | None:
+    return ws.read_json(diagnosis_path(ws), default)

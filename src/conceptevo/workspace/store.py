@@ -41,6 +41,20 @@ READ_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib
                csv.Error, json.JSONDecodeError, UnicodeDecodeError, IndexError, TypeError)
 
 
+def stimuli_arrays(result: StimuliResult) -> dict[str, np.ndarray]:
+    """The arrays of a stored stimulus pass: its stimuli and statistics, the activations and
+    predictions when recorded, the layers and (as JSON) its meta."""
+    arrays = {name: getattr(result, name) for name in StimuliResult.ARRAYS}
+    if result.activations is not None:
+        arrays["activations"] = result.activations
+        arrays["activation_scale"] = result.activation_scale
+    if result.predicted is not None:
+        arrays["predicted"] = result.predicted
+    arrays["layers"] = layers_array(result.layers)
+    arrays["meta"] = np.array(json.dumps(result.meta, default=str))
+    return arrays
+
+
 def corrupt(path: Path, error: BaseException | str) -> CorruptArtifactError:
     """The error of an unreadable workspace file, naming it and what to do."""
     why = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
@@ -231,15 +245,7 @@ class Workspace:
         return self.path("stimuli", run, epoch_name(epoch) + ".npz")
 
     def save_stimuli(self, run: str, epoch: int, result: StimuliResult) -> None:
-        arrays = {name: getattr(result, name) for name in StimuliResult.ARRAYS}
-        if result.activations is not None:
-            arrays["activations"] = result.activations
-            arrays["activation_scale"] = result.activation_scale
-        if result.predicted is not None:
-            arrays["predicted"] = result.predicted
-        arrays["layers"] = layers_array(result.layers)
-        arrays["meta"] = np.array(json.dumps(result.meta, default=str))
-        atomic.write_npz(self.stimuli_path(run, epoch), **arrays)
+        atomic.write_npz(self.stimuli_path(run, epoch), **stimuli_arrays(result))
 
     def stimuli_meta(self, run: str, epoch: int) -> dict | None:
         """The ``meta`` of a stored stimulus result (its cache key among others), or None."""
