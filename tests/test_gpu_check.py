@@ -1,5 +1,6 @@
 """benchmarks/gpu_check.py: its CPU-only path (what CI can run) and its comparison, which must
-pass on identical workspaces and fail on a perturbed one."""
+pass on identical workspaces and fail on a perturbed one; and the measurement of
+benchmarks/bounded_projection.py on a case it must get exactly."""
 
 from __future__ import annotations
 
@@ -42,3 +43,20 @@ def test_gpu_check_runs_its_cpu_half_and_says_what_it_skipped(tmp_path, capsys):
     out = (tmp_path / "out.json").read_text()
     assert '"cpu": "built"' in out and "skipped: no CUDA device" in out
     assert "every comparison met its thresholds" in capsys.readouterr().err
+
+
+def test_the_top_m_measurement_is_exact_when_the_top_m_hold_every_weight():
+    import bounded_projection
+
+    rng = np.random.default_rng(0)
+    e = rng.normal(size=(30, 4))
+    w = np.zeros((12, 30))
+    for n in range(12):  # 5 images per neuron carry all its weight
+        w[n, rng.choice(30, 5, replace=False)] = rng.dirichlet(np.ones(5))
+    exact = w @ e
+    got = bounded_projection.compare(w, e, exact, m=5)
+    assert got["top_mass"] == pytest.approx(1.0)
+    assert got["cosine_rest_as_mean"] == pytest.approx(1.0)
+    assert got["neighbours10_renormalised"] == pytest.approx(1.0)
+    # with fewer images than carry weight, the approximation is measurably off
+    assert bounded_projection.compare(w, e, exact, m=2)["cosine_renormalised"] < 0.999
