@@ -217,8 +217,10 @@ def tiny_demo(tmp_path_factory):
     only read it."""
     from conceptevo.demo import DemoSize, run_demo
 
+    # the overfit regime's 30 passes per epoch cut to 5 (they were most of the training) and
+    # the importance of 3 classes rather than all 12: the readers need some, not every one
     size = DemoSize(n_train=240, n_val=96, epochs=3, probe_per_class=6, heldout_per_class=3,
-                    importance_images=6)
+                    importance_images=6, importance_classes=3, overfit_repeat=5)
     root = tmp_path_factory.mktemp("tiny-demo") / "demo"
     out = run_demo(root, size=size)
     return root, out, size
