@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -44,7 +43,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_distributed import write_study  # noqa: E402  (a sibling script)
+from bench_distributed import _command, write_study  # noqa: E402  (a sibling script)
 
 THRESHOLDS = {"stimuli_overlap": 0.95, "act_max_relative_difference": 1e-2,
               "fidelity_difference": 0.05, "importance_spearman": 0.9,
@@ -56,11 +55,9 @@ def _log(text: str) -> None:
 
 
 def _run(args: list[str], cwd: Path, processes: int = 1) -> None:
-    launcher = ["-m", "torch.distributed.run", "--standalone",
-                f"--nproc_per_node={processes}"] if processes > 1 else []
-    cmd = [sys.executable, *launcher, "-m", "conceptevo", *(["--"] if launcher else []), *args]
-    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "CONCEPTEVO_PROGRESS": "0"})
+    """``conceptevo ARGS`` in a fresh process (under torchrun with ``processes`` > 1)."""
+    cmd, env = _command(args, processes, threads=None)
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
 

@@ -78,9 +78,9 @@ class BaseSpace:
 
     def projector(self, device: str = "cpu") -> ImageProjection:
         """The fitted projection of this space (from its stored image embedding)."""
-        method = (ActivationWeighted(self.temperature, device=device)
-                  if self.projection == ActivationWeighted.name else StimuliMean(device=device))
-        return method.with_embedding(self.image_embedding)
+        params = SpaceParams(projection=self.projection, temperature=self.temperature,
+                             device=device)
+        return projection_method(params).with_embedding(self.image_embedding)
 
 
 def projection_method(params: SpaceParams) -> ImageProjection:
