@@ -284,7 +284,7 @@ class SpaceConfig:
         if self.umap_metric not in UMAP_METRICS:
             raise ConfigError(f"[{where}] umap_metric must be one of {', '.join(UMAP_METRICS)}, "
                               f"not {self.umap_metric!r}")
-        self.params().validate(where)
+        self.params()  # the hyper-parameters' ranges and method names (SpaceParams)
 
 
 @dataclass
