@@ -9,13 +9,13 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import socket
-import threading
 import time
 from pathlib import Path
 
 import pytest
 from conftest import EVAL_CONCEPTS, EVAL_METHODS, EVAL_RANKERS, copy_unevaluated, write_evaluation
+
+from conceptevo.serve.app import ThreadedServer as Server  # in a thread of this process
 
 pytestmark = pytest.mark.browser
 
@@ -35,40 +35,6 @@ def _need_browser():
         import playwright  # noqa: F401
     except ImportError:
         pytest.fail("playwright is not installed (pip install -e '.[dev]')")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``conceptevo serve`` in a thread of the test process."""
-
-    def __init__(self, workspace: Path):
-        import uvicorn
-
-        from conceptevo.serve.app import create_app
-
-        self.port = free_port()
-        config = uvicorn.Config(create_app(workspace), host="127.0.0.1", port=self.port,
-                                log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            if time.time() > deadline:
-                raise RuntimeError("the server did not start")
-            time.sleep(0.05)
-        return f"http://127.0.0.1:{self.port}"
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")

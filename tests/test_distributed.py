@@ -62,15 +62,20 @@ def _wait(started: list[tuple[subprocess.Popen, Path]], timeout: float = 240) ->
 @pytest.fixture(scope="module")
 def builds(tmp_path_factory):
     """One study built twice, by one process and by torchrun with 2 gloo processes (both
-    commands run at once), then its importance computed both ways."""
+    commands run at once), then its importance computed both ways. The study stores only the
+    base checkpoint's activations (``store_activations = false``): the base checkpoint's pass
+    is shared out by blocks of images (and records its activations, merged on rank 0), then
+    of the other three, two whole passes run one per process and one is shared out, each
+    projected at its end (on the process that ran it, or on rank 0 after the merge)."""
     root = tmp_path_factory.mktemp("dist")
     images = write_image_folder(root / "images", per_class=7, size=20)  # 21: odd
     heldout = write_image_folder(root / "heldout", per_class=5, size=20, seed=1)
     ckpt = root / "ckpt"
     ckpt.mkdir()
-    for epoch in range(3):  # 3 checkpoints on 2 processes: 2 whole passes, 1 shared out
+    for epoch in range(4):  # the base (epoch 3) shared out, then 2 whole passes, 1 shared out
         torch.save(randomise(TinyVGG(), epoch).state_dict(), ckpt / f"epoch_{epoch}.pt")
     text = write_study(root, images, (ckpt / "epoch_{epoch}.pt").as_posix()).read_text()
+    text = text.replace("[stimuli]", "[stimuli]\nstore_activations = false")
     text += f"""
 [heldout]
 root = "{heldout.as_posix()}"
@@ -131,9 +136,13 @@ def test_torchrun_build_writes_the_single_process_workspace(builds):
             json.loads((dist / "space" / name).read_text())
     assert _files(single, "figures/*") == _files(dist, "figures/*")
     assert not list(dist.rglob("*.tmp-*"))
+    for epoch, kept in ((0, "projected"), (2, "projected"), (3, "activations")):
+        with np.load(dist / "stimuli" / "a" / f"epoch_{epoch:04d}.npz") as f:
+            assert kept in f.files and {"projected", "activations"} - {kept} - set(f.files)
     # one voice: rank 0 logs the world size and prints the summary once
     text = logs["build"][1]
     assert "distributed: 2 processes (torchrun, backend gloo)" in text
+    assert "stimuli for 1 checkpoint(s) on cpu, 2 processes (gloo)" in text  # the base
     assert "stimuli for 3 checkpoint(s) on cpu, 2 processes (gloo)" in text
     assert text.count("workspace: ") == 1 and text.count("probe set: decoding") == 1
 

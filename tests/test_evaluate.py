@@ -326,7 +326,9 @@ def test_evaluate_cli_reuses_labels_and_is_deterministic(tiny_demo, tmp_path, ca
     shutil.copytree(root, copy)
     before = {p: p.stat().st_mtime_ns for p in (copy / "evaluation" / "labels").rglob("*.npz")}
     first = json.loads((copy / "evaluation" / "evaluation.json").read_text())
-    # the study.json of the copy still points at the original's data: labels are reused
+    # without the report (which is reused while nothing it reads changes) it is computed
+    # again; the study.json of the copy still points at the original's data: labels reused
+    (copy / "evaluation" / "evaluation.json").unlink()
     assert main(["evaluate", str(copy), "--json"]) == 0
     again = json.loads(capsys.readouterr().out)
     after = {p: p.stat().st_mtime_ns for p in (copy / "evaluation" / "labels").rglob("*.npz")}
@@ -399,3 +401,31 @@ def test_a_study_built_twice_with_one_seed_gives_the_same_figures(tmp_path, caps
     assert len(first["unified"]) == 3 and first["unified"][0] is not None
     assert "recovery" in first["checks"]["permuted_copy"]
     assert first == second
+
+
+def test_the_evaluation_is_reused_while_nothing_it_reads_changes(tiny_demo):
+    """evaluation.json's key: the tiny demo's stored report is current; another evaluation
+    setting, another importance result or a touched annotation file make it stale."""
+    import dataclasses
+    import os
+
+    from conceptevo.config import load_config
+    from conceptevo.stages.context import Context
+    from conceptevo.stages.evaluation import annotation_path, evaluation_key
+    from conceptevo.workspace import Workspace
+
+    root, _, _ = tiny_demo
+    cfg, ws = load_config(root / "study.toml"), Workspace(root)
+    stored = json.loads((root / "evaluation" / "evaluation.json").read_text())["key"]
+    assert evaluation_key(Context.create(cfg, ws)) == stored
+    other = dataclasses.replace(cfg, evaluation=dataclasses.replace(
+        cfg.evaluation, bootstrap=cfg.evaluation.bootstrap + 1))
+    assert evaluation_key(Context.create(other, ws)) != stored
+    masks = annotation_path(cfg)
+    before = masks.stat()
+    try:
+        os.utime(masks, ns=(before.st_atime_ns, before.st_mtime_ns + 1))
+        assert evaluation_key(Context.create(cfg, ws)) != stored
+    finally:
+        os.utime(masks, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert evaluation_key(Context.create(cfg, ws)) == stored

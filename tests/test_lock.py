@@ -73,13 +73,13 @@ def test_the_same_process_can_reenter_its_lock(tmp_path):
     assert not (tmp_path / OWNER_FILE).exists()
 
 
-def test_two_builds_with_different_configs_run_one_after_the_other(tmp_path):
-    """Two `conceptevo build` processes on one workspace: both succeed, one after the other
-    (the second waits, then computes what its config changes), and the workspace ends as the
-    second one's config says, every artifact whole."""
+def test_two_writers_with_different_configs_run_one_after_the_other(tmp_path):
+    """A `conceptevo build` and a `conceptevo stimuli` with another config on one workspace:
+    both succeed, one after the other (the second waits, then computes what its config
+    changes), and the workspace ends as the second one's config says, every artifact whole."""
     (config,) = tiny_study(tmp_path, n_checkpoints=3)
     other = config.with_name("other.toml")
-    other.write_text(config.read_text().replace("dim = 4", "dim = 5"))
+    other.write_text(config.read_text().replace("k_stimuli = 4", "k_stimuli = 3"))
     env = dict(os.environ, PYTHONPATH=str(TESTS), CONCEPTEVO_PROGRESS="0")
     first = subprocess.Popen([sys.executable, "-m", "conceptevo", "build", "--config",
                               str(config)], env=env, stdout=subprocess.PIPE,
@@ -88,13 +88,14 @@ def test_two_builds_with_different_configs_run_one_after_the_other(tmp_path):
     while not (config.parent / "ws" / OWNER_FILE).is_file():  # the first holds the lock
         assert time.time() < deadline and first.poll() is None
         time.sleep(0.05)
-    second = subprocess.run([sys.executable, "-m", "conceptevo", "build", "--config",
+    # (the second only recomputes the stimuli: a second full build here only cost time)
+    second = subprocess.run([sys.executable, "-m", "conceptevo", "stimuli", "--config",
                              str(other)], env=env, capture_output=True, text=True, timeout=300)
     out, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
     assert second.returncode == 0, second.stderr
     assert "is being written by pid" in second.stderr and "waiting for it" in second.stderr
     ws = Workspace(config.parent / "ws")
-    _, base = ws.load_arrays(ws.space_path("base.npz"))
-    assert base["neuron_embedding"].shape[1] == 5
-    assert ws.load_study()["space"]["dim"] == 5
+    assert ws.load_arrays(ws.space_path("base.npz"))[1]["neuron_embedding"].shape[1] == 4
+    for epoch in range(3):
+        assert ws.load_stimuli("a", epoch).stimuli.shape[1] == 3

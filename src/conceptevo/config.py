@@ -216,12 +216,22 @@ class RunConfig:
 
 @dataclass
 class StimuliConfig:
-    """Step 1: ``k_stimuli`` top images per neuron, ``k_responsive`` top neurons per image."""
+    """Step 1: ``k_stimuli`` top images per neuron, ``k_responsive`` top neurons per image.
+
+    ``store_activations``: with the activation-weighted projection, keep every activation of
+    every checkpoint in the workspace (2 bytes per neuron and probe image: the evaluation's
+    activation-based comparisons and spaces with other seeds use them), or only the base
+    model's, projecting every other checkpoint at the end of its own pass into the base
+    space built first (bounded storage, docs/scaling.md). ``amp``: the passes' forward in
+    mixed precision (float16 on CUDA, bfloat16 on CPU; measured in docs/scaling.md).
+    """
 
     k_stimuli: int = bounded(20, 1, 10_000)
     k_responsive: int = bounded(20, 1, 10_000)
     batch_size: int = bounded(128, 1, 65_536)
     on_nonfinite: str = "raise"
+    store_activations: bool = True
+    amp: bool = False
 
     def validate(self, where: str) -> None:
         if self.on_nonfinite not in ("raise", "record"):

@@ -234,7 +234,6 @@ def run_demo(directory: str | Path, quick: bool = False, size: DemoSize | None =
     from .stages.importance import ensure_importance, verification_table
     from .stages.probe import ensure_probe_sets
     from .stages.space import ensure_space
-    from .stages.stimuli import ensure_stimuli
     from .stages.train import ensure_training
 
     t0 = time.perf_counter()
@@ -257,7 +256,7 @@ def run_demo(directory: str | Path, quick: bool = False, size: DemoSize | None =
 
     t = time.perf_counter()
     probe, _ = ensure_probe_sets(ctx)
-    ensure_stimuli(ctx, probe)
+    pipeline.ensure_all_stimuli(ctx, probe)
     timings["stimuli"] = time.perf_counter() - t
 
     t = time.perf_counter()

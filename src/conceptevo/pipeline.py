@@ -26,7 +26,7 @@ from .data.probe import ProbeSet, plan_image_folder
 from .errors import CheckpointError, ConfigError
 from .models.adapter import ModelAdapter
 from .models.checkpoints import Checkpoint, find_checkpoints, load_checkpoint
-from .runs import build_model, probe_classes
+from .runs import build_model, probe_classes, streams_projection
 from .stages import diagnosis, figures, probe, space, stimuli, train
 from .stages.context import Context, StageReport
 from .workspace import Workspace
@@ -129,12 +129,41 @@ def open_workspace(cfg: StudyConfig) -> Workspace:
     return ws
 
 
+def ensure_all_stimuli(ctx: Context, probe_set: ProbeSet) -> StageReport:
+    """The stimuli of every checkpoint. Where the passes project instead of storing their
+    activations (:func:`conceptevo.runs.streams_projection`): the base checkpoint's pass
+    first (it keeps its activations), the base space from it (rank 0 builds it, every
+    process receives its projection), then every other checkpoint's pass, projected at its
+    end (docs/scaling.md)."""
+    if not streams_projection(ctx.cfg):
+        return stimuli.ensure_stimuli(ctx, probe_set)
+    world = distributed.current()
+    desc = stimuli.base_descriptor(ctx.cfg)
+    base = (desc["run"], desc["epoch"]) if desc["kind"] == "run" else None
+    first = stimuli.ensure_stimuli(ctx, probe_set, only={base}) if base else \
+        StageReport([], [])
+    projection = world.broadcast(_pass_projection(ctx, probe_set, desc, base)
+                                 if world.is_main else None)
+    rest = stimuli.ensure_stimuli(ctx, probe_set, projection=projection)
+    return StageReport(first.computed + rest.computed,
+                       [done for done in rest.skipped if done not in first.computed])
+
+
+def _pass_projection(ctx: Context, probe_set: ProbeSet, desc: dict,
+                     base: tuple[str, int] | None) -> stimuli.PassProjection:
+    """The base space's projection for the passes that follow (the base model's stimuli,
+    with their 2 bytes per neuron and image of activations, are released on return)."""
+    base_stimuli = stimuli.ensure_base_stimuli(ctx, probe_set, desc)
+    built, key = space.ensure_base_space(ctx, base_stimuli, desc)
+    return stimuli.PassProjection(key, built.projector(str(ctx.device)), base)
+
+
 def run_stimuli_stage(cfg: StudyConfig) -> tuple[Workspace, StageReport]:
     """``conceptevo stimuli``: probe set(s), training logs, then stimuli of every checkpoint."""
     ctx = Context.create(cfg, open_workspace(cfg))
     probe_set, _ = probe.ensure_probe_sets(ctx)
     train.ensure_metrics(ctx)
-    report = stimuli.ensure_stimuli(ctx, probe_set)
+    report = ensure_all_stimuli(ctx, probe_set)
     if ctx.is_main:
         probe.class_order_report(ctx, probe_set)
     return ctx.ws, report
@@ -150,7 +179,7 @@ def run_build(cfg: StudyConfig) -> dict:
     ctx = Context.create(cfg, open_workspace(cfg))
     probe_set, _ = probe.ensure_probe_sets(ctx)
     train.ensure_metrics(ctx)
-    report = stimuli.ensure_stimuli(ctx, probe_set)
+    report = ensure_all_stimuli(ctx, probe_set)
     built, maps, classes, flags = None, [], [], None
     if world.is_main:
         classes = probe.class_order_report(ctx, probe_set)

@@ -79,15 +79,37 @@ def run_model(cfg: StudyConfig, run_name: str, device: torch.device | str = "cpu
     return RunModel(run.name, arch, kwargs, checkpoints, model, adapter)
 
 
-def stimuli_key(cfg: StudyConfig, probe: ProbeSet, rm: RunModel, ckpt: Checkpoint) -> str:
+def streams_projection(cfg: StudyConfig) -> bool:
+    """Whether the stimulus passes project each checkpoint into the base space at their end
+    instead of storing its activations (the activation-weighted projection with ``[stimuli]
+    store_activations = false``): bounded storage, docs/scaling.md."""
+    return cfg.space.records_activations and not cfg.stimuli.store_activations
+
+
+def stimuli_key(cfg: StudyConfig, probe: ProbeSet, rm: RunModel, ckpt: Checkpoint,
+                space_key: str | None = None) -> str:
+    """The key of a checkpoint's stored stimulus pass; ``space_key``: the pass projects into
+    that space (:func:`streams_projection`) and stores the projection, not the activations."""
     stat = ckpt.path.stat()
+    if space_key is not None:
+        return stable_hash([stimuli_key(cfg, probe, rm, ckpt), "projected", space_key])
     return stable_hash({
         "probe": probe.info.get("fingerprint") or probe.fingerprint(),
         "arch": rm.arch, "kwargs": rm.kwargs, **cfg.model.neuron_key(),
         "k_stimuli": cfg.stimuli.k_stimuli,
         "k_responsive": cfg.stimuli.k_responsive, "checkpoint": str(ckpt.path.resolve()),
         "activations": cfg.space.records_activations,
+        **({"amp": True} if cfg.stimuli.amp else {}),  # (absent when off: old keys hold)
         "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
+
+
+def pass_is_current(meta: dict | None, key: str) -> bool:
+    """Whether a stored stimulus pass (its ``meta``) is the one of key ``key`` (of
+    :func:`stimuli_key` without a space), projected into a space or not."""
+    if meta is None:
+        return False
+    return meta.get("key") == key or (
+        "space" in meta and meta.get("key") == stable_hash([key, "projected", meta["space"]]))
 
 
 def check_ranking_sizes(cfg: StudyConfig, probe: ProbeSet, adapter: ModelAdapter,

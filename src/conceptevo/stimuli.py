@@ -112,6 +112,9 @@ class StimuliResult:
         (1 where it is 0), or None.
     predicted : int32 [n_images] the model's top-1 output per image (-1 where the logits were
         not finite), or None (a result stored before predictions were recorded).
+    projected : float32 [n_neurons, d] v~ of every neuron in the unified space whose key is
+        ``meta["space"]``, computed from the activations during a pass that does not store
+        them (``[stimuli] store_activations = false``, docs/scaling.md), or None.
     """
 
     layers: list[LayerInfo]
@@ -128,6 +131,7 @@ class StimuliResult:
     activations: np.ndarray | None = None
     activation_scale: np.ndarray | None = None
     predicted: np.ndarray | None = None
+    projected: np.ndarray | None = None
 
     ARRAYS = ("stimuli", "stimuli_act", "stimuli_loc", "responsive", "responsive_act",
               "act_max", "act_mean", "frac_positive", "n_nonfinite")
@@ -169,7 +173,8 @@ class StimulusAccumulator:
     ----------
     layers : the adapter's :class:`LayerInfo` list.
     n_images : size of the probe set (image ids are ``0 .. n_images - 1``).
-    k_stimuli, k_responsive : sizes of the two rankings.
+    k_stimuli, k_responsive : sizes of the two rankings (``k_responsive`` 0: no ranking of
+        responsive neurons, ``responsive`` is then [n_images, 0]).
     device : where the buffers live (the model's device).
     record_batches : also keep each batch's activation sums (float64 [n_neurons] per batch,
         keyed by the batch's first image id), so that :func:`merge_shards` can add them in the
@@ -232,11 +237,12 @@ class StimulusAccumulator:
         self.top_act, self.top_ids, cols = ranked_topk(cand_act, cand_ids, self.k_stimuli)
         self.top_where = cand_where.gather(1, cols)
 
-        r_act, r_ids, _ = ranked_topk(acts, self._neuron_ids.expand(b, self.n_neurons),
-                                      self.k_responsive)
         rows = image_ids.cpu()
-        self.responsive[rows] = r_ids.cpu()
-        self.responsive_act[rows] = r_act.float().cpu()
+        if self.k_responsive:
+            r_act, r_ids, _ = ranked_topk(acts, self._neuron_ids.expand(b, self.n_neurons),
+                                          self.k_responsive)
+            self.responsive[rows] = r_ids.cpu()
+            self.responsive_act[rows] = r_act.float().cpu()
 
         finite = torch.isfinite(acts)
         self.act_max = torch.maximum(self.act_max, acts.max(dim=0).values.double())
@@ -295,9 +301,10 @@ class StimulusAccumulator:
         cand_where = torch.cat([self.top_where, other.top_where.to(self.top_where.device)], 1)
         self.top_act, self.top_ids, cols = ranked_topk(cand_act, cand_ids, self.k_stimuli)
         self.top_where = cand_where.gather(1, cols)
-        filled = other.responsive[:, 0] >= 0
-        self.responsive[filled] = other.responsive[filled]
-        self.responsive_act[filled] = other.responsive_act[filled]
+        if self.k_responsive:
+            filled = other.responsive[:, 0] >= 0
+            self.responsive[filled] = other.responsive[filled]
+            self.responsive_act[filled] = other.responsive_act[filled]
         self.act_max = torch.maximum(self.act_max, other.act_max.to(self.act_max.device))
         self.act_sum += other.act_sum.to(self.act_sum.device)
         self.n_positive += other.n_positive.to(self.n_positive.device)
@@ -366,6 +373,25 @@ class StimulusAccumulator:
             out[:, ids] = rows.T
         return out
 
+    def activation_blocks(self):
+        """Yield (image ids int64 [b], float32 activations [b, n_neurons]) block by block from
+        the temporary file, each value rounded as the stored float16 matrix rounds it (a / scale
+        in float16, times scale): what a pass that does not store its activations projects
+        with (:func:`conceptevo.space.image_embedding.project_streamed`). Call it before
+        :meth:`result` or :meth:`drop_activations`; the blocks reuse one buffer."""
+        if self.spill is None or self.spill.closed:
+            raise RuntimeError("this accumulator holds no recorded activations (not recorded, "
+                               "or already rounded by result() or dropped)")
+        scale = torch.where(self.abs_max > 0, self.abs_max, 1.0)
+        for ids, rows in self.spill.blocks():
+            yield ids, (torch.from_numpy(rows) / scale).half().float().mul_(scale)
+
+    def drop_activations(self) -> None:
+        """Discard the recorded activations (their temporary file too): :meth:`result` then
+        builds a result without them, as if the pass had not recorded them."""
+        self.close()
+        self.spill, self.abs_max = None, None
+
     def _scaled_activations(self) -> dict:
         """float16 [n_neurons, n_images] a / scale (scale: each neuron's largest finite |a|,
         1 where it is 0; images never seen stay -inf), built from the spilled rows block by
@@ -429,12 +455,17 @@ def _nonfinite_report(layers: list[LayerInfo], bad_per_neuron: torch.Tensor) -> 
     return ", ".join(parts)
 
 
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """The autocast precision of ``amp`` passes: float16 on CUDA, bfloat16 elsewhere."""
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
 def compute_stimuli(adapter: ModelAdapter,
                     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                     n_images: int, *, k_stimuli: int = 20, k_responsive: int = 20,
                     device: torch.device | str = "cpu", on_nonfinite: str = "raise",
                     context: str = "", accumulator: StimulusAccumulator | None = None,
-                    channels_last: bool = False, record_batches: bool = False,
+                    channels_last: bool = False, record_batches: bool = False, amp: bool = False,
                     record_activations: bool = False,
                     spill_dir: str | os.PathLike | None = None,
                     progress: Callable[[int], None] | None = None) -> StimulusAccumulator:
@@ -456,6 +487,10 @@ def compute_stimuli(adapter: ModelAdapter,
         until ``.result()`` is built. If the pass fails or is interrupted (KeyboardInterrupt
         too), the file of an accumulator this call created is removed before the exception
         propagates.
+    amp : run the forward passes in mixed precision (``torch.autocast``: float16 on CUDA,
+        bfloat16 elsewhere, :func:`amp_dtype`); activations are ranked and stored in float32
+        as they come out (rounded to the autocast precision). docs/scaling.md measures what
+        it changes.
     channels_last : feed the images in channels-last layout (about 2x faster convolutions on
         CPUs when the model's weights are channels-last too; results are the same).
     progress : called with the number of images of each finished batch.
@@ -482,7 +517,10 @@ def compute_stimuli(adapter: ModelAdapter,
                                               k_responsive, device, record_batches,
                                               record_activations, spill_dir)
                 # locations are needed only where an image can enter a neuron's top-k
-                acts, where, logits = adapter.activations(images, acc.top_act[:, -1].float())
+                with torch.autocast(images.device.type, dtype=amp_dtype(images.device),
+                                    enabled=amp):
+                    acts, where, logits = adapter.activations(images,
+                                                              acc.top_act[:, -1].float())
                 if not torch.isfinite(acts).all():
                     bad = acc.count_nonfinite(acts)
                     if on_nonfinite == "raise":

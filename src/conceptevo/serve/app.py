@@ -18,6 +18,7 @@ API (all GET):
 ``/api/study``                              runs, epochs, layers, classes, base, importance
 ``/api/base``                               2-D map of the base neurons
 ``/api/points/{run}/{epoch}``               2-D map of one checkpoint's neurons (and labels)
+``...?format=binary`` (both above)          the same as typed arrays (:mod:`.binary`)
 ``/api/neuron/{run}/{epoch}/{neuron}``      one neuron: stimuli, trajectory, neighbours, concept
 ``/api/patches/{run}/{epoch}/{neuron}.webp`` its example patches (a WebP strip)
 ``/api/metrics``                            accuracy, loss (and diagnosis) per run and epoch
@@ -44,6 +45,7 @@ from starlette.exceptions import HTTPException
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..errors import ConfigError, WorkspaceError
+from . import binary
 from .data import BadRequest, StudyData, WorkspaceChanging
 from .page import STATIC
 
@@ -215,11 +217,16 @@ def create_app(workspace: str | Path, allowed_hosts: Iterable[str] = ()) -> Fast
         return data.consistent(data.study)
 
     @app.get("/api/base")
-    def base():
+    def base(format: str = "json"):
+        if payload_format(format) == "binary":
+            return Response(data.consistent(data.base_binary), media_type=binary.MEDIA_TYPE)
         return data.consistent(data.base)
 
     @app.get("/api/points/{run}/{epoch}")
-    def points(run: str, epoch: str):
+    def points(run: str, epoch: str, format: str = "json"):
+        if payload_format(format) == "binary":
+            body = data.consistent(data.points_binary, run, whole(epoch, "epoch"))
+            return Response(body, media_type=binary.MEDIA_TYPE)
         return data.consistent(data.points, run, whole(epoch, "epoch"))
 
     @app.get("/api/neuron/{run}/{epoch}/{neuron}")
@@ -255,6 +262,13 @@ def create_app(workspace: str | Path, allowed_hosts: Iterable[str] = ()) -> Fast
         return {"version": data.version()}
 
     return app
+
+
+def payload_format(value: str) -> str:
+    """``?format=``: ``json`` (the default) or ``binary`` (typed arrays, :mod:`.binary`)."""
+    if value not in ("json", "binary"):
+        raise BadRequest(f"format must be json or binary, not {value[:40]!r}", 422)
+    return value
 
 
 def whole(value: str, name: str) -> int:
@@ -349,3 +363,39 @@ def serve(workspace: str | Path, host: str = "127.0.0.1", port: int = 8765,
     uvicorn.run(app, host=host, port=port, log_level=log_level,
                 http=protocol, timeout_keep_alive=keep_alive,
                 h11_max_incomplete_event_size=16 * 1024)
+
+
+class ThreadedServer:
+    """The dashboard of ``workspace`` served from a thread of this process, on a free port of
+    127.0.0.1: ``with ThreadedServer(ws) as url: ...`` (tests, benchmarks, notebooks). The
+    server stops when the block ends."""
+
+    def __init__(self, workspace: str | Path, start_timeout: float = 30):
+        import socket
+        import threading
+
+        import uvicorn
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        config = uvicorn.Config(create_app(workspace), host="127.0.0.1", port=self.port,
+                                log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.start_timeout = start_timeout
+
+    def __enter__(self) -> str:
+        import time
+
+        self.thread.start()
+        deadline = time.monotonic() + self.start_timeout
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError(f"the dashboard did not start on port {self.port}")
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)

@@ -40,6 +40,7 @@ from ..workspace.artifacts import (
     stored_importance,
 )
 from ..workspace.store import corrupt
+from . import binary
 from .consistency import (  # noqa: F401 (BadRequest, WorkspaceChanging: this module's API)
     BadRequest,
     ConsistentReader,
@@ -230,6 +231,34 @@ class StudyData(ConsistentReader):
             payload.update(concepts=concepts["names"], label=concepts["label"].tolist(),
                            label_iou=_round(concepts["best"], 2))
         return payload
+
+    def points_binary(self, run: str, epoch: int) -> bytes:
+        """:meth:`points` as a binary payload (:mod:`.binary`): header {run, epoch, n,
+        concepts (names, or null)}, arrays x, y float32 (NaN: not placed, full precision),
+        dead uint8, layer uint16 (uint32 past 65,535 layers) and, with labels, label int16
+        (int32 past 32,767 concepts; -1: none) and label_iou float32."""
+        self.check_epoch(run, epoch)
+        s, proj = self._checkpoint(run, epoch)
+        coords = np.asarray(proj["coords"], dtype=np.float32)
+        layer = s.layer_of()
+        arrays = {"x": coords[:, 0], "y": coords[:, 1],
+                  "dead": np.asarray(proj["dead"]).astype(np.uint8),
+                  "layer": layer.astype(np.uint16 if len(s.layers) <= 65535 else np.uint32)}
+        concepts = self._concepts(run, epoch)
+        names = None
+        if concepts is not None:
+            names = concepts["names"]
+            arrays["label"] = concepts["label"].astype(np.int16 if len(names) < 32767
+                                                       else np.int32)
+            arrays["label_iou"] = concepts["best"].astype(np.float32)
+        return binary.encode({"run": run, "epoch": epoch, "n": len(coords),
+                              "concepts": names}, arrays)
+
+    def base_binary(self) -> bytes:
+        """:meth:`base` as a binary payload: header {n}, arrays x, y float32."""
+        coords = self._cached(map_path(self.ws), lambda: load_map(self.ws))
+        coords = np.asarray(coords, dtype=np.float32)
+        return binary.encode({"n": len(coords)}, {"x": coords[:, 0], "y": coords[:, 1]})
 
     def neuron(self, run: str, epoch: int, neuron: int) -> dict:
         """One neuron. Its trajectory and neighbours leave out the checkpoints whose files

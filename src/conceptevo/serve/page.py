@@ -14,15 +14,18 @@ from pathlib import Path
 STATIC = Path(str(resources.files("conceptevo") / "serve" / "static"))
 
 #: every script of the page, in load order: constants, data access and the store, DOM helpers,
-#: state and rendering, the map and its controls, charts, one file per view, then main.js (which
-#: registers the views in VIEW_RENDERERS and starts the page). A new view is a new view_*.js
-#: here, before main.js, and in index.html.
+#: state and rendering, the map (the renderer of large maps, the panel, the scenes) and its
+#: controls, charts, one file per view, then main.js (which registers the views in
+#: VIEW_RENDERERS and starts the page). A new view is a new view_*.js here, before main.js,
+#: and in index.html.
 SCRIPTS = (
     "constants.js",
     "data.js",
     "dom.js",
     "state.js",
+    "map_splat.js",
     "map.js",
+    "map_scene.js",
     "map_controls.js",
     "charts.js",
     "view_space.js",

@@ -29,7 +29,7 @@ the same concept closer together (docs/space.md has the measurements).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -232,6 +232,18 @@ def project(stimuli: np.ndarray, e: np.ndarray) -> np.ndarray:
     return e[np.asarray(stimuli)].mean(1)
 
 
+def _exponent(top: torch.Tensor, var: torch.Tensor, temperature: float
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(shift, scale) float32 of the weights exp((a - shift) * scale) of neurons whose finite
+    activations have the maximum ``top`` and the variance ``var``: shift = top and scale =
+    1 / (temperature sigma), or 0 and 0 for a flat neuron (sigma <= 1e-6 |top|), which then
+    weighs every image alike."""
+    sigma = var.double().sqrt()
+    flat = ~(sigma > 1e-6 * top.double().abs().clamp(min=1e-30))
+    inv = torch.where(flat, 0.0, 1.0 / (temperature * sigma)).float()
+    return torch.where(flat, 0.0, top.float()), inv
+
+
 class ActivationWeights:
     """The weights of the activation-weighted projection.
 
@@ -271,11 +283,9 @@ class ActivationWeights:
             mean = torch.where(finite, a, 0.0).sum(1, keepdim=True) / count
             var = torch.where(finite, a - mean, 0.0).square().sum(1, keepdim=True) / count
             top = torch.where(finite, a, -torch.inf).amax(1, keepdim=True)
-        sigma = var.double().sqrt()
-        flat = ~(sigma > 1e-6 * top.double().abs().clamp(min=1e-30))
-        inv = torch.where(flat, 0.0, 1.0 / (self.temperature * sigma)).float()
+        shift, inv = _exponent(top, var, self.temperature)
         # w = exp((a - top) / (T sigma)), in place; flat rows get exp(0) = 1 everywhere
-        w = a.sub_(torch.where(flat, 0.0, top)).mul_(inv).clamp_(max=0).exp_()
+        w = a.sub_(shift).mul_(inv).clamp_(max=0).exp_()
         if not clean:
             w.masked_fill_(~finite, 0.0)
         norm = w.sum(1, keepdim=True, dtype=torch.float64).clamp(min=np.finfo(np.float64).tiny)
@@ -314,6 +324,53 @@ class ActivationWeights:
                                                  device=self.device),
                                  torch.linalg.cholesky(gram))
         return (w.T @ y.float()).double().cpu().numpy()
+
+
+def project_streamed(blocks: Callable[[], Iterable[tuple[np.ndarray, torch.Tensor]]],
+                     n_neurons: int, e: np.ndarray, temperature: float = 1.0,
+                     device: str | torch.device = "cpu") -> np.ndarray:
+    """v~ [n_neurons, d] of the activation-weighted projection (the weights of
+    :class:`ActivationWeights`) from activations that arrive as blocks of images, never as
+    the whole [n_neurons, n_images] matrix: what a stimulus pass that does not store its
+    activations projects with (docs/scaling.md).
+
+    ``blocks()`` returns a new iterator over (image ids int64 [b], activations float32
+    [b, n_neurons]) on each call, the same values each time (images missing from every block
+    weigh 0, as non-finite activations do). Two passes: the per-neuron count, sum, sum of
+    squares (float64) and maximum of the finite activations; then each block's unnormalised
+    weights exp((a - max) / (T sigma)), their sums and the weighted sums of the image
+    embeddings ``e`` [n_images, d], accumulated in float64. Memory: a few n_neurons x d
+    arrays and one block. Equal to :meth:`ActivationWeights.project` up to the order of float
+    summation (a neuron without a finite activation is NaN in both).
+    """
+    dev = torch.device(device)
+    count = torch.zeros(n_neurons, dtype=torch.float64, device=dev)
+    total = torch.zeros_like(count)
+    squares = torch.zeros_like(count)
+    top = torch.full((n_neurons,), -torch.inf, dtype=torch.float32, device=dev)
+    for _, a in blocks():
+        a = a.to(dev)
+        finite = torch.isfinite(a)
+        clean = torch.where(finite, a, 0.0).double()
+        count += finite.sum(0)
+        total += clean.sum(0)
+        squares += clean.square().sum(0)
+        top = torch.maximum(top, torch.where(finite, a, -torch.inf).amax(0))
+    mean = total / count.clamp(min=1)
+    var = (squares / count.clamp(min=1) - mean.square()).clamp(min=0)
+    shift, inv = _exponent(top, var, temperature)
+    e_t = torch.as_tensor(np.asarray(e, dtype=np.float32), device=dev)
+    norm = torch.zeros_like(count)
+    weighted = torch.zeros((n_neurons, e_t.shape[1]), dtype=torch.float64, device=dev)
+    for ids, a in blocks():
+        a = a.to(dev)
+        finite = torch.isfinite(a)
+        w = (a - shift).mul_(inv).clamp_(max=0).exp_().masked_fill_(~finite, 0.0)
+        norm += w.sum(0, dtype=torch.float64)
+        weighted += (w.T @ e_t[torch.as_tensor(ids, device=dev)]).double()
+    out = weighted / norm.clamp(min=np.finfo(np.float64).tiny)[:, None]
+    out[count == 0] = torch.nan  # no finite activation: no place (as ActivationWeights gives)
+    return out.cpu().numpy()
 
 
 def activation_weights(activations: np.ndarray, temperature: float = 1.0) -> np.ndarray:

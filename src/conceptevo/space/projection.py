@@ -28,6 +28,7 @@ from .image_embedding import (
     embed_images,
     fidelity,
     project,
+    project_streamed,
 )
 
 
@@ -141,6 +142,14 @@ class ActivationWeighted(ImageProjection):
 
     def transform(self, result: StimuliResult) -> np.ndarray:
         return self._weights(result).project(self._embedding())
+
+    def transform_streamed(self, blocks, n_neurons: int) -> np.ndarray:
+        """``transform`` of a pass whose activations arrive as blocks of images
+        (``blocks()``: a new iterator of (image ids, float32 [b, n_neurons]) on each call, e.g.
+        ``StimulusAccumulator.activation_blocks``), without the whole matrix
+        (:func:`~conceptevo.space.image_embedding.project_streamed`)."""
+        return project_streamed(blocks, n_neurons, self._embedding(), self.temperature,
+                                self.device)
 
 
 #: The space's projection methods by their ``[space] projection`` name.

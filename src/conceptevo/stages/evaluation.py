@@ -54,11 +54,12 @@ from ..evaluate.neurons import (
 )
 from ..evaluate.text import evaluation_text, headline  # noqa: F401 (evaluation_text: API)
 from ..progress import progress_bar
-from ..runs import run_model
+from ..runs import run_model, streams_projection
 from ..space.unified import BaseSpace, UnifiedSpace
 from ..viz import plot_auc_by_depth, plot_checks, plot_roc
 from ..workspace import Workspace
 from ..workspace.artifacts import (  # noqa: F401 (study_config, load_evaluation: API)
+    evaluation_path,
     labels_path,
     load_base_space,
     load_evaluation,
@@ -69,7 +70,7 @@ from ..workspace.artifacts import (  # noqa: F401 (study_config, load_evaluation
     stored_importance,
     study_config,
 )
-from .context import Context
+from .context import Context, cache_key, stored_key
 from .evaluation_checks import invariance_checks
 from .evaluation_rankers import compare_rankers
 from .importance import NO_DROP, reversion_ratio
@@ -335,8 +336,9 @@ def agreement_check(neurons: StudyNeurons, vectors: dict[str, np.ndarray]) -> di
     (within the same layer of the other checkpoint of a pair) is its one-to-one correlation
     match, against chance; passed when above chance (binomial, p < 0.01) on every layer."""
     if neurons.partner is None:
-        return {"skipped": "the stimulus pass recorded no activations ([space] projection = "
-                           "\"stimuli\"): there is nothing to correlate"}
+        return {"skipped": "the checkpoints' activations are not stored ([space] projection "
+                           "= \"stimuli\", or [stimuli] store_activations = false): there is "
+                           "nothing to correlate"}
     pairs = agreement_pairs(neurons.checkpoints)
     if not pairs:
         return {"skipped": "one checkpoint only: there is nothing to match"}
@@ -436,7 +438,15 @@ def ensure_evaluation(ctx: Context) -> dict:
     ec = cfg.evaluation
     probe, _ = ensure_probe_sets(ctx)
     checkpoints = evaluated_checkpoints(cfg, ws)
+    key = evaluation_key(ctx)
+    if stored_key(ws, evaluation_path(ws)) == key:
+        stored = load_evaluation(ws)
+        if isinstance(stored, dict):
+            log.info("evaluation: up to date (%s: nothing it reads changed)",
+                     evaluation_path(ws))
+            return stored
     report = {
+        "key": key,
         "schema": SCHEMA,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "annotations": None, "labels": None, "alignment": None, "classes": None,
@@ -467,10 +477,24 @@ def ensure_evaluation(ctx: Context) -> dict:
             f"concept labels and the concept alignment study: no pixel-level concept masks at "
             f"{masks_file} (set [evaluation] annotations to an annotation file, "
             "docs/concepts.md); the class-level study and the other checks ran")
-    spaces = seed_spaces(ctx, probe, ec.seeds)
+    seeds = ec.seeds
+    if seeds > 1 and streams_projection(cfg):
+        report["skipped"].append(
+            f"the space with {seeds - 1} other seed(s): the checkpoints were projected during "
+            "their stimulus passes and their activations not stored ([stimuli] "
+            "store_activations = false), so a space with another seed cannot project them; "
+            "the figures are of the stored seed only (set store_activations = true for the "
+            "spread over seeds)")
+        seeds = 1
+    if streams_projection(cfg):
+        report["skipped"].append(
+            "the activation-correlation baselines (correlation-probe, matched): they read "
+            "every checkpoint's activations, not stored with [stimuli] store_activations = "
+            "false")
+    spaces = seed_spaces(ctx, probe, seeds)
     stored = spaces[0].space
-    data = load_checkpoints(ws, checkpoints, stored.needs_activations,
-                            annotations is not None)
+    data = load_checkpoints(ws, checkpoints, stored.needs_activations
+                            and not streams_projection(cfg), annotations is not None)
     neurons = collect_neurons(cfg, data, probe.labels, stored)
     with progress_bar(len(spaces), "space methods over seeds", "seed") as bar:
         seeds = []
@@ -520,6 +544,25 @@ def ensure_evaluation(ctx: Context) -> dict:
         "annotation-free checks ran)"
     save_evaluation(ws, report)
     return report
+
+
+def evaluation_key(ctx: Context) -> str:
+    """The key of ``evaluation.json``: the study's whole configuration, the key of every
+    stored stimulus pass, space artifact and importance result it can read, the annotation
+    file (size, modification time), the figures' format and the environment that can make
+    them differ (:func:`environment`). The same key: the same report, which is then reused."""
+    from .. import __version__
+
+    cfg, ws = ctx.cfg, ctx.ws
+    stored = {}
+    for part in ("stimuli", "space", "importance"):
+        for path in sorted(ws.path(part).rglob("*.npz")):
+            stored[path.relative_to(ws.root).as_posix()] = stored_key(ws, path)
+    masks = annotation_path(cfg)
+    stat = masks.stat() if masks.is_file() else None
+    return cache_key(schema=SCHEMA, version=__version__, config=cfg.to_dict(),
+                     artifacts=stored, environment=environment(),
+                     annotations=[str(masks), stat.st_size, stat.st_mtime_ns] if stat else None)
 
 
 def environment() -> dict:

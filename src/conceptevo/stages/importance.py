@@ -28,7 +28,7 @@ from ..evolution.importance import (
 from ..models.adapter import ModelAdapter
 from ..models.checkpoints import Checkpoint, find_checkpoints
 from ..progress import progress_bar
-from ..runs import probe_classes, run_model, stimuli_key
+from ..runs import pass_is_current, probe_classes, run_model, stimuli_key
 from ..workspace import Workspace
 from ..workspace.artifacts import (  # noqa: F401 (part of this stage's API)
     SPLITS,
@@ -119,7 +119,7 @@ def check_class_order_for(ctx: Context, probe: ProbeSet, run: str, epoch: int | 
         next((c for c in rm.checkpoints if c.epoch == epoch), rm.checkpoints[-1])
     meta = ws.stimuli_meta(run, ckpt.epoch)
     labels, predicted = probe.labels, None
-    if meta is not None and meta.get("key") == stimuli_key(cfg, probe, rm, ckpt):
+    if pass_is_current(meta, stimuli_key(cfg, probe, rm, ckpt)):
         predicted = ws.load_stimuli(run, ckpt.epoch).predicted
     if predicted is None or len(predicted) != len(probe):
         rng = np.random.default_rng(ctx.seed)

@@ -124,9 +124,10 @@ def _fit_map(ctx: Context, space: BaseSpace) -> ConceptMap:
 
 def ensure_projections(ctx: Context, space: BaseSpace, space_key: str, state: MapState,
                        runs: list[str] | None = None) -> list[tuple[str, int]]:
-    """v~ and 2-D coordinates of every neuron of every checkpoint with stimuli."""
+    """v~ and 2-D coordinates of every neuron of every checkpoint with stimuli (v~ as its
+    pass computed it where the pass projected into this space: ``[stimuli]
+    store_activations = false``)."""
     ws, device = ctx.ws, str(ctx.device)
-    activations = space.needs_activations
     done = []
     for run in ws.stimuli_runs():
         if runs is not None and run not in runs:
@@ -137,7 +138,13 @@ def ensure_projections(ctx: Context, space: BaseSpace, space_key: str, state: Ma
             key = cache_key(space=space_key, map=state.key, stimuli=meta.get("key"),
                             placement="per-checkpoint")
             if not up_to_date(ws, ws.projection_path(run, epoch), key):
-                todo.append((epoch, key))
+                if meta.get("space") not in (None, space_key):
+                    raise WorkspaceError(
+                        f"the stimuli of run {run!r} epoch {epoch} were projected during "
+                        "their pass into another base space and hold no activations "
+                        "([stimuli] store_activations = false): run `conceptevo build`, "
+                        "which computes them again for this space")
+                todo.append((epoch, key, meta.get("space") == space_key))
         if not todo:
             continue
         if state.model is None:
@@ -147,9 +154,11 @@ def ensure_projections(ctx: Context, space: BaseSpace, space_key: str, state: Ma
         # the same call, so placing the checkpoints together would make a checkpoint's map
         # depend on which others were (re)computed with it, and a resumed build would differ
         with progress_bar(len(todo), f"2-D map {run}", "epoch") as bar:
-            for epoch, key in todo:
-                r = ws.load_stimuli(run, epoch, activations=activations)
-                projected = project_result(r, space, device).astype(np.float32)
+            for epoch, key, projected_in_pass in todo:
+                r = ws.load_stimuli(run, epoch, activations=space.needs_activations
+                                    and not projected_in_pass)
+                projected = r.projected if projected_in_pass else \
+                    project_result(r, space, device).astype(np.float32)
                 coords = _place(state.model, projected)
                 save_projection(ws, run, epoch, key, projected, coords, r.dead)
                 done.append((run, epoch))

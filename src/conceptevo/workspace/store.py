@@ -50,6 +50,8 @@ def stimuli_arrays(result: StimuliResult) -> dict[str, np.ndarray]:
         arrays["activation_scale"] = result.activation_scale
     if result.predicted is not None:
         arrays["predicted"] = result.predicted
+    if result.projected is not None:
+        arrays["projected"] = result.projected
     arrays["layers"] = layers_array(result.layers)
     arrays["meta"] = np.array(json.dumps(result.meta, default=str))
     return arrays
@@ -270,13 +272,16 @@ class Workspace:
                    f"; runs with stimuli: {self.stimuli_runs()}"))
         with self.reading(p) as checked, np.load(checked, allow_pickle=False) as z:
             arrays = {name: z[name] for name in StimuliResult.ARRAYS}
-            if "predicted" in z.files:
-                arrays["predicted"] = z["predicted"]
+            for name in ("predicted", "projected"):
+                if name in z.files:
+                    arrays[name] = z[name]
             if activations:
                 if "activations" not in z.files:
                     raise WorkspaceError(
                         f"{p} holds no activations (computed with [space] projection = "
-                        "\"stimuli\"); run `conceptevo build` again to record them")
+                        "\"stimuli\", or with [stimuli] store_activations = false); set "
+                        "store_activations = true and run `conceptevo build` again to "
+                        "record them")
                 arrays["activations"] = z["activations"]
                 arrays["activation_scale"] = z["activation_scale"]
             layers = layers_from_array(z["layers"])

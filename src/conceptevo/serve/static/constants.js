@@ -8,7 +8,9 @@
  *   data.js             data access (server or report: getJSON, patch URLs), the store, loaders
  *   dom.js              DOM and formatting helpers, colours
  *   state.js            the state, URL read/write, the rendering loop, the banner
- *   map.js              the map (Camera, HitGrid, MapPanel), scenes, the tooltip
+ *   map_splat.js        the renderer of large maps (PointSplat: points written into pixels)
+ *   map.js              the map (Camera, HitGrid, MapPanel)
+ *   map_scene.js        scenes (what a map draws), the pinned neuron's trajectory, the tooltip
  *   map_controls.js     shared map controls: epoch slider, playing, legends, run picker
  *   charts.js           SVG charts, the reversion chart, canvas charts (one frame, two renderers)
  *   view_space.js       Space view and the pinned neuron panel
@@ -28,7 +30,8 @@
  * (a top-level function becomes one; `let top` would be a SyntaxError).
  *
  * It runs in two modes:
- *  - server mode: data comes from the JSON API of `conceptevo serve` (same origin);
+ *  - server mode: data comes from the JSON API of `conceptevo serve` (same origin; the points
+ *    of a checkpoint and the base map as typed arrays, ?format=binary);
  *  - report mode: `window.CONCEPTEVO_EMBED = {api: {path: payload}, patches: {url: dataURI}}` is
  *    defined before these scripts run and every read is answered from it (nothing is fetched).
  * Every data access goes through getJSON(path) and every patch image through patchSrc(url)
@@ -50,6 +53,12 @@ const POLL_INTERVAL_MS = 2000;        // live refresh (server mode only)
 const HIT_RADIUS_PX = 8;              // how close the cursor must be to a point to hover it
 const DRAG_THRESHOLD_PX = 4;          // a press that moves less than this is a click
 const SQUARE_POINTS_ABOVE = 20000;    // maps with more points draw squares (much faster)
+const SPLAT_POINTS_ABOVE = 50000;     // maps with more points are drawn by PointSplat
+const FRAME_BUDGET_MS = 12;           // a large map slower than this to render previews a move
+const SETTLE_MS = 120;                // ... rendered again once the camera is still this long
+const SPLAT_REFRESH_MS = 250;         // ... and at least this often while it moves
+const HIT_GRID_MAX = 1024;            // hover index: at most this many cells a side
+const MAP_DRAWS_KEPT = 200;           // map renders kept in state.mapDraws (tests, benchmarks)
 const TAU = 2 * Math.PI;
 
 // Runs: a calm categorical palette; the base model is drawn grey underneath everything.

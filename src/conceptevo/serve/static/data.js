@@ -1,4 +1,5 @@
-/* ConceptEvo dashboard, data.js: data access (EMBED/REPORT_MODE, ApiError, getJSON, patch URLs)
+/* ConceptEvo dashboard, data.js: data access (EMBED/REPORT_MODE, ApiError, getJSON, the binary
+ * payloads: decodeArrays, getArrays; patch URLs)
  * and the store of loaded data with its loaders and study look-ups.
  * Uses constants.js; its functions also call dom.js ($, last) and state.js (invalidate).
  * (Load order and how the files share names: constants.js.)
@@ -33,6 +34,29 @@ function apiPath(...segments) {
   return "/api/" + segments.map((s) => encodeURIComponent(String(s))).join("/");
 }
 
+/** The server's response to a GET of `path` (asked again, twice at most, while it answers
+ * 503 with Retry-After: the workspace is being rewritten by a build or a live run). Throws
+ * ApiError with the server's message ({"error": ...}) when it is not ok. */
+async function serverResponse(path, accept) {
+  let response;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      response = await fetch(path, {headers: {Accept: accept}});
+    } catch (err) {
+      throw new ApiError(`cannot reach the server (${err.message})`);
+    }
+    const retry = Number(response.headers.get("Retry-After"));
+    if (response.status !== 503 || !(retry >= 0) || attempt >= 2) break;
+    await new Promise((resolve) => setTimeout(resolve, 1000 * Math.min(retry, 5)));
+  }
+  if (!response.ok) {
+    const body = await response.json().catch(() => null);
+    const message = body && body.error ? body.error : `${response.status} ${response.statusText}`;
+    throw new ApiError(message, {status: response.status});
+  }
+  return response;
+}
+
 /** The payload at an API path, from the report or the server. Throws ApiError with the
  * server's message ({"error": ...}) or "not included in this report". */
 async function getJSON(path) {
@@ -41,24 +65,47 @@ async function getJSON(path) {
     if (payload === undefined) throw new ApiError("not included in this report", {missing: true});
     return payload;
   }
-  let response;
-  for (let attempt = 0; ; attempt++) {
-    try {
-      response = await fetch(path, {headers: {Accept: "application/json"}});
-    } catch (err) {
-      throw new ApiError(`cannot reach the server (${err.message})`);
+  const response = await serverResponse(path, "application/json");
+  return response.json().catch(() => null);
+}
+
+// Binary payloads (?format=binary, server mode only): "CEVB", a uint32 header length, a JSON
+// header, then typed arrays at 8-byte aligned offsets (conceptevo/serve/binary.py).
+const ARRAY_TYPES = {float32: Float32Array, int32: Int32Array, int16: Int16Array,
+                     uint16: Uint16Array, uint32: Uint32Array, uint8: Uint8Array};
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+/** {header, arrays: {name: typed array}} of a binary payload: views of `buffer` itself (no
+ * copy) on a little-endian machine, copies read through a DataView otherwise. */
+function decodeArrays(buffer) {
+  const view = new DataView(buffer);
+  const magic = String.fromCharCode(...new Uint8Array(buffer, 0, Math.min(4, buffer.byteLength)));
+  if (magic !== "CEVB") throw new ApiError("the server sent no binary payload");
+  const length = view.getUint32(4, true);
+  const header = JSON.parse(new TextDecoder().decode(new Uint8Array(buffer, 8, length)));
+  const arrays = {};
+  for (const [name, {dtype, offset, length: n}] of Object.entries(header.arrays)) {
+    const Type = ARRAY_TYPES[dtype];
+    if (!Type || offset + n * Type.BYTES_PER_ELEMENT > buffer.byteLength) {
+      throw new ApiError(`binary payload: bad array ${name}`);
     }
-    // 503 + Retry-After: the workspace is being rewritten (a build, a live run); ask again
-    const retry = Number(response.headers.get("Retry-After"));
-    if (response.status !== 503 || !(retry >= 0) || attempt >= 2) break;
-    await new Promise((resolve) => setTimeout(resolve, 1000 * Math.min(retry, 5)));
+    if (LITTLE_ENDIAN) {
+      arrays[name] = new Type(buffer, offset, n);
+      continue;
+    }
+    const getter = `get${Type.name.replace("Array", "")}`;
+    const out = new Type(n);
+    for (let i = 0; i < n; i++) out[i] = view[getter](offset + i * Type.BYTES_PER_ELEMENT, true);
+    arrays[name] = out;
   }
-  const body = await response.json().catch(() => null);
-  if (!response.ok) {
-    const message = body && body.error ? body.error : `${response.status} ${response.statusText}`;
-    throw new ApiError(message, {status: response.status});
-  }
-  return body;
+  delete header.arrays;
+  return {header, arrays};
+}
+
+/** The binary payload at an API path (server mode only), decoded by decodeArrays. */
+async function getArrays(path) {
+  const response = await serverResponse(path, "application/octet-stream");
+  return decodeArrays(await response.arrayBuffer());
 }
 
 function patchUrl(run, epoch, neuron) {
@@ -84,18 +131,18 @@ const store = {
   hasLabels: false,      // some points payload carries concept labels
 };
 
-/** getJSON(path) then transform, once per path per generation (failures are forgotten,
- * to be retried). A path is always read with the same transform. */
-function cachedJSON(path, transform = (payload) => payload) {
-  let request = store.requests.get(path);
-  if (!request) {
-    request = getJSON(path).then(transform);
-    store.requests.set(path, request);
-    request.catch(() => {
-      if (store.requests.get(path) === request) store.requests.delete(path);
+/** load(path) then transform, once per path per generation (failures are forgotten, to be
+ * retried). A path is always read with the same transform. */
+function cachedJSON(path, transform = (payload) => payload, load = getJSON) {
+  let pending = store.requests.get(path);
+  if (!pending) {
+    pending = load(path).then(transform);
+    store.requests.set(path, pending);
+    pending.catch(() => {
+      if (store.requests.get(path) === pending) store.requests.delete(path);
     });
   }
-  return request;
+  return pending;
 }
 
 function toFloats(values) {
@@ -106,34 +153,59 @@ function toFloats(values) {
 
 const pointsKey = (run, epoch) => `${run}/${epoch}`;
 
-/** One checkpoint's neurons in typed arrays; neuron i is index i. `label` (concept name or
- * null) and `labelIou` (its best concept's IoU) are null when the checkpoint has no labels. */
+/** One checkpoint's neurons in typed arrays; neuron i is index i. With concept labels,
+ * `concepts` (names), `label` (per neuron an index into concepts, -1: none) and `labelIou`
+ * (its best concept's IoU); all three null when the checkpoint has no labels. From the JSON
+ * payload (a report) or the binary one ({header, arrays}: the server). */
 function toPoints(payload, run, epoch) {
-  const labelled = Array.isArray(payload.label) && Array.isArray(payload.concepts);
+  const binary = payload.arrays !== undefined;
+  const a = binary ? payload.arrays : null;
+  const concepts = binary ? payload.header.concepts : payload.concepts;
+  const labelled = Array.isArray(concepts) && (binary ? !!a.label : Array.isArray(payload.label));
   if (labelled) store.hasLabels = true;
+  const n = binary ? payload.header.n : payload.x.length;
   return {
-    run, epoch, n: payload.x.length,
-    x: toFloats(payload.x), y: toFloats(payload.y),
-    dead: Uint8Array.from(payload.dead || []),
-    layer: Uint16Array.from(payload.layer || []),
-    // The payload holds an index into its concepts per neuron (-1: none).
-    label: labelled ? payload.label.map((i) => payload.concepts[i] ?? null) : null,
-    labelIou: labelled ? toFloats(payload.label_iou || []) : null,
+    run, epoch, n,
+    x: binary ? a.x : toFloats(payload.x), y: binary ? a.y : toFloats(payload.y),
+    dead: binary ? a.dead : Uint8Array.from(payload.dead || []),
+    layer: binary ? a.layer : Uint16Array.from(payload.layer || []),
+    concepts: labelled ? concepts : null,
+    label: !labelled ? null : binary ? a.label : Int32Array.from(payload.label, (i) => i ?? -1),
+    labelIou: !labelled ? null : binary ? a.label_iou : toFloats(payload.label_iou || []),
   };
 }
+
+/** A neuron's concept label (a name), or null. */
+const labelOf = (points, neuron) =>
+  (points.label && points.label[neuron] >= 0 ? points.concepts[points.label[neuron]] ?? null : null);
 
 function loadPoints(run, epoch) {
   const key = pointsKey(run, epoch);
   const generation = store.generation;
   const current = () => generation === store.generation;  // not refreshed meanwhile
-  return cachedJSON(apiPath("points", run, epoch), (payload) => {
+  const path = apiPath("points", run, epoch);
+  // the server sends typed arrays (?format=binary); a report embeds the JSON payload
+  return cachedJSON(REPORT_MODE ? path : `${path}?format=binary`, (payload) => {
     const points = toPoints(payload, run, epoch);
     if (current()) store.points.set(key, points);
     return points;
-  }).catch((err) => {
+  }, REPORT_MODE ? getJSON : getArrays).catch((err) => {
     if (current()) store.failed.set(key, err.message);
     throw err;
   });
+}
+
+/** The base map ({x, y: Float32Array, count: placed points}), binary from the server. */
+async function loadBase() {
+  const payload = REPORT_MODE ? await getJSON("/api/base") : await getArrays("/api/base?format=binary");
+  const base = REPORT_MODE ? {x: toFloats(payload.x), y: toFloats(payload.y)}
+                           : {x: payload.arrays.x, y: payload.arrays.y};
+  let count = 0;
+  for (let i = 0; i < base.x.length; i++) {
+    if (Number.isFinite(base.x[i]) && Number.isFinite(base.y[i])) count++;
+  }
+  base.count = count;
+  return base;
 }
 
 /** Start loading the given [run, epoch] pairs; the view re-renders as each arrives. */
@@ -187,7 +259,7 @@ function neuronInfo(run, epoch, neuron) {
     unit: layer ? unitText(layer) : null,
     channel: layer ? neuron - layer.offset : neuron,
     dead: points ? points.dead[neuron] === 1 : false,
-    concept: points && points.label ? {label: points.label[neuron], iou: points.labelIou[neuron]}
+    concept: points && points.label ? {label: labelOf(points, neuron), iou: points.labelIou[neuron]}
                                     : null,
   };
 }

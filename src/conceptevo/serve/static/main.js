@@ -60,12 +60,12 @@ async function pollVersion() {
 /** New study and metrics, every cache dropped, the selection kept (and extended to new
  * runs and epochs when it covered all of them). */
 async function refreshWorkspace() {
-  const [study, base] = await Promise.all([getJSON("/api/study"), getJSON("/api/base")]);
+  const [study, base] = await Promise.all([getJSON("/api/study"), loadBase()]);
   const oldRuns = runNames();
   const followLast = state.epoch === last(allEpochs()) && !state.playing;
   const hadAllRuns = oldRuns.every((r) => state.runs.includes(r));
   store.study = study;
-  store.base = toBase(base);
+  store.base = base;
   store.generation++;
   store.points.clear();
   store.failed.clear();
@@ -81,13 +81,6 @@ async function refreshWorkspace() {
   if (p && !(runInfo(p.run) && runInfo(p.run).epochs.includes(p.epoch))) pin(null);
   renderHeader();
   invalidate();
-}
-
-function toBase(payload) {
-  if (!payload) return null;
-  const base = {x: toFloats(payload.x), y: toFloats(payload.y)};
-  base.count = base.x.filter((v, i) => Number.isFinite(v) && Number.isFinite(base.y[i])).length;
-  return base;
 }
 
 // ----------------------------------------------------------------------------- start
@@ -115,14 +108,14 @@ async function start() {
     const [version, study, base] = await Promise.all([
       REPORT_MODE ? null : getJSON("/api/version").then((v) => v.version, () => null),
       getJSON("/api/study"),
-      getJSON("/api/base").catch((err) => {
+      loadBase().catch((err) => {
         showBanner(`Base map: ${err.message}`);
         return null;
       }),
     ]);
     knownVersion = version;
     store.study = study;
-    store.base = toBase(base);
+    store.base = base;
     readUrl();
     renderHeader();
     spaceView.init();

@@ -1,6 +1,6 @@
-/* ConceptEvo dashboard, map.js: the map: Camera, HitGrid and MapPanel (a canvas of points), the
- * scenes it draws (cached) and the tooltip.
- * Uses constants.js, data.js, dom.js and state.js.
+/* ConceptEvo dashboard, map.js: the map: Camera, HitGrid and MapPanel (a canvas of points: canvas
+ * paths for small scenes, PointSplat for large ones).
+ * Uses constants.js, dom.js, state.js and map_splat.js; scenes and the tooltip: map_scene.js.
  * (Load order and how the files share names: constants.js.)
  */
 "use strict";
@@ -14,6 +14,7 @@ class Camera {
     this.cx = 0;
     this.cy = 0;
     this.zoom = 1;
+    this.movedAt = -Infinity;   // performance.now() of the last pan or zoom
     this.panels = new Set();
   }
 
@@ -34,6 +35,12 @@ class Camera {
 
   changed() {
     for (const panel of this.panels) panel.requestDraw(true);
+  }
+
+  /** A pan or zoom by the user: large maps preview it (MapPanel.drawSplat). */
+  moved() {
+    this.movedAt = performance.now();
+    this.changed();
   }
 }
 
@@ -59,7 +66,7 @@ class HitGrid {
     this.xs = xs;
     this.ys = ys;
     this.weight = weight;
-    this.size = clamp(Math.ceil(Math.sqrt(n / 2)), 1, 256);  // about 2 points per cell
+    this.size = clamp(Math.ceil(Math.sqrt(n / 2)), 1, HIT_GRID_MAX);  // about 2 points per cell
     this.x0 = b.x0;
     this.y0 = b.y0;
     this.cw = (b.x1 - b.x0) / this.size || 1;
@@ -107,7 +114,7 @@ class HitGrid {
 
 /** Point radius in CSS pixels: smaller for crowded maps, a little larger when zoomed in. */
 const pointRadius = (count, zoom) =>
-  (count > 20000 ? 1.6 : count > 5000 ? 2.2 : 3) * clamp(Math.sqrt(zoom), 1, 2.5);
+  (count > 200000 ? 1 : count > 20000 ? 1.6 : count > 5000 ? 2.2 : 3) * clamp(Math.sqrt(zoom), 1, 2.5);
 
 /** One map: a canvas of points (redrawn only when the scene or camera changes) under an
  * overlay canvas (hover ring, trajectory) that redraws alone on hover. */
@@ -138,6 +145,13 @@ class MapPanel {
     this.dirtyPoints = false;
     this.dirtyOverlay = false;
     this.frame = 0;
+    this.splat = null;        // PointSplat of a large scene
+    this.splatScene = null;   // the scene it last rendered
+    this.splatAt = 0;         // when, and how long it took
+    this.splatMs = 0;
+    this.background = null;   // [r, g, b] behind the canvas (the base is mixed with it)
+    this.settleTimer = 0;
+    this.hoverStamp = null;   // timeStamp of a pointermove whose hover ring is not drawn yet
     camera.panels.add(this);
     this.resizeObserver = new ResizeObserver(() => this.requestDraw(true));
     this.resizeObserver.observe(host);
@@ -148,6 +162,7 @@ class MapPanel {
     this.camera.panels.delete(this);
     this.resizeObserver.disconnect();
     cancelAnimationFrame(this.frame);
+    clearTimeout(this.settleTimer);
   }
 
   setScene(scene) {
@@ -156,6 +171,11 @@ class MapPanel {
     this.index = null;
     this.setHot(-1, null);
     this.requestDraw(true);
+    // the hover index of a large scene takes tens of milliseconds: built while idle, not on
+    // the first hover
+    idle(() => {
+      if (this.scene === scene && !this.index && scene.count) this.buildIndex();
+    });
   }
 
   requestDraw(points = false) {
@@ -214,8 +234,45 @@ class MapPanel {
     const ctx = this.context(this.canvas);
     const scene = this.scene;
     if (!scene) return;
+    const started = performance.now();
     const t = this.transform();
     const r = pointRadius(scene.count, this.camera.zoom);
+    const large = scene.count + scene.baseCount > SPLAT_POINTS_ABOVE;
+    const how = large ? this.drawSplat(ctx, scene, t, r) : this.drawPaths(ctx, scene, t, r);
+    state.mapDraw = {how, ms: Math.round(10 * (performance.now() - started)) / 10,
+                     points: scene.count + scene.baseCount};
+    state.mapDraws.push(state.mapDraw);
+    if (state.mapDraws.length > MAP_DRAWS_KEPT) state.mapDraws.shift();
+  }
+
+  /** A large scene: rendered by PointSplat, or, while the camera moves and a render takes
+   * longer than a frame, the last render moved and scaled (rendered again every
+   * SPLAT_REFRESH_MS meanwhile, and once the camera has been still for SETTLE_MS). */
+  drawSplat(ctx, scene, t, r) {
+    if (!this.splat) this.splat = new PointSplat();
+    this.splat.resize(this.canvas.width, this.canvas.height);
+    const now = performance.now();
+    const moving = now - this.camera.movedAt < SETTLE_MS;
+    if (moving && this.splatScene === scene && this.splatMs > FRAME_BUDGET_MS &&
+        now - this.splatAt < SPLAT_REFRESH_MS && this.splat.blit(ctx, t, this.dpr)) {
+      clearTimeout(this.settleTimer);
+      this.settleTimer = setTimeout(() => this.requestDraw(true), SETTLE_MS);
+      return "preview";
+    }
+    if (!this.background) {
+      const [red, green, blue, alpha] = cssRgba(getComputedStyle(this.host).backgroundColor);
+      this.background = alpha ? [red, green, blue] : [255, 255, 255];
+    }
+    this.splat.render(scene, t, this.dpr, r, this.background);
+    this.splat.blit(ctx, t, this.dpr);
+    this.splatScene = scene;
+    this.splatAt = performance.now();
+    this.splatMs = this.splatAt - now;
+    return "splat";
+  }
+
+  /** A small scene: one canvas path per (colour, dead) bucket, circles or squares. */
+  drawPaths(ctx, scene, t, r) {
     // Tiny circles cost several times more than squares and look the same on a crowded map.
     const square = scene.count + scene.baseCount > SQUARE_POINTS_ABOVE;
     if (scene.base) {
@@ -232,6 +289,7 @@ class MapPanel {
       }
     }
     ctx.globalAlpha = 1;
+    return "paths";
   }
 
   /** Points order[from..to) (from..to when order is null) in one colour, skipping those
@@ -273,6 +331,10 @@ class MapPanel {
   drawOverlay() {
     const ctx = this.context(this.overlay);
     if (this.options.drawOverlay) this.options.drawOverlay(ctx, this);
+    if (this.hoverStamp !== null) {   // the hover of a pointermove is on screen now
+      state.hover.frameMs = Math.max(0, Math.round(10 * (performance.now() - this.hoverStamp)) / 10);
+      this.hoverStamp = null;
+    }
     if (this.hot < 0) return;
     const [sx, sy] = this.toScreen(this.index.xs[this.hot], this.index.ys[this.hot]);
     const r = pointRadius(this.scene.count, this.camera.zoom) + 3.5;
@@ -368,12 +430,22 @@ class MapPanel {
       this.camera.cx = drag.cx - dx / s;
       this.camera.cy = drag.cy + dy / s;
       this.setHot(-1, null);
-      this.camera.changed();
+      this.camera.moved();
       return;
     }
+    const handled = performance.now();
     const k = this.pickEvent(e);
     if (k === this.hot) tooltip.follow(e);
     else this.setHot(k, e);
+    // hover timings (tests, benchmarks): event -> hovered state and tooltip updated (ms), the
+    // pick alone, and (drawOverlay) event -> its hover ring drawn
+    const done = performance.now();
+    const hover = state.hover;
+    hover.count++;
+    hover.ms = Math.max(0, Math.round(10 * (done - e.timeStamp)) / 10);
+    hover.handlerMs = Math.round(100 * (done - handled)) / 100;
+    this.hoverStamp = e.timeStamp;
+    this.requestDraw();
   }
 
   /** Zoom about the cursor: the world point under it stays under it. */
@@ -389,7 +461,7 @@ class MapPanel {
     this.camera.cx += bx - ax;
     this.camera.cy += by - ay;
     this.setHot(-1, null);
-    this.camera.changed();
+    this.camera.moved();
   }
 
   resetView() {
@@ -398,221 +470,3 @@ class MapPanel {
   }
 }
 
-// ---------------------------------------------------------------------------- scenes
-/** Colour index per point for a colour mode: {palette, index (per point) or null when the
- * whole checkpoint has palette[0]}. */
-function paint(points, labels) {
-  switch (state.color) {
-    case "epoch":
-      return {palette: [epochColor(points.epoch)], index: null};
-    case "layer": {
-      // Relative depth within the run's own architecture (see layerColor).
-      const highest = points.layer.reduce((m, l) => Math.max(m, l), 0);
-      return {palette: layerPalette(runInfo(points.run), highest + 1), index: points.layer};
-    }
-    case "label": {
-      // Unlabelled neurons first: buckets draw in palette order, so labelled ones end on top.
-      const palette = [UNLABELLED, ...labels.map((_, i) => LABEL_PALETTE[i % LABEL_PALETTE.length])];
-      const position = new Map(labels.map((label, i) => [label, i + 1]));
-      const index = new Uint16Array(points.n);
-      if (points.label) points.label.forEach((l, i) => { index[i] = position.get(l) || 0; });
-      return {palette, index};
-    }
-    default:
-      return {palette: [runColor(points.run)], index: null};
-  }
-}
-
-/** Draw order of one checkpoint's placed points, grouped by (colour, dead) bucket so each
- * bucket is one canvas path: bucket b holds order[starts[b] .. starts[b + 1]). */
-function bucketize(points, index, paletteSize) {
-  const buckets = 2 * paletteSize;
-  const bucketOf = new Int32Array(points.n).fill(-1);
-  const starts = new Int32Array(buckets + 1);
-  for (let i = 0; i < points.n; i++) {
-    if (!Number.isFinite(points.x[i]) || !Number.isFinite(points.y[i])) continue;
-    bucketOf[i] = 2 * (index ? index[i] : 0) + (points.dead[i] ? 1 : 0);
-    starts[bucketOf[i] + 1]++;
-  }
-  for (let b = 0; b < buckets; b++) starts[b + 1] += starts[b];
-  const count = starts[buckets];
-  const order = new Int32Array(count);
-  const next = starts.slice(0, -1);
-  for (let i = 0; i < points.n; i++) if (bucketOf[i] >= 0) order[next[bucketOf[i]]++] = i;
-  return {order, starts, count};
-}
-
-/** Concept labels present in some checkpoints, most frequent first. */
-function labelsOf(pointSets) {
-  const counts = new Map();
-  for (const points of pointSets) {
-    for (const label of points.label || []) {
-      if (label != null) counts.set(label, (counts.get(label) || 0) + 1);
-    }
-  }
-  return [...counts.keys()].sort((a, b) => counts.get(b) - counts.get(a));
-}
-
-/** Recent scenes by what they show, so an unchanged scene keeps its identity (and its map
- * is not redrawn, nor its hover index rebuilt). */
-const sceneCache = new Map();
-const SCENE_CACHE_SIZE = 16;
-
-/** The scene of some runs at the slider epoch (and earlier ones, fainter, when asked).
- * Returns {missing: [[run, epoch]]} while points still have to be loaded. */
-function sceneOf(runs) {
-  const key = [store.generation, runs.join("\n"), state.epoch, state.color,
-               state.showEarlier].join("|");
-  if (sceneCache.has(key)) return sceneCache.get(key);
-  const scene = buildScene(runs);
-  if (scene.missing) return scene;
-  sceneCache.set(key, scene);
-  if (sceneCache.size > SCENE_CACHE_SIZE) sceneCache.delete(sceneCache.keys().next().value);
-  return scene;
-}
-
-function buildScene(runs) {
-  const loaded = [];
-  const missing = [];
-  const unavailable = [];
-  for (const name of runs) {
-    const run = runInfo(name);
-    if (!run.epochs.includes(state.epoch)) unavailable.push(`${name} has no epoch ${state.epoch}`);
-    for (const epoch of run.epochs) {
-      if (epoch > state.epoch || (epoch < state.epoch && !state.showEarlier)) continue;
-      const key = pointsKey(name, epoch);
-      if (store.points.has(key)) loaded.push(store.points.get(key));
-      else if (store.failed.has(key)) unavailable.push(`${name}, epoch ${epoch}: ${store.failed.get(key)}`);
-      else missing.push([name, epoch]);
-    }
-  }
-  if (missing.length) return {missing};
-  loaded.sort((a, b) => a.epoch - b.epoch);   // older epochs underneath
-  const earlier = [...new Set(loaded.map((p) => p.epoch))].filter((e) => e < state.epoch);
-  const labels = state.color === "label" ? labelsOf(loaded) : [];
-  const sets = loaded.map((points) => {
-    const {palette, index} = paint(points, labels);
-    const faded = points.epoch < state.epoch;
-    // Earlier epochs fade with age: the oldest is faintest.
-    const alpha = faded ? 0.1 + 0.35 * (earlier.indexOf(points.epoch) + 1) / (earlier.length + 1)
-                        : 0.9;
-    return {points, palette, faded, alpha, ...bucketize(points, index, palette.length)};
-  });
-  const base = store.base;
-  return {
-    sets, labels, unavailable, base,
-    count: sets.reduce((sum, s) => sum + s.count, 0),
-    baseCount: base ? base.count : 0,
-  };
-}
-
-function sceneBounds(scenes) {
-  const arrays = store.base ? [store.base] : [];
-  for (const scene of scenes) for (const set of scene.sets) arrays.push(set.points);
-  return extentOf(arrays);
-}
-
-/** Load the epochs next to the slider's while the browser is idle, so stepping is instant. */
-function prefetchAround(runs) {
-  const epochs = allEpochs();
-  const i = epochs.indexOf(state.epoch);
-  const wanted = [epochs[i + 1], epochs[i - 1], state.playing ? epochs[i + 2] : undefined];
-  idle(() => {
-    for (const run of runs) {
-      for (const epoch of wanted) {
-        const key = pointsKey(run, epoch);
-        if (epoch === undefined || !runInfo(run)?.epochs.includes(epoch) ||
-            store.points.has(key) || store.failed.has(key)) continue;
-        loadPoints(run, epoch).catch(() => {});   // remembered in store.failed
-      }
-    }
-  });
-}
-
-/** Pinned neuron's path: a polyline through its epochs, a dot per epoch (epoch colours),
- * the slider's epoch ringed. */
-function drawTrajectory(ctx, panel) {
-  const path = state.trajectory;
-  if (!state.pinned || !path.length) return;
-  const screen = path.map((p) => panel.toScreen(p.x, p.y));
-  ctx.lineJoin = "round";
-  for (const [width, color] of [[5, "rgba(255,255,255,0.85)"], [2, runColor(state.pinned.run)]]) {
-    ctx.lineWidth = width;
-    ctx.strokeStyle = color;
-    ctx.beginPath();
-    screen.forEach(([sx, sy], i) => (i ? ctx.lineTo(sx, sy) : ctx.moveTo(sx, sy)));
-    ctx.stroke();
-  }
-  ctx.lineWidth = 1.5;
-  ctx.font = "11px system-ui, sans-serif";
-  path.forEach((p, i) => {
-    const [sx, sy] = screen[i];
-    const current = p.epoch === state.epoch;
-    ctx.fillStyle = epochColor(p.epoch);
-    ctx.strokeStyle = "#fff";
-    ctx.beginPath();
-    ctx.arc(sx, sy, current ? 6 : 4, 0, TAU);
-    ctx.fill();
-    ctx.stroke();
-    if (current) {
-      ctx.strokeStyle = "#1d2330";
-      ctx.beginPath();
-      ctx.arc(sx, sy, 9, 0, TAU);
-      ctx.stroke();
-    }
-    if (current || i === 0 || i === path.length - 1) {
-      ctx.fillStyle = "#1d2330";
-      ctx.fillText(`e${p.epoch}`, sx + 8, sy - 8);
-    }
-  });
-}
-
-// ------------------------------------------------------------------------------ tooltip
-const tooltip = {
-  node: null,
-  token: 0,
-
-  /** Show a hovered neuron (or hide for null). lastHoverMs is measured from the event. */
-  show(hit, event) {
-    state.hovered = hit;
-    const token = ++this.token;
-    if (!hit) {
-      this.node.hidden = true;
-      return;
-    }
-    const started = event ? event.timeStamp : performance.now();
-    const info = neuronInfo(hit.run, hit.epoch, hit.neuron);
-    const done = () => {
-      if (token !== this.token) return;
-      state.lastHoverMs = Math.round(10 * (performance.now() - started)) / 10;
-      this.follow(event);
-    };
-    fill(this.node,
-      el("div", {class: "tt-title"}, swatch(runColor(hit.run)), el("strong", {text: hit.run}),
-         ` · epoch ${hit.epoch}`),
-      el("div", {class: "tt-meta"}, `${info.layer} · channel ${info.channel} · neuron ${hit.neuron}`,
-         info.dead ? el("span", {class: "badge dead", text: "dead"}) : null),
-      info.concept && info.concept.label
-        ? el("div", {class: "tt-label", text: `concept: ${conceptText(info.concept)}`}) : null,
-      el("div", {class: "patch-frame"},
-         patchImage(patchUrl(hit.run, hit.epoch, hit.neuron),
-                    {alt: `top patches of ${hit.run} neuron ${hit.neuron} at epoch ${hit.epoch}`,
-                     testid: "hover-patches", onReady: done})),
-      el("div", {class: "tt-hint", text: "click to pin"}));
-    this.node.hidden = false;
-    this.follow(event);
-  },
-
-  /** Keep the tooltip next to the cursor, inside the window. */
-  follow(event) {
-    if (!event || this.node.hidden) return;
-    const gap = 14;
-    const {offsetWidth: w, offsetHeight: h} = this.node;
-    let left = event.clientX + gap;
-    let top = event.clientY + gap;
-    if (left + w > window.innerWidth - 4) left = event.clientX - gap - w;
-    if (top + h > window.innerHeight - 4) top = event.clientY - gap - h;
-    this.node.style.left = `${Math.max(4, left)}px`;
-    this.node.style.top = `${Math.max(4, top)}px`;
-  },
-};

@@ -21,6 +21,10 @@ const state = {
   drawnPoints: 0,        // neuron points in the last Space render (base excluded)
   drawnBase: 0,          // grey base points in the last Space render
   lastHoverMs: null,     // mousemove that found a new point -> its tooltip with patches shown
+  hover: {count: 0, ms: null, handlerMs: null, frameMs: null},  // the last pointermove's
+                         // hover: event -> state and tooltip updated, its handler, -> ring drawn
+  mapDraw: null,         // the last map render: {how: paths | splat | preview, ms, points}
+  mapDraws: [],          // the last MAP_DRAWS_KEPT of them
   loadMs: null,          // navigation start -> first render of the initial view
 };
 
